@@ -1,0 +1,1 @@
+"""charrnn-export: train, export and sample the TensorFlow char-RNN tutorial model."""

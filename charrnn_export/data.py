@@ -1,0 +1,244 @@
+"""Text in, ids out: load or download the text, build the tutorial's vocabulary, split, batch.
+
+numpy only, so the sampler can use `Vocab` without TensorFlow.
+    load_text(source) -> str            a local UTF-8 file or an http(s)/file URL (cached, sha256-checked)
+    Vocab.from_text(text)               ids exactly as the tutorial: sorted(set(text))
+    split_train_val(ids, fraction)      the last `fraction` of the text is validation
+    epoch_batches(...)                  (inputs, targets) windows in a seeded, repeatable order
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .contract import KNOWN_SHA256
+from .errors import DataError
+
+
+# ---------------------------------------------------------------- files
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------- loading text
+
+
+def is_url(source: str) -> bool:
+    return urllib.parse.urlparse(str(source)).scheme in ("http", "https", "file")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CHARRNN_EXPORT_CACHE", Path.home() / ".cache" / "charrnn-export"))
+
+
+def load_text_bytes(source: str) -> tuple[bytes, str]:
+    """Return the raw bytes of `source` and a short name for messages."""
+    source = str(source)
+    if is_url(source):
+        return fetch_url(source), source
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data file not found: {source}; pass --data with an existing UTF-8 text file")
+    if path.is_dir():
+        raise DataError(f"data path is a directory: {source}; pass --data with a UTF-8 text file")
+    return path.read_bytes(), source
+
+
+def decode_text(data: bytes, name: str) -> str:
+    if not data:
+        raise DataError(f"data file is empty: {name}; pass --data with a non-empty UTF-8 text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"data file is not UTF-8: {name} (invalid byte at offset {e.start}); "
+            "convert it with e.g. `iconv -t UTF-8` and try again"
+        ) from None
+
+
+def load_text(source: str) -> tuple[str, str]:
+    """Return (text, sha256 of its bytes) for a local file or a URL."""
+    data, name = load_text_bytes(source)
+    text = decode_text(data, name)
+    return text, sha256_bytes(data)
+
+
+def fetch_url(url: str) -> bytes:
+    """Download `url` once into the cache; reuse the cached copy while its sha256 is right."""
+    expected = KNOWN_SHA256.get(url)
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    target = cache_dir() / f"{sha256_bytes(url.encode())[:12]}-{name}"
+    if target.exists():
+        data = target.read_bytes()
+        if expected is None or sha256_bytes(data) == expected:
+            return data
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(f"could not download {url} ({reason}); pass --data FILE with a local copy") from None
+    if expected is not None and sha256_bytes(data) != expected:
+        raise DataError(
+            f"downloaded {url} but its sha256 is {sha256_bytes(data)}, expected {expected}; "
+            "pass --data FILE with a good copy"
+        )
+    atomic_write_bytes(target, data)
+    return data
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Characters in id order. Built as the tutorial does, so ids match its checkpoints."""
+
+    chars: tuple[str, ...]
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        return cls(tuple(sorted(set(text))))
+
+    @classmethod
+    def from_json(cls, data: str) -> "Vocab":
+        chars = json.loads(data)
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("a vocabulary is a JSON list of single characters")
+        if len(set(chars)) != len(chars):
+            raise ValueError("the vocabulary repeats a character")
+        return cls(tuple(chars))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Vocab":
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"vocabulary file not found: {path}") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{path} is not a vocabulary file ({e}); it must be a JSON list of characters") from None
+
+    def to_json(self) -> str:
+        return json.dumps(list(self.chars), ensure_ascii=False)
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, self.to_json() + "\n")
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.chars)}
+
+    def unknown(self, text: str) -> list[str]:
+        """The distinct characters of `text` that have no id, in order of appearance."""
+        index = self.index
+        return list(dict.fromkeys(c for c in text if c not in index))
+
+    def encode(self, text: str) -> np.ndarray:
+        missing = self.unknown(text)
+        if missing:
+            raise DataError(
+                f"{len(missing)} character(s) are not in the model's vocabulary: "
+                f"{' '.join(repr(c) for c in missing[:20])}; remove them (or use --unknown skip)"
+            )
+        index = self.index
+        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+
+# ---------------------------------------------------------------- split and batches
+
+
+def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """The last `val_fraction` of the text is validation; training never sees it."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    n_val = int(round(len(ids) * val_fraction))
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+def check_enough_text(train_ids, val_ids, seq_length: int, batch_size: int) -> None:
+    need_train = min_train_chars(seq_length, batch_size)
+    if len(train_ids) < need_train or len(val_ids) < seq_length + 1:
+        raise DataError(
+            f"text too short: training needs {need_train} characters (one batch of {batch_size} x "
+            f"{seq_length + 1}, plus room for the epoch offset) and validation {seq_length + 1}, got "
+            f"{len(train_ids)} and {len(val_ids)}; use more text or a smaller --batch-size/--seq-length"
+        )
+
+
+def min_train_chars(seq_length: int, batch_size: int) -> int:
+    return batch_size * (seq_length + 1) + seq_length
+
+
+def epoch_windows(train_ids: np.ndarray, seq_length: int, seed: int, epoch: int) -> np.ndarray:
+    """All (seq_length + 1)-character windows of one epoch, shuffled.
+
+    Each epoch starts its windows at a different seeded offset, so later epochs see other
+    cuts of the text than the tutorial's fixed chunks; the order depends only on (seed, epoch),
+    which is what makes a resumed run repeat an uninterrupted one.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    window = seq_length + 1
+    offset = int(rng.integers(0, window)) if len(train_ids) >= 2 * window else 0
+    n_windows = (len(train_ids) - offset) // window
+    windows = train_ids[offset : offset + n_windows * window].reshape(n_windows, window)
+    return windows[rng.permutation(n_windows)]
+
+
+def steps_in_epoch(train_ids: np.ndarray, seq_length: int, batch_size: int, seed: int, epoch: int) -> int:
+    return len(epoch_windows(train_ids, seq_length, seed, epoch)) // batch_size
+
+
+def epoch_batches(
+    train_ids: np.ndarray, seq_length: int, batch_size: int, seed: int, epoch: int, start: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets), each (batch, seq_length), from batch index `start` on; drops the remainder."""
+    windows = epoch_windows(train_ids, seq_length, seed, epoch)
+    for b in range(start, len(windows) // batch_size):
+        chunk = windows[b * batch_size : (b + 1) * batch_size]
+        yield chunk[:, :-1], chunk[:, 1:]
+
+
+def validation_windows(val_ids: np.ndarray, seq_length: int) -> np.ndarray:
+    """Non-overlapping (seq_length + 1) windows of the validation text, in order."""
+    window = seq_length + 1
+    n_windows = len(val_ids) // window
+    return val_ids[: n_windows * window].reshape(n_windows, window)

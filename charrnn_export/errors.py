@@ -1,0 +1,27 @@
+"""The project's exception types. The CLI turns each into a one-line message and exit status 2."""
+
+
+class CharRNNError(Exception):
+    """Base class: a problem the user can fix; the message says what to do."""
+
+    exit_status = 2
+
+
+class DataError(CharRNNError):
+    """The training or prime text cannot be used (missing, empty, not UTF-8, too short, unknown chars)."""
+
+
+class ConfigError(CharRNNError):
+    """An option or a run directory's configuration is invalid or inconsistent."""
+
+
+class ModelError(CharRNNError):
+    """A checkpoint or exported model is missing, corrupt, or does not match."""
+
+
+class ParityError(CharRNNError):
+    """Exported models disagree with the reference beyond the tolerance."""
+
+
+class RuntimeUnavailable(CharRNNError):
+    """A requested runtime or device is not installed or not present."""

@@ -1,0 +1,359 @@
+"""Train the tutorial's model: text -> run directory with checkpoints, best weights and metrics.
+
+    train(TrainConfig, out_dir, resume=..., force=...) -> summary dict
+
+A run directory holds:
+    config.json       everything that defines the run (model, data, optimisation, seed)
+    vocab.json        the characters in id order
+    checkpoints/      ckpt-eEEE-sSSSSSSS.npz: weights + optimizer state + position, one per epoch
+    best.npz          the weights with the lowest validation loss so far
+    metrics.jsonl     one line per epoch: losses, bits/char, chars/s, wall time
+
+Every file is written atomically, and the data order, dropout masks and optimizer state are
+functions of (seed, step), so `--resume` after a kill repeats an uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import data as data_mod
+from .data import Vocab, atomic_write_text
+from .errors import ConfigError, DataError
+from .contract import TUTORIAL_URL
+
+
+@dataclass
+class TrainConfig:
+    data: str = TUTORIAL_URL
+    embedding_dim: int = 256
+    rnn_units: int = 1024
+    seq_length: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    epochs: int = 10
+    max_steps: int | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    dropout: float = 0.0
+    lr_schedule: str = "constant"  # or "cosine": decays to min_lr_ratio over the planned steps
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.05
+    clip_norm: float | None = None
+
+    # Options that may change when a run is resumed (e.g. train for more epochs).
+    RESUMABLE = ("epochs", "max_steps", "data")
+
+    def validate(self) -> None:
+        for name in ("embedding_dim", "rnn_units", "seq_length", "batch_size", "epochs"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive, got {self.max_steps}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"--lr-schedule must be constant or cosine, got {self.lr_schedule}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ConfigError(f"--clip-norm must be positive, got {self.clip_norm}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- run directory
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.vocab = self.path / "vocab.json"
+        self.checkpoints = self.path / "checkpoints"
+        self.best = self.path / "best.npz"
+        self.metrics = self.path / "metrics.jsonl"
+
+    def checkpoint_path(self, epoch: int, step: int) -> Path:
+        return self.checkpoints / f"ckpt-e{epoch:03d}-s{step:08d}.npz"
+
+    def newest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoints.glob("ckpt-e*-s*.npz"), key=lambda p: int(p.stem.split("-s")[-1]))
+        return found[-1] if found else None
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def holds_run(self) -> bool:
+        return self.config.exists()
+
+
+def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> bool:
+    """Check RUN_DIR against the config; return True when training resumes from a checkpoint."""
+    if run.path.exists() and not run.path.is_dir():
+        raise ConfigError(f"--out {run.path} is a file; pass a directory")
+    if not run.holds_run():
+        if resume:
+            raise ConfigError(f"--resume: {run.path} holds no run (no config.json); drop --resume to start one")
+        return False
+    try:
+        previous = json.loads(run.config.read_text())
+    except ValueError:
+        raise ConfigError(f"{run.config} is corrupt; pass --force to start the run over") from None
+    if force:
+        return False
+    differences = sorted(
+        k for k in set(previous) | set(stored)
+        if k not in TrainConfig.RESUMABLE and previous.get(k) != stored.get(k)
+    )
+    if differences:
+        shown = ", ".join(f"{k}: {previous.get(k)!r} -> {stored.get(k)!r}" for k in differences[:4])
+        raise ConfigError(
+            f"{run.path} holds a run with a different config ({shown}); "
+            "pass --force to overwrite it or choose another --out"
+        )
+    if not resume:
+        raise ConfigError(f"{run.path} already holds this run; pass --resume to continue it or --force to start over")
+    return run.newest_checkpoint() is not None
+
+
+def clear_run(run: RunDir) -> None:
+    if run.checkpoints.exists():
+        shutil.rmtree(run.checkpoints)
+    for f in (run.best, run.metrics):
+        f.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """A tqdm bar on a terminal; plain lines (about ten per epoch) when stderr is not one."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, start: int):
+        self.total, self.epoch, self.epochs = total, epoch, epochs
+        self.bar = None
+        self.last_line = start
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+                            file=sys.stderr, dynamic_ncols=True, leave=True)
+
+    def update(self, done: int, loss: float, chars_per_sec: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}", chars_s=f"{chars_per_sec:,.0f}", refresh=False)
+        elif done - self.last_line >= max(1, self.total // 10) or done == self.total:
+            self.last_line = done
+            print(f"epoch {self.epoch + 1}/{self.epochs} batch {done}/{self.total} loss {loss:.4f} "
+                  f"{chars_per_sec:,.0f} chars/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict:
+    """Train (or resume) a run in `out_dir`; returns the last epoch's metrics and the best val loss."""
+    config.validate()
+    run = RunDir(out_dir)
+    text, sha256 = data_mod.load_text(config.data)
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text)
+    train_ids, val_ids = data_mod.split_train_val(ids, config.val_fraction)
+    data_mod.check_enough_text(train_ids, val_ids, config.seq_length, config.batch_size)
+
+    stored = {**config.to_dict(), "vocab_size": len(vocab), "data_sha256": sha256, "data_chars": len(text),
+              "rnn_type": "gru"}
+    resuming = prepare_run_dir(run, stored, resume, force)
+    if run.holds_run() and not resuming:
+        clear_run(run)
+    if resuming and Vocab.load(run.vocab) != vocab:
+        raise DataError(f"the data's vocabulary differs from the one in {run.vocab}; resume with the same --data")
+
+    import tensorflow as tf
+    import keras
+
+    from .model import build_model, read_checkpoint, save_checkpoint, set_model_weights, weights_from_model
+
+    tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    run.path.mkdir(parents=True, exist_ok=True)
+    vocab.save(run.vocab)
+    atomic_write_text(run.config, json.dumps(stored, indent=2, ensure_ascii=False) + "\n")
+
+    model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
+    steps_per_epoch = [data_mod.steps_in_epoch(train_ids, config.seq_length, config.batch_size, config.seed, e)
+                       for e in range(config.epochs)]
+    # --max-steps only stops the run early; the schedule follows --epochs so a resumed run matches.
+    planned_steps = sum(steps_per_epoch)
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config, planned_steps),
+                                      global_clipnorm=config.clip_norm)
+    optimizer.build(model.trainable_variables)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    embedding, gru, dense = (model.get_layer(n) for n in ("embedding", "gru", "dense"))
+
+    def forward(x, seed_pair, training: bool):
+        h = embedding(x)  # (batch, time, embedding_dim)
+        if training and config.dropout > 0:
+            h = tf.nn.experimental.stateless_dropout(h, config.dropout, seed=seed_pair)
+        h = gru(h, training=training)  # (batch, time, units)
+        if training and config.dropout > 0:
+            h = tf.nn.experimental.stateless_dropout(h, config.dropout, seed=seed_pair + [0, 1])
+        return dense(h)  # (batch, time, vocab)
+
+    batch_spec = tf.TensorSpec([None, config.seq_length], tf.int32)
+
+    @tf.function(input_signature=[batch_spec, batch_spec, tf.TensorSpec([2], tf.int64)])
+    def train_step(x, y, seed_pair):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, forward(x, seed_pair, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    @tf.function(input_signature=[batch_spec, batch_spec])
+    def val_loss_sum(x, y):
+        losses = keras.losses.sparse_categorical_crossentropy(y, forward(x, None, training=False), from_logits=True)
+        return tf.reduce_sum(losses)
+
+    def validate() -> float:
+        windows = data_mod.validation_windows(val_ids, config.seq_length)
+        total = 0.0
+        for b in range(0, len(windows), config.batch_size):
+            chunk = windows[b : b + config.batch_size]
+            total += float(val_loss_sum(chunk[:, :-1], chunk[:, 1:]))
+        return total / (len(windows) * config.seq_length)
+
+    # Position: epoch, batch within it, global step, and the epoch's running sums.
+    epoch, batch_in_epoch, global_step = 0, 0, 0
+    epoch_loss_sum, epoch_chars, epoch_seconds, wall_before = 0.0, 0, 0.0, 0.0
+    best_val = math.inf
+    metrics = []
+    if resuming:
+        newest = run.newest_checkpoint()
+        ckpt = read_checkpoint(newest)
+        set_model_weights(model, ckpt.weights)
+        if len(ckpt.optimizer_state) != len(optimizer.variables):
+            raise ConfigError(f"{newest} holds {len(ckpt.optimizer_state)} optimizer variables, expected "
+                              f"{len(optimizer.variables)}; pass --force to start over")
+        for var, value in zip(optimizer.variables, ckpt.optimizer_state):
+            var.assign(value)
+        pos = ckpt.meta["position"]
+        epoch, batch_in_epoch, global_step = pos["epoch"], pos["batch"], pos["global_step"]
+        epoch_loss_sum, epoch_chars, epoch_seconds = pos["loss_sum"], pos["chars"], pos["seconds"]
+        wall_before, best_val = pos["wall_time"], pos["best_val_loss"]
+        # Rows past the checkpoint, and the row of an epoch it stopped inside, are written again.
+        metrics = [m for m in run.read_metrics() if m["global_step"] <= global_step and m["complete"]]
+        if batch_in_epoch >= steps_per_epoch[min(epoch, config.epochs - 1)]:
+            epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
+        log(f"resuming {run.path} from {newest.name}: epoch {epoch + 1}, step {global_step}")
+    else:
+        log(f"training {run.path}: {len(train_ids):,} train / {len(val_ids):,} validation characters, "
+            f"vocab {len(vocab)}, {config.epochs} epochs of {steps_per_epoch[0]} steps")
+
+    session_start = time.perf_counter() - wall_before
+    last = metrics[-1] if metrics else {}
+    while epoch < config.epochs and (config.max_steps is None or global_step < config.max_steps):
+        total = steps_per_epoch[epoch]
+        progress = Progress(total, epoch, config.epochs, batch_in_epoch)
+        stopped_early = False
+        for x, y in data_mod.epoch_batches(train_ids, config.seq_length, config.batch_size, config.seed, epoch,
+                                           start=batch_in_epoch):
+            t0 = time.perf_counter()
+            loss = float(train_step(x, y, np.array([config.seed, global_step], dtype=np.int64)))
+            epoch_seconds += time.perf_counter() - t0
+            if not math.isfinite(loss):
+                progress.close()
+                raise ConfigError(f"loss is {loss} at step {global_step}: training diverged; "
+                                  "lower --learning-rate or set --clip-norm")
+            global_step += 1
+            batch_in_epoch += 1
+            epoch_loss_sum += loss
+            epoch_chars += x.size
+            progress.update(batch_in_epoch, epoch_loss_sum / batch_in_epoch, epoch_chars / max(epoch_seconds, 1e-9))
+            if config.max_steps is not None and global_step >= config.max_steps and batch_in_epoch < total:
+                stopped_early = True
+                break
+        progress.close()
+
+        val_loss = validate()
+        row = {
+            "epoch": epoch + 1,
+            "global_step": global_step,
+            "complete": not stopped_early,
+            "train_loss": epoch_loss_sum / max(batch_in_epoch, 1),
+            "val_loss": val_loss,
+            "val_bpc": val_loss / math.log(2),
+            "chars_per_sec": epoch_chars / max(epoch_seconds, 1e-9),
+            "epoch_time": epoch_seconds,
+            "wall_time": time.perf_counter() - session_start,
+            "learning_rate": float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
+                                   else optimizer.learning_rate),
+        }
+        weights = weights_from_model(model)
+        is_best = val_loss < best_val
+        best_val = min(best_val, val_loss)
+        position = {"epoch": epoch, "batch": batch_in_epoch, "global_step": global_step,
+                    "loss_sum": epoch_loss_sum, "chars": epoch_chars, "seconds": epoch_seconds,
+                    "wall_time": row["wall_time"], "best_val_loss": best_val}
+        meta = {"config": stored, "position": position, "metrics": row}
+        # Order matters for a kill between writes: the checkpoint first, then best, then metrics;
+        # resume trusts only the checkpoint and drops metric rows beyond it.
+        save_checkpoint(run.checkpoint_path(epoch + 1, global_step), weights, meta,
+                        [np.asarray(v) for v in optimizer.variables])
+        if is_best:
+            save_checkpoint(run.best, weights, meta)
+        metrics.append(row)
+        run.write_metrics(metrics)
+        log(f"epoch {epoch + 1}: train {row['train_loss']:.4f}  val {val_loss:.4f} nats/char "
+            f"({row['val_bpc']:.3f} bits/char){'  best' if is_best else ''}  "
+            f"{row['chars_per_sec']:,.0f} chars/s")
+        last = row
+        if stopped_early:
+            break
+        epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
+
+    return {"run_dir": str(run.path), "last": last, "best_val_loss": best_val}
+
+
+def learning_rate_schedule(config: TrainConfig, planned_steps: int):
+    if config.lr_schedule == "constant" and config.warmup_steps == 0:
+        return config.learning_rate
+    import keras
+
+    decay_steps = max(1, planned_steps - config.warmup_steps)
+    alpha = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0
+    if config.warmup_steps:
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate * 0.01, decay_steps, alpha=alpha,
+            warmup_target=config.learning_rate, warmup_steps=config.warmup_steps)
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps, alpha=alpha)
