@@ -1,0 +1,30 @@
+"""Runtimes compute one step, `step(tokens, state) -> (logits, state)`, and nothing else.
+
+    load_runtime(path, runtime="onnx"|"savedmodel"|"keras", ...) -> a runtime with
+        .vocab (Vocab), .rnn_units, .vocab_size, .zero_state(batch), .step(tokens, state)
+
+Sampling lives in charrnn_export.sampling and is the same for every runtime. Only the onnx
+runtime is imported by default: it needs numpy and onnxruntime, never TensorFlow.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConfigError
+
+RUNTIMES = ("onnx", "savedmodel", "keras")
+
+
+def load_runtime(path, runtime: str = "onnx", threads: int | None = None, device: str = "cpu", vocab_path=None):
+    if runtime == "onnx":
+        from .onnx import OnnxRuntime
+
+        return OnnxRuntime(path, threads=threads, device=device)
+    if runtime == "savedmodel":
+        from .savedmodel import SavedModelRuntime
+
+        return SavedModelRuntime(path, threads=threads, device=device)
+    if runtime == "keras":
+        from .keras import KerasRuntime
+
+        return KerasRuntime(path, threads=threads, device=device, vocab_path=vocab_path)
+    raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")

@@ -1,0 +1,45 @@
+"""The exported SavedModel's step signature through TensorFlow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .. import contract
+from ..data import Vocab
+from ..errors import ModelError
+from .tensorflow_setup import import_tensorflow
+
+
+class SavedModelRuntime:
+    name = "savedmodel"
+
+    def __init__(self, path, threads: int | None = None, device: str = "cpu"):
+        path = Path(path)
+        if path.is_dir() and (path / "saved_model").is_dir():
+            path = path / "saved_model"  # an export directory
+        if not (path / "saved_model.pb").is_file():
+            raise ModelError(f"no SavedModel at {path}; pass --model with an export's saved_model/ directory")
+        tf, self.device = import_tensorflow(threads, device)
+        self.tf = tf
+        try:
+            self.loaded = tf.saved_model.load(str(path))
+            self.signature = self.loaded.signatures[contract.SIGNATURE]
+        except (KeyError, OSError, ValueError) as e:
+            raise ModelError(f"cannot load SavedModel {path} ({str(e).splitlines()[0][:200]})") from None
+        vocab_file = path / "assets" / "vocab.json"
+        self.vocab = Vocab.load(vocab_file) if vocab_file.exists() else Vocab.from_json(
+            self.loaded.vocab_json.numpy().decode())
+        self.config = json.loads(self.loaded.config_json.numpy().decode())
+        self.rnn_units = int(self.config["rnn_units"])
+        self.vocab_size = len(self.vocab)
+
+    def zero_state(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.rnn_units), dtype=np.float32)
+
+    def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.tf.device(self.device):
+            out = self.signature(token=self.tf.constant(tokens, self.tf.int32), state=self.tf.constant(state))
+        return out[contract.LOGITS].numpy(), out[contract.STATE_OUT].numpy()
