@@ -26,7 +26,13 @@ def shipped_model_path(which: str = "fp32") -> Path:
     """The model that `pip install` carries as package data."""
     from importlib.resources import files
 
-    return Path(str(files("charrnn_export.artifacts").joinpath(SHIPPED[which])))
+    try:
+        folder = Path(str(files("charrnn_export.artifacts")))
+    except ModuleNotFoundError:
+        # Run from a source checkout (e.g. `python -m` in the repo root shadows the installed
+        # package): the files are in the top-level artifacts/ folder that the wheel maps there.
+        folder = Path(__file__).resolve().parent.parent / "artifacts"
+    return folder / SHIPPED[which]
 
 
 def resolve_model_path(model: str | None, runtime: str) -> str:

@@ -1,0 +1,1 @@
+"""Package data: the shipped model (model.onnx, model.int8.onnx, vocab.json) and its MODEL_CARD.md."""
