@@ -109,6 +109,9 @@ def run_export(args) -> int:
     return 0
 
 
+from .sample import add_sample_parser  # noqa: E402  (`charrnn-export sample`: the parser lives in sample.py)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="charrnn-export", description="Train, export and sample character-level GRU models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -120,16 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def needs_tensorflow(args) -> bool:
+    if args.command == "sample":
+        return getattr(args, "runtime", "onnx") != "onnx"
+    return args.command in ("train", "to-onnx", "bench")
+
+
 def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter is noise for a CLI user; keep warnings and errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     try:
+        if needs_tensorflow(args):
+            from .tfsetup import import_tensorflow
+
+            import_tensorflow()
         return args.func(args)
     except CharRNNError as e:
         return fail(str(e), e.exit_status)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
+    except BrokenPipeError:
+        return 141  # the reader went away (e.g. `| head`): not an error worth a message
 
 
 if __name__ == "__main__":

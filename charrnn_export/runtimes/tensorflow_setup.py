@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 from ..errors import RuntimeUnavailable
 
 
 def import_tensorflow(threads: int | None, device: str):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise RuntimeUnavailable(
-            "this runtime needs TensorFlow: pip install 'charrnn-export[train]', or use --runtime onnx"
-        ) from None
+    from ..tfsetup import import_tensorflow as quiet_import
+
+    tf = quiet_import()
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
