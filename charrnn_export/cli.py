@@ -49,6 +49,8 @@ def add_train_parser(sub) -> None:
     g.add_argument("--dropout", type=float, default=d.dropout,
                    help="dropout on the embedding output and the GRU output (default %(default)s, as the tutorial)")
     g.add_argument("--clip-norm", type=float, default=d.clip_norm, help="global gradient-norm clip (default none)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay (AdamW) when > 0 (default %(default)s)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in all")
     g.add_argument("--seed", type=int, default=d.seed, help="seeds initialisation, data order and dropout")
@@ -67,6 +69,7 @@ def run_train(args) -> int:
         batch_size=args.batch_size, learning_rate=args.learning_rate, epochs=args.epochs, max_steps=args.max_steps,
         val_fraction=args.val_fraction, seed=args.seed, dropout=args.dropout, lr_schedule=args.lr_schedule,
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, clip_norm=args.clip_norm,
+        weight_decay=args.weight_decay,
     )
     summary = train(config, args.out, resume=args.resume, force=args.force)
     print(f"best validation loss {summary['best_val_loss']:.4f} nats/char; run in {summary['run_dir']}")

@@ -49,6 +49,7 @@ class TrainConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.05
     clip_norm: float | None = None
+    weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
 
     # Options that may change when a run is resumed (e.g. train for more epochs).
     RESUMABLE = ("epochs", "max_steps", "data")
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"--clip-norm must be positive, got {self.clip_norm}")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -214,8 +217,12 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
                        for e in range(config.epochs)]
     # --max-steps only stops the run early; the schedule follows --epochs so a resumed run matches.
     planned_steps = sum(steps_per_epoch)
-    optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config, planned_steps),
-                                      global_clipnorm=config.clip_norm)
+    schedule = learning_rate_schedule(config, planned_steps)
+    if config.weight_decay > 0:
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay,
+                                           global_clipnorm=config.clip_norm)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
