@@ -113,6 +113,7 @@ def run_export(args) -> int:
 
 
 from .sample import add_sample_parser  # noqa: E402  (`charrnn-export sample`: the parser lives in sample.py)
+from .bench import add_bench_parser  # noqa: E402  (`charrnn-export bench`: the parser lives in bench.py)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,10 @@ from .errors import DataError
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    path = Path(path)
+    # Replace what a symlink points at, not the link; never rename over a device or a pipe.
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise OSError(f"{path} exists and is not a regular file; write to a file path instead")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -1,0 +1,148 @@
+"""The benchmark suite runs end to end and writes well-formed results. No timing is asserted:
+the numbers depend on the machine; the tests check that they exist and are reported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from charrnn_export import bench
+from charrnn_export.errors import ParityError
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROW_KEYS = {"contestant", "precision", "batch", "steps", "chars_per_run", "ms_per_step", "ms_median", "ms_p10",
+            "ms_p90", "chars_per_s", "priming_ms_median", "speedup", "floor_ms", "floor_ratio"}
+
+
+def run_module(module: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_outputs(out: Path, name: str) -> tuple[dict, str]:
+    stamped = sorted(out.glob(f"{name}-2*.json"))
+    assert len(stamped) == 1, sorted(p.name for p in out.iterdir())
+    for suffix in ("json", "md", "png"):
+        assert stamped[0].with_suffix(f".{suffix}").is_file()
+        assert (out / f"{name}-latest.{suffix}").read_bytes() == stamped[0].with_suffix(f".{suffix}").read_bytes()
+    assert (out / f"{name}-latest.png").read_bytes()[:8] == PNG_MAGIC
+    return json.loads(stamped[0].read_text()), stamped[0].with_suffix(".md").read_text()
+
+
+@pytest.fixture(scope="module")
+def quick_generation(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    result = run_module("benchmarks.generation", "--quick", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_quick_generation_writes_json_markdown_and_png(quick_generation):
+    out, result = quick_generation
+    results, markdown = read_outputs(out, "generation-quick")
+    assert {"machine", "model", "settings", "devices", "targets", "command", "date"} <= set(results)
+    assert {"cpu", "cores", "versions", "load_average"} <= set(results["machine"])
+    assert {"numpy", "onnxruntime", "tensorflow"} <= set(results["machine"]["versions"])
+    assert "benchmarks.generation --quick" in results["command"]
+    cpu = results["devices"]["cpu"]
+    rows = {(r["contestant"], r["batch"]) for r in cpu["rows"]}
+    batches = results["settings"]["batch_sizes"]
+    expected = {("tutorial", 1)} | {(c, b) for c in bench.CONTESTANTS[1:] for b in batches}
+    assert rows == expected
+    for row in cpu["rows"]:
+        assert ROW_KEYS <= set(row)
+        assert row["chars_per_s"] > 0 and row["ms_p10"] <= row["ms_median"] <= row["ms_p90"]
+        assert row["steps"] == results["settings"]["steps_by_batch"][str(row["batch"])]
+    for batch in map(str, batches):
+        assert {"fp32", "int8"} <= set(cpu["floors"]["by_batch"][batch])
+    check = cpu["greedy_check"]
+    assert all(check["results"][c]["identical"] for c in ("tf-function", "savedmodel", "onnx-fp32"))
+    assert 0.0 <= check["int8_teacher_forced_top1"] <= 1.0
+    # No GPU here (or one): either way the results say so, never a blank.
+    cuda = results["devices"]["cuda"]
+    assert cuda["available"] or cuda["note"] == bench.NO_GPU
+    assert len(results["targets"]) == 4
+    # The markdown: a table with one line per row, the floors, the GPU line and the targets.
+    assert "| contestant | batch | steps | ms/step |" in markdown
+    assert markdown.count("| onnx-fp32 |") == len(batches)
+    assert "x floor" in markdown and "Greedy agreement" in markdown and "## Targets" in markdown
+    if not cuda["available"]:
+        assert bench.NO_GPU in markdown
+    assert "| contestant | batch |" in result.stdout  # the table goes to stdout, the log to stderr
+
+
+def test_cli_bench_subcommand_is_registered():
+    from charrnn_export.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--batch-sizes", "1", "--contestants", "onnx-fp32"])
+    assert args.func is bench.run_bench
+    config = bench.config_from_args(args)
+    assert config.quick and config.batch_sizes == (1,) and config.contestants == ("onnx-fp32",)
+
+
+def test_checkpoint_required_for_the_tensorflow_contestants():
+    with pytest.raises(bench.ConfigError, match="--checkpoint"):
+        bench.BenchConfig().validate()
+    bench.BenchConfig(model="some/export", contestants=("onnx-fp32", "onnx-int8")).validate()  # no TF: fine
+
+
+def test_every_contestant_in_a_row_takes_the_same_steps():
+    config = bench.BenchConfig(chars=500, min_steps=50)
+    assert [config.steps(b) for b in (1, 8, 64, 256)] == [500, 62, 50, 50]
+
+
+def test_fp32_contestants_that_disagree_are_refused():
+    precision = {"tutorial": "fp32", "onnx-fp32": "fp32", "onnx-int8": "int8"}
+    texts = {"tutorial": "the king", "onnx-fp32": "the kind", "onnx-int8": "thy kin"}
+    with pytest.raises(ParityError, match="onnx-fp32 differs from tutorial at character 7"):
+        bench.compare_greedy(texts, precision)
+    texts["onnx-fp32"] = "the king"
+    check = bench.compare_greedy(texts, precision)  # int8 may differ: reported, not refused
+    assert check["results"]["onnx-int8"]["first_difference"] == 2
+    assert check["results"]["onnx-fp32"]["identical"]
+
+
+def test_results_md_is_built_from_the_latest_results(quick_generation, tmp_path):
+    out, _ = quick_generation
+    results_dir = tmp_path / "results"
+    results_dir.mkdir()
+    (results_dir / "generation-latest.json").write_bytes((out / "generation-quick-latest.json").read_bytes())
+    path = bench.refresh_results_md(results_dir)
+    text = path.read_text()
+    assert path == tmp_path / "RESULTS.md"
+    assert "## Generation benchmark" in text and "### CPU" in text and "results/generation-latest.png" in text
+    assert "Not measured yet: run `python -m benchmarks.training`" in text
+
+
+def test_quick_training_benchmark(tmp_path):
+    result = run_module("benchmarks.training", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    results, markdown = read_outputs(tmp_path, "training-quick")
+    for side in (results["fit"]["loop"], results["project"]["loop"], results["project"]["train_step"]):
+        assert side["steps"] == results["settings"]["steps"] and side["chars_per_s"] > 0
+    assert results["project_over_fit"] > 0
+    assert "| model.fit (tutorial) |" in markdown and "| project train(): whole loop |" in markdown
+
+
+class FakeTensorFlow:
+    def __init__(self, gpus):
+        self.config = type("config", (), {"list_physical_devices": staticmethod(lambda kind: gpus)})
+
+
+def test_gpu_table_or_a_line_that_says_why_not(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    devices, notes = bench.available_devices(FakeTensorFlow([]), "auto")
+    assert devices == ["cpu"] and notes["cuda"] == bench.NO_GPU
+    with pytest.raises(bench.ConfigError, match="no GPU"):
+        bench.available_devices(FakeTensorFlow([]), "cuda")
+    devices, notes = bench.available_devices(FakeTensorFlow(["GPU:0"]), "auto")
+    assert devices == ["cpu", "cuda"] and "cuda" not in notes
