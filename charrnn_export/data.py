@@ -10,6 +10,7 @@ numpy only, so the sampler can use `Vocab` without TensorFlow.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import tempfile
@@ -80,11 +81,15 @@ def load_text_bytes(source: str) -> tuple[bytes, str]:
     if is_url(source):
         return fetch_url(source), source
     path = Path(source)
-    if not path.exists():
-        raise DataError(f"data file not found: {source}; pass --data with an existing UTF-8 text file")
-    if path.is_dir():
-        raise DataError(f"data path is a directory: {source}; pass --data with a UTF-8 text file")
-    return path.read_bytes(), source
+    try:
+        if not path.exists():
+            raise DataError(f"data file not found: {source}; pass --data with an existing UTF-8 text file")
+        if path.is_dir():
+            raise DataError(f"data path is a directory: {source}; pass --data with a UTF-8 text file")
+        return path.read_bytes(), source
+    except OSError as e:  # unreadable: permissions, a name too long, an I/O error
+        raise DataError(f"cannot read data file {source} ({e.strerror or e}); "
+                        "pass --data with a readable UTF-8 text file") from None
 
 
 def decode_text(data: bytes, name: str) -> str:
@@ -118,7 +123,7 @@ def fetch_url(url: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise DataError(f"could not download {url} ({reason}); pass --data FILE with a local copy") from None
     if expected is not None and sha256_bytes(data) != expected:
@@ -126,7 +131,11 @@ def fetch_url(url: str) -> bytes:
             f"downloaded {url} but its sha256 is {sha256_bytes(data)}, expected {expected}; "
             "pass --data FILE with a good copy"
         )
-    atomic_write_bytes(target, data)
+    try:
+        atomic_write_bytes(target, data)
+    except OSError as e:
+        raise DataError(f"cannot write the download cache {target} ({e.strerror or e}); set "
+                        "CHARRNN_EXPORT_CACHE to a writable directory or pass --data FILE") from None
     return data
 
 

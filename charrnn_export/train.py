@@ -101,7 +101,7 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def write_metrics(self, rows: list[dict]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
@@ -118,12 +118,12 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> boo
         if resume:
             raise ConfigError(f"--resume: {run.path} holds no run (no config.json); drop --resume to start one")
         return False
-    try:
-        previous = json.loads(run.config.read_text())
-    except ValueError:
-        raise ConfigError(f"{run.config} is corrupt; pass --force to start the run over") from None
     if force:
         return False
+    try:
+        previous = json.loads(run.config.read_text(encoding="utf-8"))
+    except ValueError:
+        raise ConfigError(f"{run.config} is corrupt; pass --force to start the run over") from None
     differences = sorted(
         k for k in set(previous) | set(stored)
         if k not in TrainConfig.RESUMABLE and previous.get(k) != stored.get(k)
@@ -137,6 +137,13 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> boo
     if not resume:
         raise ConfigError(f"{run.path} already holds this run; pass --resume to continue it or --force to start over")
     return run.newest_checkpoint() is not None
+
+
+def remove_partial_writes(run: RunDir) -> None:
+    """Delete the temporary files of atomic writes that a kill cut short (see data.atomic_write_bytes)."""
+    names = [f".{f.name}.*.tmp" for f in (run.config, run.vocab, run.best, run.metrics)]
+    for stale in [*(p for n in names for p in run.path.glob(n)), *run.checkpoints.glob(".ckpt-e*-s*.npz.*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 def clear_run(run: RunDir) -> None:
@@ -196,12 +203,16 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
     stored = {**config.to_dict(), "vocab_size": len(vocab), "data_sha256": sha256, "data_chars": len(text),
               "rnn_type": "gru"}
     resuming = prepare_run_dir(run, stored, resume, force)
-    if run.holds_run() and not resuming:
-        clear_run(run)
     if resuming and Vocab.load(run.vocab) != vocab:
         raise DataError(f"the data's vocabulary differs from the one in {run.vocab}; resume with the same --data")
+    if run.holds_run():
+        remove_partial_writes(run)
+        if not resuming:
+            clear_run(run)
 
-    import tensorflow as tf
+    from .tfsetup import import_tensorflow
+
+    tf = import_tensorflow()  # only now: data and config errors above stay fast and print one line
     import keras
 
     from .model import build_model, read_checkpoint, save_checkpoint, set_model_weights, weights_from_model
@@ -279,7 +290,13 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
         epoch_loss_sum, epoch_chars, epoch_seconds = pos["loss_sum"], pos["chars"], pos["seconds"]
         wall_before, best_val = pos["wall_time"], pos["best_val_loss"]
         # Rows past the checkpoint, and the row of an epoch it stopped inside, are written again.
-        metrics = [m for m in run.read_metrics() if m["global_step"] <= global_step and m["complete"]]
+        metrics = [m for m in run.read_metrics() if m["global_step"] < global_step and m["complete"]]
+        # A kill between the checkpoint's writes leaves best.npz and metrics.jsonl behind it: catch them up.
+        if ckpt.meta["metrics"]["complete"]:
+            metrics.append(ckpt.meta["metrics"])
+        if ckpt.meta["metrics"]["val_loss"] == best_val:
+            save_checkpoint(run.best, ckpt.weights, ckpt.meta)
+        run.write_metrics(metrics)
         if batch_in_epoch >= steps_per_epoch[min(epoch, config.epochs - 1)]:
             epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
         log(f"resuming {run.path} from {newest.name}: epoch {epoch + 1}, step {global_step}")
