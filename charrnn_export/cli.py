@@ -86,11 +86,13 @@ def add_export_parser(sub) -> None:
                    help="a run directory from `train` (its best checkpoint), a tutorial training_checkpoints "
                    "directory or prefix (e.g. training_checkpoints/ckpt_10), or a Keras .weights.h5 file")
     p.add_argument("--out", required=True, help="directory to write (created; must be empty unless --force)")
-    p.add_argument("--text", help="the training text: rebuilds a tutorial checkpoint's vocabulary, and its "
-                   "validation part measures the fp32 and int8 models")
-    p.add_argument("--vocab", help="vocab.json (a JSON list of characters in id order) for checkpoints without one")
+    p.add_argument("--text", help="the training text: rebuilds a tutorial checkpoint's vocabulary as the tutorial "
+                   "did (sorted(set(text)), with [UNK] at id 0 when the embedding has one row more, as the current "
+                   "tutorial's StringLookup), and its last tenth measures the fp32 and int8 models")
+    p.add_argument("--vocab", help="vocab.json (a JSON list of characters in id order, or StringLookup's "
+                   "get_vocabulary() starting with [UNK]) for checkpoints without one")
     p.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (dynamic int8 weights)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default: 18, the newest tf2onnx converts to)")
+    p.add_argument("--opset", type=int, help="ONNX opset, 13 to 18 (default: 18, the newest tf2onnx converts to)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help="parity tolerance: max abs difference of logits and state (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parity sequences")
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
 def needs_tensorflow(args) -> bool:
     if args.command == "sample":
         return getattr(args, "runtime", "onnx") != "onnx"
-    return args.command in ("train", "to-onnx", "bench")
+    # train and to-onnx import it themselves (quietly), after checking their data and options.
+    return args.command in ("bench",)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,9 +5,12 @@
 The step is built as a flat tf.function from the trained weights rather than from the Keras
 GRU layer: tf2onnx turns a Keras 3 GRU into an ONNX Loop that runs about 8x slower, while the
 flat graph (Gather of a folded [vocab, 3*units] input table, two MatMuls, the gates) converts
-to plain ops that onnxruntime fuses, and that quantize_dynamic can make int8.
+to plain ops that onnxruntime fuses, and that can be made int8: the two MatMuls by
+quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8 rows).
 
 out_dir receives model.onnx, saved_model/, vocab.json, export_report.json (and model.int8.onnx).
+Nothing appears in out_dir until all of it is written and parity has passed: the files are made
+in a staging directory beside it, which is renamed into place or removed.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import contract
+from . import __version__, contract
 from .data import Vocab, atomic_write_text, current_umask, load_text, split_train_val
 from .errors import ConfigError, DataError, ModelError
-from .model import GRUWeights, LoadedWeights, load_any_checkpoint
+from .model import GRUWeights, LoadedWeights, checkpoint_kind, load_any_checkpoint
 
 DEFAULT_OPSET = 18  # the newest opset tf2onnx 1.17 converts to; onnxruntime >= 1.15 runs it
+MIN_OPSET = 13  # the oldest opset tried here (its Split takes `split` as an input); older ones are untested
 
 
 # ---------------------------------------------------------------- the step as a TensorFlow function
@@ -54,8 +58,12 @@ def step_signature(rnn_units: int):
     ]
 
 
-def build_step_module(weights: GRUWeights, vocab: Vocab, config: dict):
-    """A tf.Module whose `step` is one GRU step with Keras' reset_after=True equations."""
+def build_step_module(weights: GRUWeights, vocab: Vocab, config: dict, vocab_file: Path | None = None):
+    """A tf.Module whose `step` is one GRU step with Keras' reset_after=True equations.
+
+    The vocabulary travels inside the SavedModel twice: as the `vocab_json` variable (readable
+    with TensorFlow alone) and, given `vocab_file`, as the tracked asset assets/vocab.json.
+    """
     import tensorflow as tf
 
     arrays = gru_step_arrays(weights)
@@ -70,6 +78,8 @@ def build_step_module(weights: GRUWeights, vocab: Vocab, config: dict):
             self.dense_bias = tf.Variable(arrays["dense_bias"], trainable=False, name="dense_bias")
             self.vocab_json = tf.Variable(vocab.to_json(), trainable=False, name="vocab_json")
             self.config_json = tf.Variable(json.dumps(config), trainable=False, name="config_json")
+            if vocab_file is not None:
+                self.vocab_file = tf.saved_model.Asset(str(vocab_file))  # copied to assets/vocab.json
 
         @tf.function(input_signature=step_signature(weights.rnn_units))
         def step(self, token, state):
@@ -120,8 +130,29 @@ def set_metadata(model_proto, metadata: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def name_initializers(model_proto, arrays: dict[str, np.ndarray]) -> None:
+    """Give the weights the names of gru_step_arrays ("recurrent_kernel", ...) instead of tf2onnx's
+    "MatMul/ReadVariableOp:0": matched by value, so a wrong match is impossible."""
+    from onnx import numpy_helper
+
+    renames = {}
+    for init in model_proto.graph.initializer:
+        value = numpy_helper.to_array(init)
+        for name, array in arrays.items():
+            if name not in renames.values() and value.shape == array.shape and np.array_equal(value, array):
+                renames[init.name] = name
+                init.name = name
+                break
+    for node in model_proto.graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+
+
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8: the input table (Gather), recurrent and output MatMuls get int8 weights."""
+    """Dynamic int8: int8 weights for the recurrent and output MatMuls (MatMulInteger, the state
+    quantised per step) and for the input table (int8 rows, one scale per row)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # quantize_dynamic logs advice to pre-process through the root logger; it does not apply here.
@@ -129,33 +160,122 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gather"])
+        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     finally:
         root.setLevel(level)
+    model = onnx.load(str(int8_path))
+    if quantize_gather_tables(model):
+        onnx.save(model, str(int8_path))
+
+
+def quantize_gather_tables(model) -> int:
+    """Replace each Gather from a float matrix initializer by Gather from int8 rows times the row's scale.
+
+    quantize_dynamic would store the table as uint8 with one scale for all of it (it treats a
+    Gather's input as an activation); symmetric int8 with a scale per row is as small and
+    keeps rows with small values precise. Returns how many tables were replaced.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    nodes, replaced = [], []
+    for node in graph.node:
+        init = initializers.get(node.input[0]) if node.op_type == "Gather" else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (init is None or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2 or axis != 0
+                or uses[init.name] != 1):
+            nodes.append(node)
+            continue
+        table = numpy_helper.to_array(init).astype(np.float32)  # (rows, width)
+        scale = np.abs(table).max(axis=1, keepdims=True) / 127.0  # (rows, 1)
+        scale[scale == 0] = 1.0
+        quantized = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+        name, out = init.name, node.output[0]
+        graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
+        nodes.extend([
+            helper.make_node("Gather", [f"{name}_int8", node.input[1]], [f"{out}_int8"], name=f"{node.name}_int8"),
+            helper.make_node("Gather", [f"{name}_scale", node.input[1]], [f"{out}_scale"], name=f"{node.name}_scale"),
+            helper.make_node("Cast", [f"{out}_int8"], [f"{out}_cast"], to=onnx.TensorProto.FLOAT,
+                             name=f"{node.name}_cast"),
+            helper.make_node("Mul", [f"{out}_cast", f"{out}_scale"], [out], name=f"{node.name}_dequantize"),
+        ])
+        replaced.append(name)
+    if replaced:
+        del graph.node[:]
+        graph.node.extend(nodes)
+        keep = [init for init in graph.initializer if init.name not in replaced]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return len(replaced)
 
 
 # ---------------------------------------------------------------- vocabulary for the checkpoint
 
+# The current tutorial maps characters to ids with StringLookup(vocabulary=sorted(set(text)),
+# mask_token=None), which puts "[UNK]" at id 0 and the characters at 1..N: its embedding has
+# N + 1 rows. A vocabulary is a list of single characters, so id 0 gets a character that is
+# not in the text and the config records `unk_id: 0`.
+UNK_PLACEHOLDERS = ("\ufffd", "\x00")
 
-def resolve_vocab(loaded: LoadedWeights, text_path: str | None, vocab_path: str | None) -> Vocab:
+
+def with_unknown_slot(chars) -> Vocab:
+    placeholder = next(c for c in UNK_PLACEHOLDERS if c not in chars)
+    return Vocab((placeholder, *chars))
+
+
+def read_vocab_file(vocab_path: str) -> tuple[Vocab, bool]:
+    """vocab.json: a JSON list of characters in id order; StringLookup's get_vocabulary(),
+    which starts with "[UNK]", is accepted too. Returns the vocabulary and whether id 0 is [UNK]."""
+    try:
+        raw = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"vocabulary file not found: {vocab_path}") from None
+    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise DataError(f"{vocab_path} is not a vocabulary file ({e}); it must be a JSON list of characters") from None
+    if isinstance(raw, list) and raw[:1] == ["[UNK]"]:
+        try:
+            return with_unknown_slot(Vocab.from_json(json.dumps(raw[1:])).chars), True
+        except ValueError as e:
+            raise DataError(f"{vocab_path} is not a vocabulary file ({e})") from None
+    return Vocab.load(vocab_path), False
+
+
+def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | None) -> tuple[Vocab, str, bool]:
+    """The vocabulary in id order, where it came from, and whether id 0 is the tutorial's [UNK];
+    raises unless it fits the checkpoint's embedding."""
+    rows = loaded.weights.vocab_size
+    unk = False
     if vocab_path is not None:
-        vocab = Vocab.load(vocab_path)
+        (vocab, unk), source = read_vocab_file(vocab_path), f"--vocab {vocab_path}"
+        if loaded.vocab is not None and vocab != loaded.vocab:
+            raise ConfigError(f"--vocab {vocab_path} differs from the vocabulary stored with {loaded.source}; "
+                              "leave --vocab out")
     elif loaded.vocab is not None:
-        vocab = loaded.vocab
-    elif text_path is not None:
-        vocab = Vocab.from_text(load_text(text_path)[0])
+        vocab, source = loaded.vocab, "stored with the checkpoint"
+    elif text is not None:
+        chars = tuple(sorted(set(text)))
+        if rows == len(chars) + 1:
+            vocab, source, unk = with_unknown_slot(chars), "--text: [UNK] + sorted(set(text)) (StringLookup)", True
+        else:
+            vocab, source = Vocab(chars), "--text: sorted(set(text))"
     else:
         raise ConfigError(
             f"{loaded.source} holds no vocabulary; pass --text FILE (the training text, to rebuild it as "
             "the tutorial did) or --vocab vocab.json"
         )
-    if len(vocab) != loaded.weights.vocab_size:
+    if len(vocab) != rows:
         raise ModelError(
-            f"the checkpoint's embedding has {loaded.weights.vocab_size} rows but the vocabulary has "
-            f"{len(vocab)} characters; pass the text or vocab.json the model was trained with"
+            f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary from "
+            f"{source.split(':')[0]} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
         )
-    return vocab
+    return vocab, source, unk
 
 
 # ---------------------------------------------------------------- export
@@ -172,39 +292,65 @@ def export(
     force: bool = False,
     seed: int = 0,
 ) -> dict:
-    """Export `checkpoint` into `out_dir`; raises ParityError (and writes nothing) above `atol`."""
+    """Export `checkpoint` into `out_dir`; raises ParityError (and writes nothing) above `atol`.
+
+    Everything that can be checked without TensorFlow (options, --out, the checkpoint's kind and
+    shapes, the vocabulary, the text) is checked first, so that those errors come fast.
+    """
     opset = DEFAULT_OPSET if opset is None else opset
-    if not 7 <= opset <= DEFAULT_OPSET:
-        raise ConfigError(f"--opset must be between 7 and {DEFAULT_OPSET} (tf2onnx's newest), got {opset}")
+    if not MIN_OPSET <= opset <= DEFAULT_OPSET:
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {DEFAULT_OPSET} (tf2onnx's newest), got {opset}")
     if quantize not in (None, "int8"):
         raise ConfigError(f"--quantize takes int8, got {quantize}")
     if not atol > 0:
         raise ConfigError(f"--atol must be positive, got {atol}")
-    out = Path(out_dir)
+    out = Path(os.path.abspath(out_dir))  # "." and "x/.." get a real name for the staging directory
     check_out_dir(out, force)
 
     started = time.perf_counter()
+    if checkpoint_kind(checkpoint) != "run" and text is None and vocab_path is None:
+        raise ConfigError(
+            f"{checkpoint} holds no vocabulary; pass --text FILE (the training text, to rebuild it as the "
+            "tutorial did) or --vocab vocab.json"
+        )
     loaded = load_any_checkpoint(checkpoint)
     weights = loaded.weights
-    vocab = resolve_vocab(loaded, text, vocab_path)
+    text_str, text_sha256 = load_text(text) if text is not None else (None, None)
+    vocab, vocab_source, unk = resolve_vocab(loaded, text_str, vocab_path)
     config = {**weights.config(), "rnn_type": contract.RNN_TYPE, "reset_after": True}
+    if unk:
+        config["unk_id"] = 0  # never a real character: a sampler should mask it, as the tutorial does
     run_config = loaded.meta.get("run_config", {})
     data_sha256 = run_config.get("data_sha256")
+    if text_sha256 is not None and data_sha256 is not None and text_sha256 != data_sha256:
+        raise ConfigError(f"--text {text} is not the text {loaded.source} was trained on (sha256 {text_sha256[:12]}... "
+                          f"vs {data_sha256[:12]}...); pass the run's training text or leave --text out")
+    data_sha256 = data_sha256 or text_sha256
     val_loss = loaded.meta.get("metrics", {}).get("val_loss")
-    val_text = validation_text(text, run_config.get("val_fraction", 0.1)) if text else None
+    val_text = None
+    if text_str is not None:
+        val_text = validation_text(text_str, run_config.get("val_fraction", 0.1))
+        vocab.encode(val_text)  # unknown characters fail here, before the export starts
 
+    from .tfsetup import import_tensorflow
+
+    import_tensorflow()  # quietly, before tf2onnx, keras or validate import it
     from . import validate
 
+    created = make_parents(out.parent)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     os.chmod(staging, 0o777 & ~current_umask())
     try:
-        module = build_step_module(weights, vocab, config)
+        # Files go into the staging directory, which is renamed into place as a whole.
+        vocab.save(staging / "vocab.json")
+        module = build_step_module(weights, vocab, config, staging / "vocab.json")
         save_saved_model(module, staging / "saved_model")
         model_proto = convert_to_onnx(module, weights.rnn_units, opset)
+        name_initializers(model_proto, gru_step_arrays(weights))
         metadata = {
             contract.META_VOCAB: vocab.to_json(),
             contract.META_CONFIG: json.dumps(config),
-            contract.META_PRODUCER: "charrnn-export",
+            contract.META_PRODUCER: f"charrnn-export {__version__}",
             "source_kind": loaded.kind,
         }
         if data_sha256:
@@ -213,16 +359,14 @@ def export(
             metadata[contract.META_VAL_LOSS] = f"{val_loss:.6f}"
         set_metadata(model_proto, metadata)
         onnx_path = staging / "model.onnx"
-        # Files below go into the staging directory, which is renamed into place as a whole.
         onnx_path.write_bytes(model_proto.SerializeToString())
-        vocab.save(staging / "vocab.json")
-        (staging / "saved_model" / "assets").mkdir(exist_ok=True)
-        vocab.save(staging / "saved_model" / "assets" / "vocab.json")
 
         parity = validate.check_parity(loaded, vocab, staging / "saved_model", onnx_path, atol=atol, seed=seed)
         report = {
             "source": loaded.source,
             "source_kind": loaded.kind,
+            "source_layout": loaded.layout,
+            "vocab_source": vocab_source,
             "config": config,
             "vocab_size": len(vocab),
             "opset": opset,
@@ -231,41 +375,88 @@ def export(
             "train_val_loss": val_loss,
             "parity": parity,
             "onnx_ops": sorted({n.op_type for n in model_proto.graph.node}),
+            "versions": library_versions(),
         }
-        if val_text is not None:
-            report["validation"] = {"chars": len(val_text),
-                                    "fp32": validate.stream_loss(onnx_path, vocab, val_text)}
         if quantize == "int8":
             int8_path = staging / "model.int8.onnx"
             quantize_int8(onnx_path, int8_path)
             report["int8"] = validate.compare_int8(onnx_path, int8_path, vocab, val_text, seed=seed)
+        if val_text is not None:
+            # compare_int8 already measured fp32 over the same text: one pass less on a long text.
+            fp32 = ({"loss": report["int8"]["val_loss_fp32"], "bpc": report["int8"]["val_bpc_fp32"]}
+                    if "int8" in report else validate.stream_loss(onnx_path, vocab, val_text))
+            # A run held the last val_fraction out of training; the tutorial trained on all of its text.
+            report["validation"] = {"chars": len(val_text), "held_out": loaded.kind == "run", "fp32": fp32}
         report["seconds"] = round(time.perf_counter() - started, 2)
-        atomic_write_text(staging / "export_report.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(staging / "export_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        remove_dirs(created)
         raise
     return report
 
 
-def validation_text(text_path: str, val_fraction: float) -> str:
-    text = load_text(text_path)[0]
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def validation_text(text: str, val_fraction: float) -> str:
+    """The last `val_fraction` of `text`, cut where training cuts it."""
     ids = np.arange(len(text))
     _, val_ids = split_train_val(ids, val_fraction)
     return text[int(val_ids[0]):] if len(val_ids) else ""
 
 
 def check_out_dir(out: Path, force: bool) -> None:
+    """Fail now, before any work, unless `out` can be written; creates nothing."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {out} is not empty; pass --force to replace it or choose another directory")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write --out {out}: {ancestor} is a file, not a directory")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=out.parent, prefix=".probe.", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".probe."):
+            pass
     except OSError as e:
-        raise ConfigError(f"cannot write to {out.parent} ({e.strerror}); choose a writable --out") from None
+        raise ConfigError(f"cannot write to {ancestor} ({e.strerror or e}); choose a writable --out") from None
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last) so a failed export can remove them."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    created = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            created.append(d)
+    except OSError as e:
+        remove_dirs(created)
+        raise ConfigError(f"cannot create {d} ({e.strerror or e}); choose a writable --out") from None
+    return created
+
+
+def remove_dirs(created: list[Path]) -> None:
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # something else wrote there meanwhile: leave it
 
 
 def move_into_place(staging: Path, out: Path) -> None:

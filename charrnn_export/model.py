@@ -15,6 +15,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,12 +150,17 @@ def read_checkpoint(path) -> Checkpoint:
             optimizer = [npz[k] for k in sorted(k for k in npz.files if k.startswith("optimizer/"))]
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
-    except (OSError, KeyError, ValueError, EOFError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({e})") from None
     return Checkpoint(weights.check(str(path)), meta, optimizer)
 
 
 # ---------------------------------------------------------------- any checkpoint kind
+
+CHECKPOINT_KINDS = (
+    "pass a run directory from `charrnn-export train`, a tutorial training_checkpoints directory or "
+    "prefix (e.g. training_checkpoints/ckpt_10), or a Keras .weights.h5 file"
+)
 
 
 @dataclass
@@ -163,27 +170,51 @@ class LoadedWeights:
     vocab: Vocab | None
     meta: dict
     source: str
+    # How the checkpoint names its layers: "run" (this project), "sequential" (a Sequential model:
+    # the original tutorial's stateful tf_keras model, or build_model's), "subclassed" (the
+    # current tutorial's MyModel). Only a tf_keras "sequential" TF checkpoint can be loaded back
+    # into the original tutorial's model for the parity reference.
+    layout: str = "run"
 
 
 def load_any_checkpoint(path: str | os.PathLike) -> LoadedWeights:
-    """Weights from a run directory, a tutorial TF checkpoint (dir or prefix), or a .weights.h5."""
+    """Weights from a run directory, a tutorial TF checkpoint (dir or prefix), or a .weights.h5.
+
+    Needs numpy (and h5py for .h5); TensorFlow only for TF checkpoints, imported quietly.
+    """
     path = Path(path)
-    if path.is_dir() and (path / "config.json").exists():
+    kind = checkpoint_kind(path)
+    if kind == "run" and path.is_dir():
         return load_run_dir(path)
-    if path.is_file() and path.suffix == ".npz":
+    if kind == "run":
         ckpt = read_checkpoint(path)
         vocab_file = path.parent.parent / "vocab.json" if path.parent.name == "checkpoints" else path.parent / "vocab.json"
         vocab = Vocab.load(vocab_file) if vocab_file.exists() else None
-        return LoadedWeights(ckpt.weights, "run", vocab, ckpt.meta, str(path))
-    if path.is_file() and (path.name.endswith(".h5") or path.name.endswith(".keras")):
-        return LoadedWeights(read_keras_h5(path), "keras-h5", None, {}, str(path))
+        meta = {**ckpt.meta, "run_config": ckpt.meta.get("config", {})}  # train stores its config in each
+        return LoadedWeights(ckpt.weights, "run", vocab, meta, str(path.resolve()))
+    if kind == "keras-h5":
+        weights, layout = read_keras_h5(path)
+        return LoadedWeights(weights, "keras-h5", None, {}, str(path.resolve()), layout)
     prefix = tf_checkpoint_prefix(path)
-    if prefix is not None:
-        return LoadedWeights(read_tutorial_checkpoint(prefix), "tutorial-tf", None, {}, prefix)
-    raise ModelError(
-        f"{path} is not a checkpoint: pass a run directory from `charrnn-export train`, a tutorial "
-        "training_checkpoints directory or prefix (e.g. training_checkpoints/ckpt_10), or a .weights.h5 file"
-    )
+    weights, layout = read_tutorial_checkpoint(prefix)
+    return LoadedWeights(weights, "tutorial-tf", None, {}, str(Path(prefix).resolve()), layout)
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """"run", "keras-h5" or "tutorial-tf" from the path alone (reads no weights); raises ModelError
+    for anything else. Only run checkpoints carry their vocabulary."""
+    path = Path(path)
+    if path.is_dir() and ((path / "config.json").exists() or (path / "best.npz").exists()):
+        return "run"
+    if path.is_file() and path.suffix == ".npz":
+        return "run"
+    if path.is_file() and path.name.endswith((".h5", ".keras")):
+        return "keras-h5"
+    if tf_checkpoint_prefix(path) is not None:
+        return "tutorial-tf"
+    if not path.exists():
+        raise ModelError(f"checkpoint not found: {path}; {CHECKPOINT_KINDS}")
+    raise ModelError(f"{path} is not a checkpoint: {CHECKPOINT_KINDS}")
 
 
 def load_run_dir(run_dir: Path) -> LoadedWeights:
@@ -191,86 +222,175 @@ def load_run_dir(run_dir: Path) -> LoadedWeights:
     if not best.exists():
         raise ModelError(f"run directory {run_dir} has no best.npz yet; train at least one epoch first")
     ckpt = read_checkpoint(best)
+    if not (run_dir / "vocab.json").exists():
+        raise ModelError(f"run directory {run_dir} has no vocab.json; re-create the run")
     vocab = Vocab.load(run_dir / "vocab.json")
     meta = dict(ckpt.meta)
     try:
-        meta["run_config"] = json.loads((run_dir / "config.json").read_text())
-    except ValueError:
+        meta["run_config"] = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"run directory {run_dir} has no config.json; re-create the run") from None
+    except (ValueError, UnicodeDecodeError):
         raise ModelError(f"{run_dir / 'config.json'} is corrupt; re-create the run") from None
-    return LoadedWeights(ckpt.weights, "run", vocab, meta, str(best))
+    return LoadedWeights(ckpt.weights, "run", vocab, meta, str(best.resolve()))
+
+
+TF_CHECKPOINT_FILE = re.compile(r"(.+)\.(index|data-\d{5}-of-\d{5})")
 
 
 def tf_checkpoint_prefix(path: Path) -> str | None:
-    """The prefix of a TF checkpoint given its directory (with a `checkpoint` file) or its prefix."""
-    if path.is_dir() and (path / "checkpoint").exists():
-        import tensorflow as tf
+    """The prefix of a TF checkpoint given its directory (with a `checkpoint` file), its prefix, or
+    one of its files (PREFIX.index, PREFIX.data-00000-of-00001); None when `path` is none of these.
 
-        return tf.train.latest_checkpoint(str(path))
-    if Path(str(path) + ".index").exists():
+    The `checkpoint` file is read here rather than by tf.train.latest_checkpoint, so that a
+    wrong path fails before TensorFlow is imported and without TensorFlow's log lines.
+    """
+    if path.is_dir():
+        state = path / "checkpoint"
+        if not state.is_file():
+            return None
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(errors="replace"), re.M)
+        if match is None:
+            raise ModelError(f"{state} names no checkpoint (no model_checkpoint_path line); pass a prefix "
+                             f"such as {path / 'ckpt_1'} instead")
+        name = match.group(1)
+        prefix = Path(name) if Path(name).is_absolute() else path / name
+        if not Path(f"{prefix}.index").is_file():
+            present = sorted(p.name[: -len(".index")] for p in path.glob("*.index"))
+            raise ModelError(f"{state} names {name!r}, but {prefix}.index does not exist"
+                             + (f"; pass one of the prefixes present: {', '.join(present)}" if present else ""))
+        return str(prefix)
+    file_match = TF_CHECKPOINT_FILE.fullmatch(str(path))
+    if path.is_file() and file_match and Path(f"{file_match.group(1)}.index").is_file():
+        return file_match.group(1)
+    if Path(f"{path}.index").is_file():
         return str(path)
     return None
 
 
-def read_tutorial_checkpoint(prefix: str) -> GRUWeights:
-    """Weights saved by the tutorial's `model.save_weights(prefix)` (TF checkpoint format).
+def read_tutorial_checkpoint(prefix: str) -> tuple[GRUWeights, str]:
+    """Weights saved by the tutorial's `model.save_weights(prefix)` (TF checkpoint format), and the layout.
 
-    The tutorial's Sequential model stores its layers as layer_with_weights-0/1/2; the newer
-    subclassed tutorial model stores them by attribute (embedding, gru, dense). Both are read by
-    matching variable paths, and shapes are checked afterwards.
+    The tutorial's Sequential model stores its layers as layer_with_weights-0/1/2; a subclassed
+    model stores them by attribute (embedding, gru, dense). Layers are found by the shapes of
+    their variables (see assign_layers), so the attribute names do not matter.
     """
-    import tensorflow as tf
+    from .tfsetup import import_tensorflow
 
+    tf = import_tensorflow()
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     try:
         reader = tf.train.load_checkpoint(prefix)
-    except Exception as e:  # TF raises several types for unreadable files
-        raise ModelError(f"cannot read TF checkpoint {prefix}: {str(e).splitlines()[0]}") from None
-    names = [n for n in reader.get_variable_to_shape_map() if n.endswith("/.ATTRIBUTES/VARIABLE_VALUE")]
-    names = [n for n in names if "optimizer" not in n.split("/")[0] and "/.OPTIMIZER_SLOT/" not in n]
-
-    def find(*suffixes: str) -> np.ndarray:
-        for suffix in suffixes:
-            hits = sorted(n for n in names if n.endswith(suffix + "/.ATTRIBUTES/VARIABLE_VALUE"))
-            if len(hits) == 1:
-                return reader.get_tensor(hits[0])
-        raise ModelError(
-            f"TF checkpoint {prefix} does not look like the tutorial's model: no single variable "
-            f"ending in {suffixes[0]} among {len(names)} variables"
-        )
-
-    weights = GRUWeights(
-        embedding=find("layer_with_weights-0/embeddings", "embedding/embeddings"),
-        kernel=find("layer_with_weights-1/cell/kernel", "gru/cell/kernel"),
-        recurrent_kernel=find("layer_with_weights-1/cell/recurrent_kernel", "gru/cell/recurrent_kernel"),
-        bias=find("layer_with_weights-1/cell/bias", "gru/cell/bias"),
-        dense_kernel=find("layer_with_weights-2/kernel", "dense/kernel"),
-        dense_bias=find("layer_with_weights-2/bias", "dense/bias"),
-    )
-    return weights.check(prefix)
+        names = [n for n in reader.get_variable_to_shape_map()
+                 if n.endswith(suffix) and not n.startswith(("optimizer/", "save_counter/"))
+                 and "/.OPTIMIZER_SLOT/" not in n]
+        variables = [(n[: -len(suffix)], np.asarray(reader.get_tensor(n))) for n in names]
+    except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as e:
+        # A truncated .data file surfaces as IndexError ("Read less bytes than requested"), a bad
+        # .index as DataLossError; both mean the same thing to the user.
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot read TF checkpoint {prefix}: it is corrupt or truncated ({first_line[:200]})") from None
+    weights = assign_layers(variables, f"TF checkpoint {prefix}")
+    layout = "sequential" if any(n.startswith("layer_with_weights-") for n, _ in variables) else "subclassed"
+    return weights, layout
 
 
-def read_keras_h5(path: Path) -> GRUWeights:
-    """Weights from a Keras 3 `.weights.h5` of the tutorial's model (Sequential or subclassed).
+def read_keras_h5(path: Path) -> tuple[GRUWeights, str]:
+    """Weights from a Keras `.weights.h5` (or a `.keras` archive holding one), and the layout.
 
-    Keras 3 stores each layer's variables as vars/0, vars/1, ... under the layer's path; the
-    embedding, GRU cell and dense layer are found by path and the six shapes are checked.
+    Keras 3 stores each layer's variables as vars/0, vars/1, ... under the layer's path:
+    `embedding/vars/0`, `gru/cell/vars/0..2`, `dense/vars/0..1` for the current tutorial's
+    subclassed MyModel, the same under `layers/` for a Sequential model, and the optimizer's
+    variables under `optimizer/`. tf_keras' legacy .h5 names them instead (`gru/gru/gru_cell/kernel:0`).
+    Either way the layers are found by shape (see assign_layers), never by layer name.
     """
     import h5py
 
+    path = Path(path)
+    variables: list[tuple[str, np.ndarray]] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in ("optimizer", "optimizer_weights"):
+            variables.append((name, np.asarray(obj[()])))
+
     try:
-        with h5py.File(path, "r") as f:
-            datasets: list[tuple[str, np.ndarray]] = []
-            f.visititems(lambda name, obj: datasets.append((name, obj[()])) if isinstance(obj, h5py.Dataset) else None)
-    except OSError as e:
-        raise ModelError(f"cannot read {path} as a Keras weights file ({e})") from None
+        if zipfile.is_zipfile(path):  # a .keras archive: config.json + model.weights.h5
+            with zipfile.ZipFile(path) as archive:
+                source = io.BytesIO(archive.read("model.weights.h5"))
+        else:
+            source = str(path)
+        with h5py.File(source, "r") as f:
+            f.visititems(visit)
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot read {path} as Keras weights: it is corrupt, truncated or not a Keras "
+                         f"weights file ({first_line[:200]})") from None
+    if any(n.startswith("layers/") for n, _ in variables):
+        layout = "sequential"  # Keras 3 Sequential
+    elif any(":" in n for n, _ in variables):
+        layout = "tf_keras-h5"  # tf_keras' legacy format: LAYER/LAYER/kernel:0
+    else:
+        layout = "subclassed"
+    return assign_layers(variables, str(path)), layout
 
-    def layer_vars(word: str) -> list[np.ndarray]:
-        hits = [(n, a) for n, a in datasets if word in n.lower().split("/")[-3 if "/cell/" not in n else -4]]
-        return [a for _, a in sorted(hits, key=lambda item: item[0])]
 
-    emb, gru, dense = layer_vars("embedding"), layer_vars("gru"), layer_vars("dense")
-    if len(emb) != 1 or len(gru) != 3 or len(dense) != 2:
+def variable_order(leaf: str) -> int:
+    """Position of a variable in its layer: Keras 3 numbers them; older formats name them."""
+    leaf = leaf.split(":")[0]
+    if leaf.isdigit():
+        return int(leaf)
+    return {"embeddings": 0, "kernel": 0, "recurrent_kernel": 1, "bias": 9}.get(leaf, 99)
+
+
+def assign_layers(variables: list[tuple[str, np.ndarray]], source: str) -> GRUWeights:
+    """Map (path, array) pairs to the tutorial's three layers by shape.
+
+    Variables are grouped by their parent path (one group per layer, or per GRU cell), ordered
+    within a group as Keras stores them, and each group must be exactly one of: the embedding
+    (one matrix), the GRU cell (kernel, recurrent kernel, bias with a 3*units width), the dense
+    layer (matrix and vector). Any other weighted layer is an error: silently dropping it would
+    export a different model.
+    """
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name, array in variables:
+        parent, _, leaf = name.rpartition("/")
+        if parent.endswith("/vars") or parent == "vars":  # Keras 3: LAYER/vars/N
+            parent = parent[: -len("vars")].rstrip("/")
+        groups.setdefault(parent, []).append((leaf, array))
+    found: dict[str, tuple[str, list[np.ndarray]]] = {}
+    unknown = []
+    for parent, items in sorted(groups.items()):
+        arrays = [a for _, a in sorted(items, key=lambda item: variable_order(item[0]))]
+        if all(a.ndim == 0 for a in arrays):
+            continue  # counters and metric totals
+        ndims = [a.ndim for a in arrays]
+        if ndims == [2]:
+            role = "embedding"
+        elif ndims == [2, 1]:
+            role = "dense"
+        elif len(arrays) == 3 and ndims[:2] == [2, 2] and arrays[0].shape[1] == arrays[1].shape[1]:
+            role = "gru"
+            if arrays[1].shape[1] != 3 * arrays[1].shape[0]:
+                raise ModelError(f"{source}: the recurrent layer at {parent!r} has a recurrent kernel of shape "
+                                 f"{arrays[1].shape}, not (units, 3 * units): it is not a GRU (an LSTM has 4 gates); "
+                                 "only the tutorial's GRU is supported")
+        else:
+            unknown.append(f"{parent or '/'} {[tuple(a.shape) for a in arrays]}")
+            continue
+        if role in found:
+            unknown.append(f"{parent} (a second {role})")
+            continue
+        found[role] = (parent, arrays)
+    missing = [r for r in ("embedding", "gru", "dense") if r not in found]
+    if missing or unknown:
+        seen = ", ".join(f"{p or '/'} {[tuple(a.shape) for a in arrays]}" for p, arrays in found.values())
         raise ModelError(
-            f"{path} does not hold the tutorial's model (found {len(emb)} embedding, {len(gru)} GRU and "
-            f"{len(dense)} dense variables; expected 1, 3, 2)"
+            f"{source} does not hold the tutorial's model (Embedding -> GRU -> Dense): "
+            + (f"no {' or '.join(missing)} layer found" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unexpected weights {'; '.join(unknown)}" if unknown else "")
+            + (f" (recognised: {seen})" if seen else "")
         )
-    return GRUWeights(emb[0], gru[0], gru[1], gru[2], dense[0], dense[1]).check(str(path))
+    (embedding,), (kernel, recurrent_kernel, bias), (dense_kernel, dense_bias) = (
+        found[r][1] for r in ("embedding", "gru", "dense"))
+    return GRUWeights(embedding, kernel, recurrent_kernel, bias, dense_kernel, dense_bias).check(source)

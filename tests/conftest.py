@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures (a tiny trained run and its export) shared by every module, built once.
+from tiny import made_up_play as make_text  # noqa: F401 - re-exported for the tests
+from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 ERROR_PREFIX = "charrnn-export: error:"
@@ -17,19 +21,6 @@ ERROR_PREFIX = "charrnn-export: error:"
 # A tiny model with enough steps per epoch (about 80) that a kill can land inside an epoch.
 TINY_ARGS = ("--embedding-dim", "16", "--rnn-units", "32", "--seq-length", "16", "--batch-size", "8",
              "--learning-rate", "5e-3", "--seed", "7")
-
-
-def make_text(chars: int = 12_000, seed: int = 0) -> str:
-    """A made-up play: speaker names, lines of common words, blank lines (about 40 distinct characters)."""
-    rng = random.Random(seed)
-    names = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS", "KING RICHARD"]
-    words = "the and my lord of to I you that is in not with me be your this what so but thou shall".split()
-    parts, length = [], 0
-    while length < chars:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
-        parts.append(f"{rng.choice(names)}:\n{line.capitalize()}{rng.choice('.,!?;')}\n\n")
-        length += len(parts[-1])
-    return "".join(parts)[:chars]
 
 
 def make_chinese_text(chars: int = 2_000, seed: int = 0) -> str:

@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 import pytest
-from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
 
 HEAVY = ("tensorflow", "keras", "tf_keras", "tf2onnx", "onnx", "h5py", "matplotlib", "tqdm")
 ALLOWED = {"numpy", "onnxruntime", "charrnn_export"}

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
 
 from charrnn_export import Generator, contract
 

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
 
 from charrnn_export import Generator
 from charrnn_export.generate import ARTIFACTS_ENV

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
 
 from charrnn_export import Generator, SamplingConfig
 from charrnn_export.errors import ConfigError, DataError, ModelError

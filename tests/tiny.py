@@ -1,6 +1,6 @@
 """Session-wide tiny models for the export, sampler and benchmark tests.
 
-Import the fixtures into a test module: `from tiny import tiny_run, tiny_export  # noqa: F401`.
+conftest.py imports the fixtures, so every test module shares one trained run and one export.
 The model is trained for real (a few seconds) on a slice of tiny-shakespeare when the shared
 copy is present, else on a generated play-like text, and exported with int8.
 """
@@ -18,18 +18,24 @@ SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 TINY = dict(embedding_dim=16, rnn_units=32, seq_length=32, batch_size=16, epochs=3, learning_rate=1e-2, seed=0)
 
 
+def made_up_play(chars: int = 12_000, seed: int = 0) -> str:
+    """A made-up play: speaker names, lines of common words, blank lines (about 40 distinct characters)."""
+    rng = random.Random(seed)
+    names = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS", "KING RICHARD"]
+    words = "the and my lord of to I you that is in not with me be your this what so but thou shall".split()
+    parts, length = [], 0
+    while length < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+        parts.append(f"{rng.choice(names)}:\n{line.capitalize()}{rng.choice('.,!?;')}\n\n")
+        length += len(parts[-1])
+    return "".join(parts)[:chars]
+
+
 def make_text(chars: int = 30_000, seed: int = 0) -> str:
     """Shakespeare when available (it covers the tutorial's 65 characters), else a made-up play."""
     if SHARED_TEXT.exists():
         return SHARED_TEXT.read_text(encoding="utf-8")[:chars]
-    rng = random.Random(seed)
-    names = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS", "KING RICHARD III"]
-    words = "the and my lord of to I you that is in not with me be your this what so but thou shall".split()
-    parts = []
-    while sum(map(len, parts)) < chars:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
-        parts.append(f"{rng.choice(names)}:\n{line.capitalize()}{rng.choice('.,!?;')}\n\n")
-    return "".join(parts)[:chars]
+    return made_up_play(chars, seed)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import Vocab
 from ..errors import ConfigError
 from ..model import load_any_checkpoint
 from .tensorflow_setup import import_tensorflow
@@ -23,7 +22,9 @@ class KerasRuntime:
 
         loaded = load_any_checkpoint(path)
         if vocab_path is not None:
-            self.vocab = Vocab.load(vocab_path)
+            from ..export import read_vocab_file  # also takes StringLookup's list, [UNK] first
+
+            self.vocab = read_vocab_file(vocab_path)[0]
         elif loaded.vocab is not None:
             self.vocab = loaded.vocab
         else:

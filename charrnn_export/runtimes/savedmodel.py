@@ -1,4 +1,9 @@
-"""The exported SavedModel's step signature through TensorFlow."""
+"""The exported SavedModel's step signature through TensorFlow.
+
+The signature is `serving_default(token int32 [batch], state float32 [batch, units]) ->
+{logits, state_out}`; the vocabulary is the asset assets/vocab.json (the `vocab_json`
+variable holds the same list) and the config is the `config_json` variable.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ class SavedModelRuntime:
         try:
             self.loaded = tf.saved_model.load(str(path))
             self.signature = self.loaded.signatures[contract.SIGNATURE]
-        except (KeyError, OSError, ValueError) as e:
+        except (KeyError, OSError, ValueError, tf.errors.OpError) as e:
             raise ModelError(f"cannot load SavedModel {path} ({str(e).splitlines()[0][:200]})") from None
         vocab_file = path / "assets" / "vocab.json"
         self.vocab = Vocab.load(vocab_file) if vocab_file.exists() else Vocab.from_json(
