@@ -135,6 +135,15 @@ class Generator:
             return
         logits, state = self.prime(start_ids)
         step = self.runtime.step  # the hot loop: one step and one choose per character
+        unk_id = self.runtime.config.get("unk_id")
+        if unk_id is not None:
+            # A model from the current tutorial has an [UNK] row; never emit it, as its mask does.
+            def step(ids, state, _step=step):
+                logits, state = _step(ids, state)
+                logits[:, unk_id] = -np.inf
+                return logits, state
+
+            logits[:, unk_id] = -np.inf
         for _ in range(length - 1):
             ids = choose(logits, sampling, rng)
             yield ids
