@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 from datetime import date
 from pathlib import Path
 
+from charrnn_export.bench import cpu_model
 from charrnn_export.data import atomic_write_text
 from charrnn_export.train import TrainConfig
 
@@ -26,16 +26,6 @@ ARTIFACTS = REPO / "artifacts"
 SAMPLES = (("ROMEO:", 1), ("JULIET:", 2), ("KING RICHARD III:", 3))
 SAMPLE_LENGTH = 400
 SAMPLE_TEMPERATURE = 0.8
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def train_command(config: dict, data_path: str) -> str:
