@@ -31,11 +31,16 @@ def made_up_play(chars: int = 12_000, seed: int = 0) -> str:
     return "".join(parts)[:chars]
 
 
+# Opens the made-up play so that its vocabulary is the tutorial's 65 characters, as Shakespeare's is.
+EVERY_TUTORIAL_CHARACTER = ("CHORUS:\nThe quick brown fox jumps over the lazy dog; ABCDEFGHIJKLMNOPQRSTUVWXYZ, "
+                            "3 $ & ' - ! ?.\n\n")
+
+
 def make_text(chars: int = 30_000, seed: int = 0) -> str:
     """Shakespeare when available (it covers the tutorial's 65 characters), else a made-up play."""
     if SHARED_TEXT.exists():
         return SHARED_TEXT.read_text(encoding="utf-8")[:chars]
-    return made_up_play(chars, seed)
+    return EVERY_TUTORIAL_CHARACTER + made_up_play(chars - len(EVERY_TUTORIAL_CHARACTER), seed)
 
 
 @pytest.fixture(scope="session")
