@@ -420,8 +420,12 @@ def check_out_dir(out: Path, force: bool) -> None:
     """Fail now, before any work, unless `out` can be written; creates nothing."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; pass a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ConfigError(f"--out {out} is not empty; pass --force to replace it or choose another directory")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConfigError(f"--out {out} is not empty; pass --force to replace it or choose another directory")
+        # --force replaces an earlier export, never another directory (a run, a home directory).
+        if not ((out / "export_report.json").exists() or (out / "model.onnx").exists()):
+            raise ConfigError(f"--out {out} is not an export directory; refusing to replace it even with --force")
     ancestor = out.parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent

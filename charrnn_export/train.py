@@ -72,6 +72,12 @@ class TrainConfig:
             raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ConfigError(f"--clip-norm must be positive, got {self.clip_norm}")
+        for name in ("learning_rate", "min_lr_ratio", "weight_decay", "clip_norm", "dropout", "val_fraction"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
 

@@ -198,6 +198,7 @@ def test_cli_exports_a_run_with_opset_and_force(tiny_run, tmp_path):
     out = tmp_path / "export"
     out.mkdir()
     (out / "stale.txt").write_text("an older export")
+    (out / "export_report.json").write_text("{}")  # what makes it an export that --force may replace
     result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "to-onnx", "--checkpoint", str(tiny_run),
                              "--out", str(out), "--opset", "17", "--force"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
@@ -210,3 +211,17 @@ def test_cli_exports_a_run_with_opset_and_force(tiny_run, tmp_path):
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     assert json.loads((out / "export_report.json").read_text())["opset"] == 17
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # old export and staging gone
+
+
+def test_force_never_replaces_a_directory_that_is_not_an_export(tiny_run, tmp_path):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "to-onnx", "--checkpoint", str(tiny_run),
+                             "--out", str(out), "--force"],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+                            timeout=300)
+    assert result.returncode == 2
+    assert "not an export directory" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

@@ -21,17 +21,14 @@ class KerasRuntime:
         import keras
 
         loaded = load_any_checkpoint(path)
-        if vocab_path is not None:
-            from ..export import read_vocab_file  # also takes StringLookup's list, [UNK] first
-
-            self.vocab = read_vocab_file(vocab_path)[0]
-        elif loaded.vocab is not None:
-            self.vocab = loaded.vocab
-        else:
+        if vocab_path is None and loaded.vocab is None:
             raise ConfigError(f"{path} holds no vocabulary; pass --vocab vocab.json")
+        from ..export import resolve_vocab  # checks the size against the embedding; knows StringLookup's [UNK]
+
+        self.vocab, _, unk = resolve_vocab(loaded, None, vocab_path)
         w = loaded.weights
         self.rnn_units, self.vocab_size = w.rnn_units, w.vocab_size
-        self.config = w.config()
+        self.config = {**w.config(), **({"unk_id": 0} if unk else {})}
         self.tf = tf
         with tf.device(self.device):
             self.embedding = keras.layers.Embedding(w.vocab_size, w.embedding_dim)
