@@ -122,10 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="charrnn-export", description="Train, export and sample character-level GRU models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
-    for name in ("add_export_parser", "add_sample_parser", "add_bench_parser"):
-        adder = globals().get(name)
-        if adder is not None:
-            adder(sub)
+    for add_parser in (add_export_parser, add_sample_parser, add_bench_parser):
+        add_parser(sub)
     return parser
 
 
