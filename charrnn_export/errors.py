@@ -25,3 +25,21 @@ class ParityError(CharRNNError):
 
 class RuntimeUnavailable(CharRNNError):
     """A requested runtime or device is not installed or not present."""
+
+
+class ArgumentTypeError(ConfigError, TypeError):
+    """A Python API argument has the wrong type; the message names the argument."""
+
+
+class ArgumentValueError(ConfigError, ValueError):
+    """A Python API argument has the right type but a value out of range; the message names it."""
+
+
+class FolderInUse(ConfigError):
+    """Another process is writing the same run or export folder (it holds the folder's lock)."""
+
+
+class WriteError(CharRNNError, OSError):
+    """A file could not be written (disk full, read-only, below a file); one line, no traceback.
+
+    Also an OSError, so code that already handles failed writes as OSError keeps doing so."""

@@ -1,0 +1,318 @@
+"""File safety: atomic writes, the manifest of what the project wrote, and the one-writer lock.
+
+    atomic_write_bytes(path, data) / atomic_write_text(path, text)
+        readers see the old file or the whole new one; OSError becomes WriteError (one line)
+    Manifest.read(folder) / Manifest.create(folder, kind) / manifest.add(*names) / manifest.remove_all()
+        `.charrnn-export.json` in a run or export folder: every file and folder the project wrote
+        there. `--force` removes exactly those, never anything else (a user's notes beside them,
+        a home directory passed as --out).
+    foreign_entries(folder, manifest)   what in a folder the project did not write
+    FolderLock(folder).acquire()        fcntl.flock on `.charrnn-export.lock`, held while a run or
+        export writes; the kernel drops it when the process dies, so a killed run never blocks
+        its own --resume. A second writer gets FolderInUse naming the holder's pid.
+    make_dirs(path) / remove_dirs(created)   mkdir -p that remembers what it made, to undo it
+    check_writable_dir(path, what)      fail before any work unless files can be made there
+
+Standard library only: the sampler (numpy + onnxruntime) writes --out through this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .errors import ConfigError, FolderInUse, WriteError
+
+MANIFEST = ".charrnn-export.json"
+LOCK = ".charrnn-export.lock"
+OWN_NAMES = frozenset({MANIFEST, LOCK})  # never "foreign", whatever the manifest says
+TOOL = "charrnn-export"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def write_error(path, error: OSError) -> WriteError:
+    """One line for a failed write; a full disk says so plainly (its strerror alone is cryptic in context)."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"cannot write {path}: the disk is full ({error.strerror}); free some space and try again")
+    return WriteError(f"cannot write {path} ({error.strerror or error}); choose a writable location")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    # Replace what a symlink points at, not the link; never rename over a device or a pipe.
+    path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise WriteError(f"{path} exists and is not a regular file; write to a file path instead")
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file normal permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise write_error(path, e) from None
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def is_partial_write(name: str) -> bool:
+    """The temporary name atomic_write_bytes gives a file before renaming it (`.NAME.XXXX.tmp`)."""
+    return name.startswith(".") and name.endswith(".tmp") and name.count(".") >= 3
+
+
+# ---------------------------------------------------------------- folders
+
+
+def make_dirs(directory: str | os.PathLike) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last) so a failure can remove them."""
+    directory = Path(os.path.abspath(directory))
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    created: list[Path] = []
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by another process: not ours to remove
+        except OSError as e:
+            remove_dirs(created)
+            raise write_error(d, e) from None
+        created.append(d)
+    return created
+
+
+def remove_dirs(created: list[Path]) -> None:
+    """Remove directories make_dirs created, deepest first, only while they are empty."""
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # something was written there meanwhile: leave it
+
+
+def nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable_dir(directory: str | os.PathLike, what: str) -> None:
+    """Fail now, before any work, unless `directory` (or the folder it would be made in) takes new
+    files. `what` names it in the message ("--out runs/x"). Creates nothing that stays."""
+    directory = Path(os.path.abspath(directory))
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{what} is a file; pass a directory")
+    ancestor = nearest_existing(directory)
+    if not ancestor.is_dir():
+        raise ConfigError(f"cannot write {what}: {ancestor} is a file, not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".probe."):
+            pass
+    except OSError as e:
+        raise ConfigError(f"cannot write to {ancestor} ({e.strerror or e}); choose a writable {what.split()[0]}") from None
+
+
+def check_writable_file(path: str | os.PathLike, what: str) -> None:
+    """check_writable_dir for the folder a file will be written into (atomically: a new file there)."""
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        raise ConfigError(f"{what} is a directory; give a file path")
+    if target.exists() and not target.is_file():
+        # The atomic write renames a new file over the path: over a device or a pipe (say
+        # /dev/stdout) that would replace it, not write into it.
+        raise ConfigError(f"{what} is not a regular file; give a file path")
+    check_writable_dir(target.parent, what)
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+class Manifest:
+    """What the project wrote in `folder`: files and folders, as paths relative to it.
+
+    Names are recorded *before* the file is written (write-ahead), so a kill between the two
+    leaves a name without a file (harmless) rather than a file the project cannot claim.
+    """
+
+    def __init__(self, folder: Path, kind: str, files=(), dirs=()):
+        self.folder = Path(folder)
+        self.kind = kind  # "run" or "export"
+        self.files = set(files)
+        self.dirs = set(dirs)
+
+    @property
+    def path(self) -> Path:
+        return self.folder / MANIFEST
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "Manifest | None":
+        """The folder's manifest; None when it has none. A damaged one is an error: what the
+        project wrote there is then unknown, so nothing may be removed."""
+        path = Path(folder) / MANIFEST
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("tool") != TOOL or raw.get("kind") not in ("run", "export"):
+                raise ValueError("not a charrnn-export manifest")
+            files, dirs = (list(map(str, raw.get(k, []))) for k in ("files", "dirs"))
+            for name in files + dirs:
+                check_relative(name)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is damaged ({e}); what charrnn-export wrote in {Path(folder)} is unknown, "
+                              "so nothing there will be replaced: choose another output folder") from None
+        return cls(Path(folder), raw["kind"], files, dirs)
+
+    @classmethod
+    def create(cls, folder: str | os.PathLike, kind: str) -> "Manifest":
+        manifest = cls(Path(folder), kind)
+        manifest.save()
+        return manifest
+
+    def save(self) -> None:
+        record = {"tool": TOOL, "kind": self.kind, "files": sorted(self.files), "dirs": sorted(self.dirs)}
+        atomic_write_text(self.path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+
+    def add(self, *names: str, dirs: tuple[str, ...] = ()) -> None:
+        """Record files (and folders) about to be written; saves only when something is new."""
+        new_files = {check_relative(n) for n in names} - self.files
+        new_dirs = {check_relative(d) for d in dirs} - self.dirs
+        if new_files or new_dirs:
+            self.files |= new_files
+            self.dirs |= new_dirs
+            self.save()
+
+    def owns(self, name: str) -> bool:
+        return name in OWN_NAMES or name in self.files or name in self.dirs
+
+    def remove_all(self) -> None:
+        """Delete every recorded file, then every recorded folder that is left empty, then the
+        manifest. A file the user put inside one of our folders keeps that folder."""
+        for name in sorted(self.files):
+            path = self.folder / name
+            # A symlinked folder on the way could lead outside: only paths that stay inside.
+            if inside(path.parent, self.folder) and (path.is_symlink() or path.is_file()):
+                path.unlink()
+        for name in sorted(self.dirs, key=lambda d: d.count("/"), reverse=True):
+            try:
+                (self.folder / name).rmdir()
+            except OSError:
+                pass  # not empty (holds a user's file) or already gone
+        self.files, self.dirs = set(), set()
+        self.path.unlink(missing_ok=True)
+
+
+def inside(path: Path, folder: Path) -> bool:
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def check_relative(name: str) -> str:
+    """A manifest entry must name something inside its folder; a damaged or hostile manifest must
+    not make --force delete `../elsewhere` or `/home`."""
+    parts = PurePosixPath(name).parts
+    if not name or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name or "\x00" in name:
+        raise ValueError(f"entry {name!r} is not a path inside the folder")
+    return str(PurePosixPath(name))
+
+
+def foreign_entries(folder: str | os.PathLike, manifest: "Manifest | None") -> list[str]:
+    """Top-level names in `folder` that the project did not write (empty when the folder is missing)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    owned_tops = set()
+    if manifest is not None:
+        owned_tops = {PurePosixPath(n).parts[0] for n in manifest.files | manifest.dirs}
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name not in OWN_NAMES and p.name not in owned_tops and not is_partial_write(p.name))
+
+
+# ---------------------------------------------------------------- the lock
+
+
+class FolderLock:
+    """An exclusive fcntl.flock on FOLDER/.charrnn-export.lock, for one writer per folder."""
+
+    def __init__(self, folder: str | os.PathLike, what: str):
+        self.path = Path(folder) / LOCK
+        self.what = what  # names the folder in messages ("--out runs/x")
+        self.fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise write_error(self.path, e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = read_pid(fd)
+                os.close(fd)
+                raise FolderInUse(f"{self.what} is in use by another charrnn-export process "
+                                  f"({'pid ' + holder if holder else 'starting up'}); wait for it to finish, "
+                                  "stop it, or choose another folder") from None
+            # The holder before us unlinks the file when it releases: if it did so between our
+            # open and our flock, we locked a file nobody else will open. Try again.
+            if same_file(fd, self.path):
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still holding it: see acquire
+        os.close(self.fd)  # closing drops the flock
+        self.fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def read_pid(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
+
+
+def same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
