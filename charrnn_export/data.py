@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,39 +24,10 @@ import numpy as np
 
 from .contract import KNOWN_SHA256
 from .errors import DataError
+from .files import atomic_write_bytes, atomic_write_text
 
 
-# ---------------------------------------------------------------- files
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    # Replace what a symlink points at, not the link; never rename over a device or a pipe.
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        raise OSError(f"{path} exists and is not a regular file; write to a file path instead")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+# ---------------------------------------------------------------- hashing
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -75,43 +45,46 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CHARRNN_EXPORT_CACHE", Path.home() / ".cache" / "charrnn-export"))
 
 
-def load_text_bytes(source: str) -> tuple[bytes, str]:
-    """Return the raw bytes of `source` and a short name for messages."""
+def load_text_bytes(source: str, flag: str = "--data") -> tuple[bytes, str]:
+    """Return the raw bytes of `source` and a short name for messages; `flag` is the option that
+    named it, so that a message says what to pass (train: --data, to-onnx: --text)."""
     source = str(source)
+    what = "data" if flag == "--data" else "text"
     if is_url(source):
-        return fetch_url(source), source
+        return fetch_url(source, flag), source
     path = Path(source)
     try:
         if not path.exists():
-            raise DataError(f"data file not found: {source}; pass --data with an existing UTF-8 text file")
+            raise DataError(f"{what} file not found: {source}; pass {flag} with an existing UTF-8 text file")
         if path.is_dir():
-            raise DataError(f"data path is a directory: {source}; pass --data with a UTF-8 text file")
+            raise DataError(f"{what} path is a directory: {source}; pass {flag} with a UTF-8 text file")
         return path.read_bytes(), source
     except OSError as e:  # unreadable: permissions, a name too long, an I/O error
-        raise DataError(f"cannot read data file {source} ({e.strerror or e}); "
-                        "pass --data with a readable UTF-8 text file") from None
+        raise DataError(f"cannot read {what} file {source} ({e.strerror or e}); "
+                        f"pass {flag} with a readable UTF-8 text file") from None
 
 
-def decode_text(data: bytes, name: str) -> str:
+def decode_text(data: bytes, name: str, flag: str = "--data") -> str:
+    what = "data" if flag == "--data" else "text"
     if not data:
-        raise DataError(f"data file is empty: {name}; pass --data with a non-empty UTF-8 text file")
+        raise DataError(f"{what} file is empty: {name}; pass {flag} with a non-empty UTF-8 text file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"data file is not UTF-8: {name} (invalid byte at offset {e.start}); "
+            f"{what} file is not UTF-8: {name} (invalid byte at offset {e.start}); "
             "convert it with e.g. `iconv -t UTF-8` and try again"
         ) from None
 
 
-def load_text(source: str) -> tuple[str, str]:
+def load_text(source: str, flag: str = "--data") -> tuple[str, str]:
     """Return (text, sha256 of its bytes) for a local file or a URL."""
-    data, name = load_text_bytes(source)
-    text = decode_text(data, name)
+    data, name = load_text_bytes(source, flag)
+    text = decode_text(data, name, flag)
     return text, sha256_bytes(data)
 
 
-def fetch_url(url: str) -> bytes:
+def fetch_url(url: str, flag: str = "--data") -> bytes:
     """Download `url` once into the cache; reuse the cached copy while its sha256 is right."""
     expected = KNOWN_SHA256.get(url)
     name = Path(urllib.parse.urlparse(url).path).name or "download"
@@ -125,17 +98,17 @@ def fetch_url(url: str) -> bytes:
             data = response.read()
     except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
-        raise DataError(f"could not download {url} ({reason}); pass --data FILE with a local copy") from None
+        raise DataError(f"could not download {url} ({reason}); pass {flag} FILE with a local copy") from None
     if expected is not None and sha256_bytes(data) != expected:
         raise DataError(
             f"downloaded {url} but its sha256 is {sha256_bytes(data)}, expected {expected}; "
-            "pass --data FILE with a good copy"
+            f"pass {flag} FILE with a good copy"
         )
     try:
         atomic_write_bytes(target, data)
     except OSError as e:
         raise DataError(f"cannot write the download cache {target} ({e.strerror or e}); set "
-                        "CHARRNN_EXPORT_CACHE to a writable directory or pass --data FILE") from None
+                        f"CHARRNN_EXPORT_CACHE to a writable directory or pass {flag} FILE") from None
     return data
 
 

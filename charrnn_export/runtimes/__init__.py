@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..errors import ConfigError
 
 RUNTIMES = ("onnx", "savedmodel", "keras")
+DEVICES = ("cpu", "cuda")
 
 
 def load_runtime(path, runtime: str = "onnx", threads: int | None = None, device: str = "cpu", vocab_path=None):
@@ -27,4 +28,4 @@ def load_runtime(path, runtime: str = "onnx", threads: int | None = None, device
         from .keras import KerasRuntime
 
         return KerasRuntime(path, threads=threads, device=device, vocab_path=vocab_path)
-    raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    raise ConfigError(f"unknown runtime {runtime!r}; valid runtimes: {', '.join(RUNTIMES)}")
