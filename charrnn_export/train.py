@@ -11,15 +11,22 @@ A run directory holds:
 
 Every file is written atomically, and the data order, dropout masks and optimizer state are
 functions of (seed, step), so `--resume` after a kill repeats an uninterrupted run exactly.
+
+The run directory also holds `.charrnn-export.json`, the manifest of every file the run wrote
+(`--force` removes exactly those), and while training runs `.charrnn-export.lock`, which one
+process at a time holds (see files.py). A run that fails before its first checkpoint removes
+what it wrote, so the next try starts clean.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
-import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from . import data as data_mod
-from .data import Vocab, atomic_write_text
+from . import distribute
+from .data import Vocab
 from .errors import ConfigError, DataError
+from .files import (FolderLock, Manifest, atomic_write_text, check_writable_dir, foreign_entries, make_dirs,
+                    remove_dirs)
 from .contract import TUTORIAL_URL
 
 
@@ -80,6 +90,8 @@ class TrainConfig:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.seed < 2**32:  # numpy's and Keras' seeds are 32-bit
+            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +108,8 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.best = self.path / "best.npz"
         self.metrics = self.path / "metrics.jsonl"
+        self.manifest: Manifest | None = None  # read by prepare_run_dir
+        self.started = False  # this process began writing the run (see undo_failed_start)
 
     def checkpoint_path(self, epoch: int, step: int) -> Path:
         return self.checkpoints / f"ckpt-e{epoch:03d}-s{step:08d}.npz"
@@ -110,25 +124,49 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     def write_metrics(self, rows: list[dict]) -> None:
+        self.record(self.metrics)
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def record(self, *paths: Path) -> None:
+        """Add files about to be written (and the folders they are in) to the run's manifest."""
+        names = [p.relative_to(self.path).as_posix() for p in paths]
+        dirs = tuple(d.as_posix() for n in names for d in Path(n).parents if d != Path("."))
+        self.manifest.add(*names, dirs=dirs)
 
     def holds_run(self) -> bool:
         return self.config.exists()
 
 
 def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> bool:
-    """Check RUN_DIR against the config; return True when training resumes from a checkpoint."""
+    """Check RUN_DIR against the config; return True when training resumes from a checkpoint.
+
+    Only a folder that is empty, missing, or holds this project's run (its manifest says so) is
+    written; anything else is refused whatever the flags, since --force removes only what the
+    manifest lists.
+    """
     if run.path.exists() and not run.path.is_dir():
         raise ConfigError(f"--out {run.path} is a file; pass a directory")
+    run.manifest = Manifest.read(run.path)
+    if run.manifest is not None and run.manifest.kind != "run":
+        raise ConfigError(f"--out {run.path} holds a charrnn-export {run.manifest.kind}, not a run; choose another --out")
+    legacy = run.manifest is None and run.holds_run()  # written before manifests, or by another tool
+    if resume and not run.holds_run():
+        raise ConfigError(f"--resume: {run.path} holds no run (no config.json); drop --resume to start one")
+    foreign = foreign_entries(run.path, run.manifest)
+    if foreign and not (legacy and resume):
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"--out {run.path} holds files charrnn-export did not write ({shown}); it never writes among "
+            "them nor deletes them, even with --force: choose an empty or new directory")
     if not run.holds_run():
-        if resume:
-            raise ConfigError(f"--resume: {run.path} holds no run (no config.json); drop --resume to start one")
         return False
     if force:
         return False
+    if run.newest_checkpoint() is None and not legacy:
+        return False  # our run that never finished an epoch: nothing in it is worth keeping
     try:
         previous = json.loads(run.config.read_text(encoding="utf-8"))
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         raise ConfigError(f"{run.config} is corrupt; pass --force to start the run over") from None
     differences = sorted(
         k for k in set(previous) | set(stored)
@@ -142,21 +180,42 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> boo
         )
     if not resume:
         raise ConfigError(f"{run.path} already holds this run; pass --resume to continue it or --force to start over")
+    if legacy:
+        run.manifest = adopt_legacy_run(run)
     return run.newest_checkpoint() is not None
 
 
+def adopt_legacy_run(run: RunDir) -> Manifest:
+    """A run written before manifests, resumed with the config it was made with (so it is ours):
+    record its files under the names `train` gives them, so a later --force can remove them."""
+    manifest = Manifest(run.path, "run")
+    names = [p for p in (run.config, run.vocab, run.best, run.metrics) if p.is_file()]
+    names += sorted(run.checkpoints.glob("ckpt-e*-s*.npz"))
+    run.manifest = manifest
+    run.record(*names)
+    manifest.save()
+    return manifest
+
+
 def remove_partial_writes(run: RunDir) -> None:
-    """Delete the temporary files of atomic writes that a kill cut short (see data.atomic_write_bytes)."""
+    """Delete the temporary files of atomic writes that a kill cut short (see files.atomic_write_bytes)."""
     names = [f".{f.name}.*.tmp" for f in (run.config, run.vocab, run.best, run.metrics)]
     for stale in [*(p for n in names for p in run.path.glob(n)), *run.checkpoints.glob(".ckpt-e*-s*.npz.*.tmp")]:
         stale.unlink(missing_ok=True)
 
 
-def clear_run(run: RunDir) -> None:
-    if run.checkpoints.exists():
-        shutil.rmtree(run.checkpoints)
-    for f in (run.best, run.metrics):
-        f.unlink(missing_ok=True)
+def start_over(run: RunDir) -> None:
+    """Remove every file an earlier run recorded (never anything else), then begin a new manifest."""
+    if run.manifest is not None:
+        run.manifest.remove_all()
+    run.manifest = Manifest.create(run.path, "run")
+
+
+def undo_failed_start(run: RunDir) -> None:
+    """A run that stops before its first checkpoint (bad data for the model, a full disk, Ctrl-C)
+    leaves nothing: its config.json and vocab.json alone would only block the next try."""
+    if run.started and run.manifest is not None and run.newest_checkpoint() is None:
+        run.manifest.remove_all()
 
 
 # ---------------------------------------------------------------- progress
@@ -196,12 +255,51 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------- training
 
 
-def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False) -> dict:
-    """Train (or resume) a run in `out_dir`; returns the last epoch's metrics and the best val loss."""
+def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force: bool = False,
+          distribution: distribute.DistributeOptions | None = None) -> dict:
+    """Train (or resume) a run in `out_dir`; returns the last epoch's metrics and the best val loss.
+
+    Holds the folder's lock the whole time (a second process gets FolderInUse naming this one),
+    and a run that fails before its first checkpoint leaves no trace of itself.
+    """
     config.validate()
+    if distribution is not None:
+        distribution.validate()
+    if not distribute.is_chief(distribution):
+        return train_as_worker(config, out_dir, distribution)
     run = RunDir(out_dir)
+    check_writable_dir(run.path, f"--out {run.path}")
+    created = make_dirs(run.path)
+    lock = FolderLock(run.path, f"--out {run.path}")
+    try:
+        lock.acquire()
+        return train_locked(config, run, resume, force, distribution)
+    except BaseException:
+        undo_failed_start(run)
+        raise
+    finally:
+        lock.release()
+        remove_dirs(created)  # only while empty: a failed first try leaves no folder behind
+
+
+def train_as_worker(config: TrainConfig, out_dir: str | Path, distribution: distribute.DistributeOptions) -> dict:
+    """A multi-worker run's other workers never touch --out (it may not exist on their machine):
+    each trains in a scratch folder, removed after, and keeps quiet (its lines would repeat the
+    chief's); it takes the chief's weights and position from the chief itself (sync_from_chief)."""
+    with tempfile.TemporaryDirectory(prefix="charrnn-export-worker-") as scratch, \
+            contextlib.redirect_stderr(io.StringIO()):
+        summary = train_locked(config, RunDir(scratch), False, False, distribution)
+    return {**summary, "run_dir": str(out_dir)}
+
+
+def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
+                 distribution: distribute.DistributeOptions | None = None) -> dict:
+    """train() once the folder is locked."""
     text, sha256 = data_mod.load_text(config.data)
     vocab = Vocab.from_text(text)
+    if len(vocab) < 2:
+        raise DataError(f"the text has only one distinct character ({vocab.chars[0]!r}); a model needs at least two "
+                        "to choose between: pass --data with a real text")
     ids = vocab.encode(text)
     train_ids, val_ids = data_mod.split_train_val(ids, config.val_fraction)
     data_mod.check_enough_text(train_ids, val_ids, config.seq_length, config.batch_size)
@@ -211,36 +309,38 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
     resuming = prepare_run_dir(run, stored, resume, force)
     if resuming and Vocab.load(run.vocab) != vocab:
         raise DataError(f"the data's vocabulary differs from the one in {run.vocab}; resume with the same --data")
-    if run.holds_run():
-        remove_partial_writes(run)
-        if not resuming:
-            clear_run(run)
+    remove_partial_writes(run)
+    if not resuming:
+        start_over(run)
+    run.started = True
 
     from .tfsetup import import_tensorflow
 
     tf = import_tensorflow()  # only now: data and config errors above stay fast and print one line
+    dist = distribute.start(distribution, tf)  # before any other op, as tf.distribute requires
     import keras
 
     from .model import build_model, read_checkpoint, save_checkpoint, set_model_weights, weights_from_model
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.record(run.vocab, run.config)
     vocab.save(run.vocab)
     atomic_write_text(run.config, json.dumps(stored, indent=2, ensure_ascii=False) + "\n")
 
-    model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
-    steps_per_epoch = [data_mod.steps_in_epoch(train_ids, config.seq_length, config.batch_size, config.seed, e)
-                       for e in range(config.epochs)]
-    # --max-steps only stops the run early; the schedule follows --epochs so a resumed run matches.
-    planned_steps = sum(steps_per_epoch)
-    schedule = learning_rate_schedule(config, planned_steps)
-    if config.weight_decay > 0:
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay,
-                                           global_clipnorm=config.clip_norm)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm)
-    optimizer.build(model.trainable_variables)
+    with dist.scope():  # under --strategy, variables made here are mirrored on every replica
+        model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
+        steps_per_epoch = [data_mod.steps_in_epoch(train_ids, config.seq_length, config.batch_size, config.seed, e)
+                           for e in range(config.epochs)]
+        # --max-steps only stops the run early; the schedule follows --epochs so a resumed run matches.
+        planned_steps = sum(steps_per_epoch)
+        schedule = learning_rate_schedule(config, planned_steps)
+        if config.weight_decay > 0:
+            optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay,
+                                               global_clipnorm=config.clip_norm)
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=config.clip_norm)
+        optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     embedding, gru, dense = (model.get_layer(n) for n in ("embedding", "gru", "dense"))
@@ -263,6 +363,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
+
+    if dist.active:  # the same step split over the replicas: the global batch in, its mean loss out
+        train_step = dist.train_step(model, optimizer, config)
 
     @tf.function(input_signature=[batch_spec, batch_spec])
     def val_loss_sum(x, y):
@@ -301,6 +404,7 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
         if ckpt.meta["metrics"]["complete"]:
             metrics.append(ckpt.meta["metrics"])
         if ckpt.meta["metrics"]["val_loss"] == best_val:
+            run.record(run.best)
             save_checkpoint(run.best, ckpt.weights, ckpt.meta)
         run.write_metrics(metrics)
         if batch_in_epoch >= steps_per_epoch[min(epoch, config.epochs - 1)]:
@@ -310,6 +414,10 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
         log(f"training {run.path}: {len(train_ids):,} train / {len(val_ids):,} validation characters, "
             f"vocab {len(vocab)}, {config.epochs} epochs of {steps_per_epoch[0]} steps")
 
+    if dist.active:  # every worker starts where the chief's checkpoint (or a fresh start) puts it
+        log(f"{dist.describe()}; global batch {config.batch_size}")
+        epoch, batch_in_epoch, global_step = dist.sync_from_chief(
+            [*model.variables, *optimizer.variables], (epoch, batch_in_epoch, global_step))
     session_start = time.perf_counter() - wall_before
     last = metrics[-1] if metrics else {}
     while epoch < config.epochs and (config.max_steps is None or global_step < config.max_steps):
@@ -358,8 +466,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
         meta = {"config": stored, "position": position, "metrics": row}
         # Order matters for a kill between writes: the checkpoint first, then best, then metrics;
         # resume trusts only the checkpoint and drops metric rows beyond it.
-        save_checkpoint(run.checkpoint_path(epoch + 1, global_step), weights, meta,
-                        [np.asarray(v) for v in optimizer.variables])
+        checkpoint = run.checkpoint_path(epoch + 1, global_step)
+        run.record(checkpoint, run.best)
+        save_checkpoint(checkpoint, weights, meta, [np.asarray(v) for v in optimizer.variables])
         if is_best:
             save_checkpoint(run.best, weights, meta)
         metrics.append(row)
