@@ -35,3 +35,22 @@ TUTORIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shak
 TUTORIAL_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TUTORIAL_CHARS = 1_115_394
 KNOWN_SHA256 = {TUTORIAL_URL: TUTORIAL_SHA256}
+
+# The decode model: the step model plus the sampling rule (sampling.py) in the graph.
+#   token, state as above; per row: temperature float32, top_k int64 (0 = off), top_p float32
+#   (1 = off), greedy bool, uniform float64 in [0, 1) (from rng.py), reset bool (start the row
+#   from a zero state: lets a fixed-size batch on a device take a new request without a copy)
+#   -> next_token int32 [batch], state_out, logits (unmasked), logit_check float32 [batch]
+#   (0 when every logit of the row is finite, NaN otherwise).
+TEMPERATURE = "temperature"
+TOP_K = "top_k"
+TOP_P = "top_p"
+GREEDY = "greedy"
+UNIFORM = "uniform"
+RESET = "reset"
+NEXT_TOKEN = "next_token"
+LOGIT_CHECK = "logit_check"
+DECODE_INPUTS = (TOKEN, STATE, TEMPERATURE, TOP_K, TOP_P, GREEDY, UNIFORM, RESET)
+DECODE_OUTPUTS = (NEXT_TOKEN, STATE_OUT, LOGITS, LOGIT_CHECK)
+# File names in an export directory (and artifacts/): step models, and their decode models.
+DECODE_FILES = {"model.onnx": "decode.onnx", "model.int8.onnx": "decode.int8.onnx"}

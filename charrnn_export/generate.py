@@ -1,13 +1,16 @@
-"""Generator: a runtime's step plus the shared sampler; the Python API for generating text.
+"""Generator: the Python API for generating text, a thin layer over the decode engine.
 
     g = Generator.load("model.onnx", runtime="onnx")
     g.generate("ROMEO: ", 500, temperature=0.8, seed=1) -> str (the generated characters)
     g.stream("ROMEO: ", 500, seed=1)  -> yields characters as they are made
     g.generate_batch(["ROMEO: ", "JULIET: "], 500, seed=1) -> list of str, one per start
 
-The start string is fed through the model once (priming), then each sampled character is fed
-back. The returned text excludes the start string. Arguments are checked when the call is
-made (not when a stream is first read), and bad ones raise the project's errors.
+Each call runs engine.Engine with one slot per start string; the engine is the codebase's one
+decode loop. The returned text excludes the start string. Arguments are checked when the call
+is made (not when a stream is first read), and bad ones raise the project's errors naming the
+argument. Row i of generate_batch is seeded with seed + i (rng.py). With a decode model beside
+an ONNX step model (decode.onnx, decode.int8.onnx) the sampling runs inside onnxruntime;
+otherwise on the host with sampling.choose: the text is the same.
 
 numpy only: the runtime chosen at load time brings its own heavy imports, if any.
 """
@@ -18,16 +21,18 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
-
+from . import checks
+from .engine import LENGTH, NONFINITE, Engine, HostSampler
 from .errors import ConfigError, DataError, ModelError
-from .sampling import SamplingConfig, choose
+from .rng import SEED_LIMIT, random_seed
+from .sampling import SamplingConfig
 
 SHIPPED = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 # Where the shipped models are looked for instead of the package's artifacts/ (a folder holding
 # model.onnx / model.int8.onnx); lets a test or a deployment point at its own copy.
 ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
-UNKNOWN_MODES = ("error", "skip")
+UNKNOWN_MODES = checks.UNKNOWN_MODES
+SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
 
 
 def shipped_model_path(which: str = "fp32") -> Path:
@@ -52,43 +57,70 @@ def resolve_model_path(model: str | None, runtime: str) -> str:
         if not path.is_file():
             raise ModelError(
                 f"no shipped model at {path} (it is built by training and `to-onnx`); "
-                "pass --model with an exported model.onnx or export directory"
+                "pass an exported model.onnx or export directory"
             )
         return str(path)
     if model is None:
-        raise ConfigError(f"--runtime {runtime} needs --model (an export directory or checkpoint)")
+        raise ConfigError(f"runtime {runtime!r} needs a model path (an export directory or checkpoint)")
     return model
 
 
-def check_length(length: int) -> int:
-    if length < 0:
-        raise ConfigError(f"--length must be >= 0, got {length}")
-    return length
+def check_length(length: int, name: str = "length") -> int:
+    return checks.check_length(length, name)
+
+
+def sampling_config(temperature, top_k, top_p, greedy) -> SamplingConfig:
+    return SamplingConfig(checks.check_temperature(temperature), checks.check_top_k(top_k),
+                          checks.check_top_p(top_p), checks.check_bool(greedy, "greedy"))
 
 
 class Generator:
-    def __init__(self, runtime):
+    def __init__(self, runtime, decoder_factory=None, device: str = "cpu"):
         self.runtime = runtime
         self.vocab = runtime.vocab
+        self.device = device
+        self._decoder_factory = decoder_factory  # capacity -> a decode-model backend, or None
+        self._backend = None
 
     @classmethod
     def load(cls, path: str | None = None, runtime: str = "onnx", threads: int | None = None,
-             device: str = "cpu", vocab_path: str | None = None) -> "Generator":
+             device: str = "cpu", vocab_path: str | None = None, sampler: str = "auto") -> "Generator":
         """path: for onnx a .onnx file or export directory (None, 'fp32', 'int8': the shipped
         model); for savedmodel an export directory or its saved_model/; for keras a run
-        directory or checkpoint (vocab_path for checkpoints that hold no vocabulary)."""
+        directory or checkpoint (vocab_path for checkpoints that hold no vocabulary).
+        sampler: 'graph' samples inside onnxruntime with the decode model written beside the
+        step model, 'host' with numpy, 'auto' the graph on CUDA and the host on the CPU (the
+        faster of the two there; the text is the same)."""
         from .runtimes import load_runtime
 
-        return cls(load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
-                                vocab_path=vocab_path))
+        runtime = checks.check_runtime(runtime)
+        device = checks.check_device(device)
+        threads = checks.check_threads(threads)
+        sampler = checks.check_choice(sampler, "sampler", SAMPLERS)
+        path = checks.check_model_path(path)
+        step = load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
+                            vocab_path=vocab_path)
+        factory = None
+        if runtime == "onnx" and sampler != "host" and (sampler == "graph" or device == "cuda"):
+            from .runtimes.onnx_decode import OnnxDecoder, find_decode_model
+
+            decode_path = find_decode_model(step.path)
+            if decode_path is None:
+                if sampler == "graph":
+                    raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
+                                     "or use sampler='host'")
+            else:
+                def factory(capacity, _path=decode_path):
+                    return OnnxDecoder(_path, capacity, device=device, threads=threads)
+        return cls(step, factory, device)
 
     # ------------------------------------------------------------ start strings
 
     def clean_start(self, start: str, unknown: str = "error") -> str:
         """The start string as the model will see it: unknown characters raise DataError
         (listing them), or are dropped with unknown="skip"."""
-        if unknown not in UNKNOWN_MODES:
-            raise ConfigError(f"--unknown must be one of {', '.join(UNKNOWN_MODES)}, got {unknown!r}")
+        start = checks.check_start(start)
+        unknown = checks.check_unknown(unknown)
         if unknown == "skip":
             missing = set(self.vocab.unknown(start))
             start = "".join(c for c in start if c not in missing)
@@ -98,57 +130,33 @@ class Generator:
         self.vocab.encode(start)  # raises DataError listing the unknown characters
         return start
 
-    def prime(self, start_ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Feed each start string through the model, all rows together; return the logits after
-        each string's last character and the states. (batch, vocab), (batch, units)."""
-        lengths = np.array([len(ids) for ids in start_ids])
-        longest = int(lengths.max())
-        # Right-align the strings so that they all end on the last step; a row whose string has
-        # not begun keeps its zero state (its step output is discarded), so each row's state is
-        # exactly that of priming it alone, in max(length) steps instead of sum(length).
-        offsets = longest - lengths  # (batch,)
-        tokens = np.zeros((len(start_ids), longest), dtype=np.int32)
-        for row, ids in enumerate(start_ids):
-            tokens[row, offsets[row]:] = ids
-        state = self.runtime.zero_state(len(start_ids))  # (batch, units)
-        for t in range(longest):
-            logits, new_state = self.runtime.step(tokens[:, t], state)
-            waiting = offsets > t  # (batch,) rows whose string starts later
-            state = np.where(waiting[:, None], state, new_state) if waiting.any() else new_state
-        return logits, state
+    # ------------------------------------------------------------ the engine
 
-    # ------------------------------------------------------------ the loop
+    def backend(self, capacity: int):
+        """A backend with at least `capacity` rows, kept for the next call (on CUDA it holds
+        captured graphs that are worth reusing)."""
+        if self._backend is None or self._backend.capacity < capacity:
+            factory = self._decoder_factory
+            self._backend = factory(capacity) if factory else HostSampler(self.runtime, capacity)
+        return self._backend
+
+    def engine_for(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
+                   unknown: str) -> tuple[Engine, list[int]]:
+        """Check everything now; return an engine with one request per start (row order)."""
+        length = check_length(length)
+        seed = checks.check_seed(seed)
+        start_ids = [self.vocab.encode(self.clean_start(s, unknown)) for s in starts]
+        seed = random_seed() if seed is None else seed
+        engine = Engine(self.backend(len(start_ids)), capacity=len(start_ids))
+        ids = [engine.submit(ids, length, sampling, (seed + row) % SEED_LIMIT) for row, ids in enumerate(start_ids)]
+        return engine, ids
 
     def generate_ids(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
-                     unknown: str = "error") -> Iterator[np.ndarray]:
-        """Check everything now, then return an iterator of (batch,) int32 ids, one array per
-        generated position."""
-        check_length(length)
-        sampling.validate()
-        if isinstance(starts, str) or len(starts) == 0:
-            raise ConfigError("starts must be a non-empty list of start strings")
-        start_ids = [self.vocab.encode(self.clean_start(s, unknown)) for s in starts]
-        return self._ids(start_ids, length, sampling, np.random.default_rng(seed))
-
-    def _ids(self, start_ids, length: int, sampling: SamplingConfig, rng) -> Iterator[np.ndarray]:
-        if length == 0:
-            return
-        logits, state = self.prime(start_ids)
-        step = self.runtime.step  # the hot loop: one step and one choose per character
-        unk_id = self.runtime.config.get("unk_id")
-        if unk_id is not None:
-            # A model from the current tutorial has an [UNK] row; never emit it, as its mask does.
-            def step(ids, state, _step=step):
-                logits, state = _step(ids, state)
-                logits[:, unk_id] = -np.inf
-                return logits, state
-
-            logits[:, unk_id] = -np.inf
-        for _ in range(length - 1):
-            ids = choose(logits, sampling, rng)
-            yield ids
-            logits, state = step(ids, state)
-        yield choose(logits, sampling, rng)  # the last character needs no step after it
+                     unknown: str = "error") -> Iterator[tuple[int, int]]:
+        """(row, token id) for each character as the engine makes it."""
+        engine, rids = self.engine_for(checks.check_starts(starts), length, sampling.validate(), seed, unknown)
+        row_of = {rid: row for row, rid in enumerate(rids)}
+        return _run(engine, row_of)
 
     # ------------------------------------------------------------ public API
 
@@ -156,9 +164,10 @@ class Generator:
                top_p: float | None = None, greedy: bool = False, seed: int | None = None,
                unknown: str = "error") -> Iterator[str]:
         """Yield the generated characters one by one as they are made."""
-        ids = self.generate_ids([start], length, SamplingConfig(temperature, top_k, top_p, greedy), seed, unknown)
+        sampling = sampling_config(temperature, top_k, top_p, greedy)
+        ids = self.generate_ids([checks.check_start(start)], length, sampling, seed, unknown)
         chars = self.vocab.chars
-        return (chars[column[0]] for column in ids)
+        return (chars[token] for _, token in ids)
 
     def generate(self, start: str, length: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, greedy: bool = False, seed: int | None = None,
@@ -170,10 +179,22 @@ class Generator:
                        top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
                        seed: int | None = None, unknown: str = "error") -> list[str]:
         """One continuation per start string, all generated together as one batch. Starts may
-        differ in length. With one start it gives the same text as generate()."""
-        sampling = SamplingConfig(temperature, top_k, top_p, greedy)
-        columns = list(self.generate_ids(starts, length, sampling, seed, unknown))
-        if not columns:
-            return ["" for _ in starts]
-        table = np.array(self.vocab.chars, dtype=object)  # id -> character, decoded in one gather (7x faster than per id)
-        return ["".join(row) for row in table[np.stack(columns, axis=1)].tolist()]  # (batch, length)
+        differ in length. Row i gives the text generate() gives with seed + i."""
+        sampling = sampling_config(temperature, top_k, top_p, greedy)
+        texts: list[list[str]] = [[] for _ in checks.check_starts(starts)]
+        chars = self.vocab.chars
+        for row, token in self.generate_ids(starts, length, sampling, seed, unknown):
+            texts[row].append(chars[token])
+        return ["".join(t) for t in texts]
+
+
+def _run(engine: Engine, row_of: dict[int, int]) -> Iterator[tuple[int, int]]:
+    while engine.has_work():
+        for rid, token, reason in engine.step():
+            if reason is None:
+                yield row_of[rid], token
+            elif reason == NONFINITE:
+                raise ModelError("the model produced NaN or infinite logits, so no character can be chosen; "
+                                 "the model is broken: export it again from a good checkpoint")
+            else:
+                assert reason == LENGTH, reason

@@ -1,21 +1,35 @@
 """Choosing the next character from logits: temperature, top-k, top-p, greedy. numpy only.
 
     SamplingConfig(temperature, top_k, top_p, greedy).validate()
-    choose(logits (batch, vocab) float32, config, rng) -> ids (batch,) int32
+    Settings.of([config, ...])                 per-row settings as arrays (what a decode model takes)
+    choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
 
-Every runtime's logits go through this one function with one numpy Generator, so the same
-weights and seed give the same text whichever runtime computed the step.
+This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
+ONNX and the web page (web/charrnn.js) in JavaScript; the three agree id for id because every
+step is defined so that each side can do exactly the same float arithmetic:
 
-The arithmetic is float32 throughout (the logits are float32 already) and the draw is an
-inverse-CDF draw with exactly one uniform number per row. Batch 1, the common case and the one
-where Python overhead shows next to the model's step, has its own short path that does the same
-float32 operations on the single row, so it picks the same id as the general path would.
+  1. greedy rows: the first index of the largest logit (no random number is used).
+  2. scaled = logits / temperature, in float32.
+  3. top-k (0 = off): ids whose scaled logit is below the k-th largest are removed (ties kept).
+  4. weights = float32(exp(float64(scaled - max))): exp in float64 rounded to float32, because
+     float32 exp differs in the last bit between numpy, onnxruntime and JavaScript, and float64
+     exp rounded to float32 does not (in practice).
+  5. top-p (1 = off): probs = weights / total (total = the sequential float32 sum, as in 6); in
+     descending order of probability (ties: lower id first), an id is kept while the probability
+     of the ids before it is below top_p, so the first is always kept.
+  6. cdf = the sequential float32 running sum of the kept weights; the id is the count of
+     cdf entries <= uniform * cdf[-1], compared in float64. uniform is in [0, 1), so the id found
+     always has positive weight.
+
+Sums are sequential (np.add.accumulate), not numpy's pairwise sum, because ONNX CumSum and a
+JavaScript loop add in that order.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -31,87 +45,103 @@ class SamplingConfig:
 
     def validate(self) -> "SamplingConfig":
         if not self.temperature > 0 or math.isinf(self.temperature):  # `not >` also rejects NaN
-            raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
+            raise ConfigError(f"temperature must be a positive number, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"--top-k must be >= 1, got {self.top_k}")
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         return self
 
 
-def choose(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """One id per row of `logits` (batch, vocab). Draws exactly one uniform number per row
-    (none when greedy)."""
-    if config.greedy:
-        return np.argmax(logits, axis=1).astype(np.int32)  # ties go to the lowest id
-    if len(logits) == 1:
-        return choose_one(logits[0], config, rng)
-    return choose_rows(logits, config, rng)
+class Settings(NamedTuple):
+    """Per-row sampling settings, the decode model's inputs of the same names."""
+
+    temperature: np.ndarray  # (rows,) float32
+    top_k: np.ndarray  # (rows,) int64, 0 = off
+    top_p: np.ndarray  # (rows,) float32, 1 = off
+    greedy: np.ndarray  # (rows,) bool
+
+    @classmethod
+    def empty(cls, rows: int) -> "Settings":
+        return cls(np.ones(rows, np.float32), np.zeros(rows, np.int64), np.ones(rows, np.float32),
+                   np.zeros(rows, bool))
+
+    @classmethod
+    def of(cls, configs: Sequence[SamplingConfig]) -> "Settings":
+        settings = cls.empty(len(configs))
+        for row, config in enumerate(configs):
+            settings.set_row(row, config)
+        return settings
+
+    def set_row(self, row: int, config: SamplingConfig) -> None:
+        self.temperature[row] = config.temperature
+        self.top_k[row] = config.top_k or 0
+        self.top_p[row] = 1.0 if config.top_p is None else config.top_p
+        self.greedy[row] = config.greedy
+
+    def take(self, rows) -> "Settings":
+        return Settings(*(a[rows] for a in self))
 
 
-def choose_rows(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """The general path: any batch size, top-k and top-p."""
-    scaled = scale(logits, config.temperature)  # (batch, vocab) float32
-    vocab_size = scaled.shape[1]
-    if config.top_k is not None and config.top_k < vocab_size:
-        kth = np.partition(scaled, -config.top_k, axis=1)[:, -config.top_k, None]  # (batch, 1)
-        scaled = np.where(scaled < kth, -np.inf, scaled)  # ties with the k-th are kept
-    weights = np.exp(scaled - scaled.max(axis=1, keepdims=True))  # unnormalised probabilities, max 1
-    if config.top_p is not None and config.top_p < 1.0:
-        weights = nucleus(weights, config.top_p)
-    return draw(weights, rng)
-
-
-def choose_one(row: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    """choose_rows for a batch of one, on the row itself: the same float32 operations in the
-    same order and the same float64 comparison, so the same id for the same rng state, in a
-    third to a half of the time (no axis bookkeeping, no take/put_along_axis). At batch 1 this
-    runs once per character, so it is the sampler's share of the per-character cost."""
-    scaled = scale(row, config.temperature)  # (vocab,)
-    if config.top_k is not None and config.top_k < len(scaled):
-        kth = np.partition(scaled, -config.top_k)[-config.top_k]
-        scaled = np.where(scaled < kth, np.float32(-np.inf), scaled)
-    # Method forms: np.max / np.cumsum cost about a microsecond more per call in dispatch.
-    weights = np.exp(scaled - scaled.max())
-    if config.top_p is not None and config.top_p < 1.0:
-        probs = weights / weights.sum()
-        order = np.argsort(-probs, kind="stable")
-        sorted_probs = probs[order]
-        keep = np.empty(len(probs), dtype=bool)
-        keep[order] = np.add.accumulate(sorted_probs) - sorted_probs < config.top_p
-        weights = np.where(keep, weights, np.float32(0.0))
-    cdf = np.add.accumulate(weights)  # float32, non-decreasing (what np.cumsum computes)
-    u = rng.random() * cdf.item(-1)  # a Python float: float64, as in `draw` (see there)
-    # np.float64 makes searchsorted compare in float64 as `draw` does (a Python float would be
-    # rounded to float32 first); side="right" counts the entries <= u, as `draw` does.
-    return np.array([cdf.searchsorted(np.float64(u), side="right")], dtype=np.int32)
-
-
-def scale(logits: np.ndarray, temperature: float) -> np.ndarray:
+def choose(logits: np.ndarray, settings: Settings, uniforms: np.ndarray) -> np.ndarray:
+    """One id per row of `logits` (rows, vocab) float32, by the rule in the module docstring."""
     logits = np.asarray(logits, dtype=np.float32)
-    if temperature == 1.0:
-        return logits  # x / 1 is exact: skip the pass
-    return logits / np.float32(temperature)
+    rows, vocab = logits.shape
+    ids = np.argmax(logits, axis=1).astype(np.int32)  # greedy rows keep this
+    sampled = ~settings.greedy
+    if not sampled.any():
+        return ids
+    if not sampled.all():
+        logits, settings, uniforms = logits[sampled], settings.take(sampled), uniforms[sampled]
+    scaled = logits / settings.temperature[:, None]  # (rows, vocab) float32
+    scaled = cut_top_k(scaled, settings.top_k)
+    weights = np.exp((scaled - scaled.max(axis=1, keepdims=True)).astype(np.float64)).astype(np.float32)
+    if (settings.top_p < 1).any():
+        weights = cut_top_p(weights, settings.top_p)
+    cdf = np.add.accumulate(weights, axis=1)  # (rows, vocab) float32, sequential
+    threshold = uniforms * cdf[:, -1].astype(np.float64)  # (rows,) below the total: u < 1
+    ids[sampled] = np.sum(cdf <= threshold[:, None], axis=1)
+    return ids
 
 
-def nucleus(weights: np.ndarray, top_p: float) -> np.ndarray:
-    """Keep, per row, the most probable ids whose probability adds up to at least top_p."""
-    probs = weights / weights.sum(axis=1, keepdims=True)
-    order = np.argsort(-probs, axis=1, kind="stable")
+def cut_top_k(scaled: np.ndarray, top_k: np.ndarray) -> np.ndarray:
+    """Remove (-inf) the ids below each row's k-th largest scaled logit; k = 0 or >= vocab: none."""
+    vocab = scaled.shape[1]
+    active = (top_k > 0) & (top_k < vocab)
+    if not active.any():
+        return scaled
+    descending = -np.sort(-scaled, axis=1)  # (rows, vocab)
+    k = np.where(active, top_k, vocab)  # an inactive row's "k-th" is its smallest: removes nothing
+    kth = np.take_along_axis(descending, (k - 1)[:, None].astype(np.int64), axis=1)  # (rows, 1)
+    return np.where(scaled < kth, np.float32(-np.inf), scaled)
+
+
+def cut_top_p(weights: np.ndarray, top_p: np.ndarray) -> np.ndarray:
+    """Keep, per row, the most probable ids until the probability before them reaches top_p."""
+    total = np.add.accumulate(weights, axis=1)[:, -1:]  # (rows, 1) sequential float32 sum
+    probs = weights / total
+    order = np.argsort(-probs, axis=1, kind="stable")  # descending; ties: lower id first
     sorted_probs = np.take_along_axis(probs, order, axis=1)
-    before = np.cumsum(sorted_probs, axis=1) - sorted_probs  # mass of the more probable ids
-    keep_sorted = before < top_p  # the first id is always kept
-    keep = np.zeros_like(keep_sorted)
+    before = np.add.accumulate(sorted_probs, axis=1) - sorted_probs  # mass of the more probable ids
+    keep_sorted = before < top_p[:, None]  # float32 comparison; the first id is always kept
+    keep = np.empty_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=1)
     return np.where(keep, weights, np.float32(0.0))
 
 
-def draw(weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Inverse-CDF draw per row from unnormalised weights: one uniform number per row."""
-    cdf = np.cumsum(weights, axis=1)  # (batch, vocab) float32, non-decreasing
-    # u < total strictly, so the id found has positive weight: cdf[id] > u >= cdf[id - 1], never
-    # an id that top-k or top-p removed. In float64 a uniform below 1 times total stays below
-    # total; in float32 it would not (the uniform would round to 1.0), hence the cast.
-    u = rng.random(len(weights)) * cdf[:, -1].astype(np.float64)  # (batch,)
-    ids = np.sum(cdf <= u[:, None], axis=1)  # compared in float64
-    return ids.astype(np.int32)
+def softmax_reference(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
+    """The distribution the rule samples from, in float64, written independently of choose():
+    for the statistical tests. (vocab,) logits -> (vocab,) probabilities."""
+    x = np.asarray(logits, dtype=np.float64) / config.temperature
+    if config.top_k is not None and config.top_k < len(x):
+        x = np.where(x < np.sort(x)[::-1][config.top_k - 1], -np.inf, x)
+    p = np.exp(x - x.max())
+    p /= p.sum()
+    if config.top_p is not None and config.top_p < 1:
+        order = np.argsort(-p, kind="stable")
+        before = np.cumsum(p[order]) - p[order]
+        keep = np.zeros(len(p), bool)
+        keep[order[before < config.top_p]] = True
+        p = np.where(keep, p, 0.0)
+        p /= p.sum()
+    return p

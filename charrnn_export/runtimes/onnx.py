@@ -39,7 +39,7 @@ def session_options(threads: int | None):
     return options
 
 
-def providers_for(device: str) -> list[str]:
+def providers_for(device: str, cuda_graph: bool = False) -> list:
     import onnxruntime as ort
 
     if device == "cpu":
@@ -47,35 +47,44 @@ def providers_for(device: str) -> list[str]:
     if device == "cuda":
         if hasattr(ort, "preload_dlls"):
             try:
-                ort.preload_dlls()
+                ort.preload_dlls()  # the CUDA/cuDNN libraries already on the machine
             except Exception:  # noqa: BLE001 - missing CUDA libraries surface below as no provider
                 pass
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeUnavailable(
-                "--device cuda: onnxruntime has no CUDA provider here (install onnxruntime-gpu on a machine "
-                "with an NVIDIA GPU), or use --device cpu"
+                "device 'cuda': onnxruntime has no CUDA provider here (install onnxruntime-gpu on a machine "
+                "with an NVIDIA GPU), or use device 'cpu'"
             )
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    raise RuntimeUnavailable(f"unknown --device {device!r}; choose cpu or cuda")
+        # TF32 off: its 10-bit mantissa would make the GPU's logits differ from the CPU's.
+        options = {"use_tf32": "0"}
+        if cuda_graph:
+            options["enable_cuda_graph"] = "1"
+        return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+    raise RuntimeUnavailable(f"unknown device {device!r}; choose cpu or cuda")
+
+
+def load_session(path: Path, threads: int | None, device: str, cuda_graph: bool = False):
+    """An onnxruntime session for a model file, with the project's errors for what goes wrong."""
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}; pass --model with an exported .onnx file")
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device, cuda_graph))
+    except RuntimeUnavailable:
+        raise
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+        raise ModelError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
 
 
 class OnnxRuntime:
     name = "onnx"
 
     def __init__(self, path, threads: int | None = None, device: str = "cpu"):
-        import onnxruntime as ort
-
         path = Path(path)
         if path.is_dir() and (path / "model.onnx").is_file():
             path = path / "model.onnx"  # an export directory
-        if not path.is_file():
-            raise ModelError(f"model file not found: {path}; pass --model with an exported .onnx file")
-        try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device))
-        except RuntimeUnavailable:
-            raise
-        except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-            raise ModelError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
+        self.session = load_session(path, threads, device)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if (set(inputs), set(outputs)) != ({contract.TOKEN, contract.STATE}, {contract.LOGITS, contract.STATE_OUT}):

@@ -1,0 +1,238 @@
+"""Decode models: a step model with the sampling rule appended to its graph.
+
+    add_sampling(step_model, vocab_size, unk_id=None) -> decode model (onnx.ModelProto)
+    write_decode_model(step_path, decode_path)          reads the step model's metadata itself
+
+The decode model takes the step's inputs plus per-row sampling settings, one uniform number per
+row and a reset flag, and returns the next token id and the new state (contract.DECODE_*), so a
+generation loop exchanges only ids and a few numbers with the model: on a GPU the state never
+leaves the device. The appended nodes compute sampling.choose's rule step for step (see its
+docstring for why each step is what it is); tests check the two agree id for id.
+
+Works on any step model whose graph has inputs `token`, `state` and outputs `logits`,
+`state_out` (fp32, int8, the GPU variants in step_variants.py). Needs the `onnx` package
+(the train extra); running a decode model needs only onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import contract
+from .errors import ModelError
+
+PREFIX = "sampling/"  # every appended node and tensor is named under this, to avoid clashes
+
+
+class _Graph:
+    """Appends nodes to a graph with unique names under PREFIX."""
+
+    def __init__(self, graph, opset: int):
+        from onnx import helper
+
+        self.graph, self.opset, self.helper, self.count = graph, opset, helper, 0
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str]:
+        self.count += 1
+        outputs = [f"{PREFIX}{op}_{self.count}_{i}" for i in range(n_out)]
+        self.graph.node.append(self.helper.make_node(op, inputs, outputs, name=f"{PREFIX}{op}_{self.count}", **attrs))
+        return outputs
+
+    def one(self, op: str, *inputs: str, **attrs) -> str:
+        return self.node(op, list(inputs), **attrs)[0]
+
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        full = f"{PREFIX}{name}"
+        self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), full))
+        return full
+
+    def reduce(self, op: str, x: str, axes: str) -> str:
+        """ReduceMax/ReduceSum over axis 1 keeping it; axes became an input in opset 18 (Max)/13 (Sum)."""
+        axes_as_input = self.opset >= 18 or op == "ReduceSum"
+        if axes_as_input:
+            return self.one(op, x, axes, keepdims=1)
+        return self.one(op, x, axes=[1], keepdims=1)
+
+
+def main_opset(model) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def add_sampling(step_model, vocab_size: int, unk_id: int | None = None):
+    """A copy of `step_model` that also samples: see the module docstring and contract.py."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(step_model)
+    graph = model.graph
+    names = {i.name for i in graph.input}, {o.name for o in graph.output}
+    if not ({contract.TOKEN, contract.STATE} <= names[0] and {contract.LOGITS, contract.STATE_OUT} <= names[1]):
+        raise ModelError("not a charrnn-export step model (needs inputs token, state and outputs logits, state_out)")
+    opset = main_opset(model)
+    if opset < 13:
+        raise ModelError(f"the step model's opset {opset} is too old for a decode model; export with --opset 13 or newer")
+    g = _Graph(graph, opset)
+    axis1 = g.const("axis1", np.array([1], np.int64))
+
+    # reset: rows starting a new request read a zero state. Rewire every reader of `state`.
+    reset_state = f"{PREFIX}state_after_reset"
+    for node in graph.node:
+        node.input[:] = [reset_state if name == contract.STATE else name for name in node.input]
+    reset_column = f"{PREFIX}reset_column"
+    graph.node.insert(0, helper.make_node("Unsqueeze", [contract.RESET, axis1], [reset_column], name=f"{PREFIX}reset_column"))
+    graph.node.insert(1, helper.make_node(
+        "Where", [reset_column, g.const("zero", np.zeros((1, 1), np.float32)), contract.STATE], [reset_state],
+        name=f"{PREFIX}reset"))
+
+    def column(name: str) -> str:  # (batch,) -> (batch, 1)
+        return g.one("Unsqueeze", name, axis1)
+
+    logits = contract.LOGITS
+    if unk_id is not None:  # never sample the [UNK] row of a current-tutorial model
+        mask = np.zeros((1, vocab_size), np.float32)
+        mask[0, unk_id] = -np.inf
+        logits = g.one("Add", logits, g.const("unk_mask", mask))
+    greedy_ids = g.one("Cast", g.one("ArgMax", logits, axis=1, keepdims=0, select_last_index=0), to=TensorProto.INT32)
+
+    # 2-3: temperature, then the top-k cut (k = 0 or >= vocab: the k-th largest is the smallest).
+    scaled = g.one("Div", logits, column(contract.TEMPERATURE))  # (batch, vocab) float32
+    vocab_k = g.const("vocab", np.array([vocab_size], np.int64))
+    descending = g.node("TopK", [scaled, vocab_k], 2, axis=1, largest=1, sorted=1)[0]
+    k = contract.TOP_K
+    k_on = g.one("And", g.one("Greater", k, g.const("k0", np.array(0, np.int64))),
+                 g.one("Less", k, g.const("kv", np.array(vocab_size, np.int64))))
+    k_eff = g.one("Where", k_on, k, g.const("kvocab", np.array(vocab_size, np.int64)))
+    kth = g.one("GatherElements", descending, column(g.one("Sub", k_eff, g.const("k1", np.array(1, np.int64)))), axis=1)
+    scaled = g.one("Where", g.one("Less", scaled, kth), g.const("ninf", np.array(-np.inf, np.float32)), scaled)
+
+    # 4: exp in float64, rounded to float32.
+    shifted = g.one("Sub", scaled, g.reduce("ReduceMax", scaled, axis1))
+    weights = g.one("Cast", g.one("Exp", g.one("Cast", shifted, to=TensorProto.DOUBLE)), to=TensorProto.FLOAT)
+
+    # 5: top-p (1 = off) over probabilities sorted descending (TopK puts ties' lower index first).
+    last = g.const("last", np.array([vocab_size - 1], np.int64))
+    total = g.one("Gather", g.one("CumSum", weights, axis1), last, axis=1)  # (batch, 1) sequential sum
+    probs = g.one("Div", weights, total)
+    sorted_probs, order = g.node("TopK", [probs, vocab_k], 2, axis=1, largest=1, sorted=1)
+    before = g.one("Sub", g.one("CumSum", sorted_probs, axis1), sorted_probs)
+    top_p = column(contract.TOP_P)
+    keep_sorted = g.one("Or", g.one("Less", before, top_p),
+                        g.one("GreaterOrEqual", top_p, g.const("one", np.array(1.0, np.float32))))
+    zeros = g.one("Mul", probs, g.const("fzero", np.array(0.0, np.float32)))
+    keep = g.one("ScatterElements", zeros, order, g.one("Cast", keep_sorted, to=TensorProto.FLOAT), axis=1)
+    weights = g.one("Mul", weights, keep)  # x * 1 is exact, x * 0 is 0
+
+    # 6: inverse-CDF draw, compared in float64.
+    cdf = g.one("CumSum", weights, axis1)
+    threshold = g.one("Mul", column(contract.UNIFORM),
+                      g.one("Cast", g.one("Gather", cdf, last, axis=1), to=TensorProto.DOUBLE))
+    below = g.one("Cast", g.one("LessOrEqual", g.one("Cast", cdf, to=TensorProto.DOUBLE), threshold), to=TensorProto.FLOAT)
+    sampled = g.one("Cast", g.one("ReduceSum", below, g.const("axis1_sum", np.array([1], np.int64)), keepdims=0),
+                    to=TensorProto.INT32)
+    graph.node.append(helper.make_node("Where", [contract.GREEDY, greedy_ids, sampled], [contract.NEXT_TOKEN],
+                                       name=f"{PREFIX}choose"))
+    # 0 for a row whose logits are all finite; inf - inf and NaN - NaN are NaN.
+    graph.node.append(helper.make_node(
+        "ReduceSum", [g.one("Sub", contract.LOGITS, contract.LOGITS), g.const("axis1_check", np.array([1], np.int64))],
+        [contract.LOGIT_CHECK], keepdims=0, name=f"{PREFIX}check"))
+
+    batch = "batch"
+    graph.input.extend([
+        helper.make_tensor_value_info(contract.TEMPERATURE, TensorProto.FLOAT, [batch]),
+        helper.make_tensor_value_info(contract.TOP_K, TensorProto.INT64, [batch]),
+        helper.make_tensor_value_info(contract.TOP_P, TensorProto.FLOAT, [batch]),
+        helper.make_tensor_value_info(contract.GREEDY, TensorProto.BOOL, [batch]),
+        helper.make_tensor_value_info(contract.UNIFORM, TensorProto.DOUBLE, [batch]),
+        helper.make_tensor_value_info(contract.RESET, TensorProto.BOOL, [batch]),
+    ])
+    graph.output.insert(0, helper.make_tensor_value_info(contract.NEXT_TOKEN, TensorProto.INT32, [batch]))
+    graph.output.append(helper.make_tensor_value_info(contract.LOGIT_CHECK, TensorProto.FLOAT, [batch]))
+    onnx.checker.check_model(model)
+    return model
+
+
+def step_metadata(model) -> tuple[int, int | None]:
+    """(vocab_size, unk_id) from a step model's metadata."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        vocab = json.loads(meta[contract.META_VOCAB])
+        config = json.loads(meta.get(contract.META_CONFIG, "{}"))
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"the step model has no readable vocabulary metadata ({e}); export it again") from None
+    return len(vocab), config.get("unk_id")
+
+
+def decode_model_for(step_model):
+    vocab_size, unk_id = step_metadata(step_model)
+    return add_sampling(step_model, vocab_size, unk_id)
+
+
+def write_decode_model(step_path: Path, decode_path: Path) -> None:
+    """Read a step model file and write its decode model beside it (atomically)."""
+    import onnx
+
+    decode = decode_model_for(onnx.load(str(step_path)))
+    tmp = decode_path.with_name(decode_path.name + ".tmp")
+    onnx.save(decode, str(tmp))
+    tmp.replace(decode_path)
+
+
+def write_decode_models(folder: Path, seed: int = 0) -> dict:
+    """Write the decode model of each step model in an export folder and check its parity."""
+    report = {}
+    for step_name, decode_name in contract.DECODE_FILES.items():
+        if (folder / step_name).is_file():
+            write_decode_model(folder / step_name, folder / decode_name)
+            report[decode_name] = check_decode_parity(folder / step_name, folder / decode_name, seed=seed)
+    return report
+
+
+def check_decode_parity(step_path: Path, decode_path: Path, seed: int = 0, batch: int = 16, steps: int = 64) -> dict:
+    """Run the decode model and (step model + sampling.choose) side by side, feeding back the
+    decode model's ids, with mixed per-row settings; raise ParityError on any difference in the
+    ids or the state. Returns what was compared."""
+    import onnxruntime as ort
+
+    from .errors import ParityError
+    from .sampling import SamplingConfig, Settings, choose
+
+    step = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
+    decode = ort.InferenceSession(str(decode_path), providers=["CPUExecutionProvider"])
+    vocab_size, unk_id = step_metadata(_read(step_path))
+    rng = np.random.default_rng(seed)
+    configs = [SamplingConfig(float(rng.choice([0.5, 1.0, 1.3])), int(rng.choice([0, 1, 3, vocab_size])) or None,
+                              float(rng.choice([1.0, 0.9, 0.5])), bool(row % 5 == 0)) for row in range(batch)]
+    settings = Settings.of(configs)
+    units = step.get_inputs()[1].shape[1]
+    tokens = rng.integers(0, vocab_size, batch).astype(np.int32)
+    state = np.zeros((batch, units), np.float32)
+    mismatched_ids, state_diff = 0, 0.0
+    for _ in range(steps):
+        uniforms = rng.random(batch)
+        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT], {
+            contract.TOKEN: tokens, contract.STATE: state, contract.TEMPERATURE: settings.temperature,
+            contract.TOP_K: settings.top_k, contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
+            contract.UNIFORM: uniforms, contract.RESET: np.zeros(batch, bool)})
+        logits, ref_state = step.run([contract.LOGITS, contract.STATE_OUT], {contract.TOKEN: tokens, contract.STATE: state})
+        if unk_id is not None:
+            logits[:, unk_id] = -np.inf
+        mismatched_ids += int(np.sum(choose(logits, settings, uniforms) != ids))
+        state_diff = max(state_diff, float(np.abs(new_state - ref_state).max()))
+        tokens, state = ids, new_state
+    result = {"chars": batch * steps, "mismatched_ids": mismatched_ids, "max_state_diff": state_diff}
+    if mismatched_ids or state_diff > 0:
+        raise ParityError(f"{decode_path.name} disagrees with {step_path.name} + the numpy sampler: "
+                          f"{mismatched_ids} of {batch * steps} ids differ, state differs by up to {state_diff:.3g}")
+    return result
+
+
+def _read(path: Path):
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)

@@ -1,0 +1,259 @@
+"""The decode engine: decode models (sampling in the graph) against the numpy sampler, the
+sampling rule's distribution, slots and continuous batching, and Generator on top of them."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from charrnn_export import Generator, contract
+from charrnn_export.engine import CANCELLED, LENGTH, Engine, HostSampler
+from charrnn_export.errors import ModelError
+from charrnn_export.rng import Stream, uniforms
+from charrnn_export.runtimes.onnx import OnnxRuntime
+from charrnn_export.runtimes.onnx_decode import OnnxDecoder
+from charrnn_export.sampling import SamplingConfig, Settings, choose, softmax_reference
+
+MIXED = [SamplingConfig(), SamplingConfig(0.6), SamplingConfig(1.4, top_k=3), SamplingConfig(top_p=0.8),
+         SamplingConfig(0.9, top_k=10, top_p=0.95), SamplingConfig(greedy=True), SamplingConfig(0.3, top_k=1)]
+
+
+# ---------------------------------------------------------------- the decode model
+
+
+@pytest.mark.parametrize("step_name", ["model.onnx", "model.int8.onnx"])
+def test_decode_model_picks_the_numpy_samplers_ids_over_thousands_of_characters(tiny_export, step_name):
+    import onnxruntime as ort
+
+    decode_path = tiny_export / contract.DECODE_FILES[step_name]
+    step = ort.InferenceSession(str(tiny_export / step_name), providers=["CPUExecutionProvider"])
+    decode = ort.InferenceSession(str(decode_path), providers=["CPUExecutionProvider"])
+    rows = 48
+    settings = Settings.of([MIXED[row % len(MIXED)] for row in range(rows)])
+    tokens = np.arange(rows, dtype=np.int32) % 20
+    state = np.zeros((rows, 32), np.float32)
+    agree = 0
+    for t in range(120):  # 5,760 characters
+        u = uniforms(np.arange(rows), np.full((rows, 1), t))[:, 0]
+        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT], {
+            "token": tokens, "state": state, "temperature": settings.temperature, "top_k": settings.top_k,
+            "top_p": settings.top_p, "greedy": settings.greedy, "uniform": u, "reset": np.zeros(rows, bool)})
+        logits, ref_state = step.run(["logits", "state_out"], {"token": tokens, "state": state})
+        agree += int(np.sum(choose(logits, settings, u) == ids))
+        np.testing.assert_array_equal(new_state, ref_state)
+        tokens, state = ids, new_state
+    assert agree == rows * 120
+
+
+def test_export_reports_decode_parity(tiny_export):
+    import json
+
+    report = json.loads((tiny_export / "export_report.json").read_text())
+    for name in ("decode.onnx", "decode.int8.onnx"):
+        assert report["decode"][name]["mismatched_ids"] == 0
+        assert report["decode"][name]["chars"] >= 1000
+
+
+def test_reset_input_starts_a_row_from_a_zero_state(tiny_export):
+    import onnxruntime as ort
+
+    decode = ort.InferenceSession(str(tiny_export / "decode.onnx"), providers=["CPUExecutionProvider"])
+    settings = Settings.of([SamplingConfig(greedy=True)] * 2)
+    feeds = {"token": np.array([3, 3], np.int32), "state": np.ones((2, 32), np.float32),
+             "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+             "greedy": settings.greedy, "uniform": np.zeros(2), "reset": np.array([True, False])}
+    state = decode.run(["state_out"], feeds)[0]
+    zero = decode.run(["state_out"], {**feeds, "state": np.zeros((2, 32), np.float32)})[0]
+    np.testing.assert_array_equal(state[0], zero[0])
+    assert not np.array_equal(state[1], zero[1])
+
+
+# ---------------------------------------------------------------- the rule's distribution
+
+
+def chi_square(counts: np.ndarray, probs: np.ndarray) -> tuple[float, int]:
+    """Pearson's statistic over the ids with expected count >= 5, pooling the rest."""
+    n = counts.sum()
+    expected = probs * n
+    big = expected >= 5
+    obs = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    keep = exp > 0
+    return float(np.sum((obs[keep] - exp[keep]) ** 2 / exp[keep])), int(keep.sum() - 1)
+
+
+CHI2_999 = {k: v for k, v in [(1, 10.8), (2, 13.8), (3, 16.3), (4, 18.5), (5, 20.5), (6, 22.5), (7, 24.3),
+                              (8, 26.1), (9, 27.9), (10, 29.6)]}
+
+
+def critical(dof: int) -> float:
+    """chi-square 99.9% point (Wilson-Hilferty beyond the table)."""
+    if dof in CHI2_999:
+        return CHI2_999[dof]
+    z = 3.09
+    return dof * (1 - 2 / (9 * dof) + z * np.sqrt(2 / (9 * dof))) ** 3
+
+
+@pytest.mark.parametrize("config", [SamplingConfig(), SamplingConfig(0.5), SamplingConfig(2.0, top_k=4),
+                                    SamplingConfig(top_p=0.7), SamplingConfig(0.8, top_k=6, top_p=0.9)])
+def test_sampled_frequencies_follow_the_restricted_softmax(config):
+    logits = np.random.default_rng(1).normal(0, 1.5, (1, 12)).astype(np.float32)
+    draws = 20_000
+    ids = choose(np.repeat(logits, draws, axis=0), Settings.of([config] * draws), Stream(5).random(draws))
+    counts = np.bincount(ids, minlength=12)
+    right = softmax_reference(logits[0], config)
+    assert counts[right == 0].sum() == 0  # nothing outside the top-k / top-p cut
+    stat, dof = chi_square(counts, right)
+    assert stat < critical(dof), (stat, dof)
+    # The same test has the power to see a wrong temperature or a wrong cut.
+    wrong = SamplingConfig(config.temperature * 1.5, config.top_k, config.top_p)
+    if config.top_k:
+        wrong = SamplingConfig(config.temperature, config.top_k + 1, config.top_p)
+    stat_wrong, dof_wrong = chi_square(counts, softmax_reference(logits[0], wrong))
+    assert stat_wrong > critical(dof_wrong) or counts[softmax_reference(logits[0], wrong) == 0].sum() > 0
+
+
+# ---------------------------------------------------------------- the engine
+
+
+@pytest.fixture(scope="module")
+def backends(tiny_export):
+    step = OnnxRuntime(tiny_export / "model.onnx")
+    return {
+        "host": lambda capacity: HostSampler(step, capacity),
+        "graph": lambda capacity: OnnxDecoder(tiny_export / "decode.onnx", capacity),
+        "graph-bound": lambda capacity: OnnxDecoder(tiny_export / "decode.onnx", capacity, io_binding=True),
+    }
+
+
+def run_all(engine: Engine) -> tuple[dict[int, list[int]], dict[int, str]]:
+    texts: dict[int, list[int]] = {}
+    reasons: dict[int, str] = {}
+    while engine.has_work():
+        for rid, token, reason in engine.step():
+            if reason is None:
+                texts.setdefault(rid, []).append(token)
+            else:
+                reasons[rid] = reason
+    return texts, reasons
+
+
+def alone(make_backend, start_ids, length, config, seed) -> list[int]:
+    engine = Engine(make_backend(1))
+    rid = engine.submit(start_ids, length, config, seed)
+    return run_all(engine)[0].get(rid, [])
+
+
+@pytest.mark.parametrize("kind", ["host", "graph", "graph-bound"])
+def test_a_seeded_request_gives_the_same_ids_alone_or_among_255_others(backends, kind):
+    rng = np.random.default_rng(3)
+    requests = [(rng.integers(1, 40, rng.integers(1, 12)).astype(np.int32), int(rng.integers(0, 40)),
+                 MIXED[i % len(MIXED)], int(rng.integers(0, 2**32))) for i in range(256)]
+    engine = Engine(backends[kind](256))
+    rids = [engine.submit(*request) for request in requests]
+    texts, reasons = run_all(engine)
+    assert set(reasons.values()) == {LENGTH} and len(reasons) == 256
+    for index in (0, 1, 5, 77, 255):
+        assert texts.get(rids[index], []) == alone(backends[kind], *requests[index]), index
+    assert [len(texts.get(rid, [])) for rid in rids] == [r[1] for r in requests]
+
+
+def test_every_backend_makes_the_same_text(backends):
+    requests = [(np.array([5, 6, 7], np.int32), 60, config, 11 + i) for i, config in enumerate(MIXED)]
+    results = []
+    for make in backends.values():
+        engine = Engine(make(len(requests)))
+        rids = [engine.submit(*r) for r in requests]
+        texts = run_all(engine)[0]
+        results.append([texts[rid] for rid in rids])
+    assert results[0] == results[1] == results[2]
+
+
+def test_a_finished_request_frees_its_slot_for_a_waiting_one_at_the_next_step(backends):
+    engine = Engine(backends["host"](2))
+    short = engine.submit([1, 2], 3, SamplingConfig(), 1)  # busy for 2 + 3 - 1 = 4 steps
+    long_ = engine.submit([1], 20, SamplingConfig(), 2)
+    waiting = engine.submit([4], 5, SamplingConfig(), 3)
+    first_token_step = None
+    for step in range(1, 12):
+        events = engine.step()
+        assert engine.busy_count <= 2
+        if any(rid == short and reason == LENGTH for rid, _, reason in events):
+            assert engine.busy_count == 1 and engine.waiting_count == 1
+            freed_at = step
+        if first_token_step is None and any(rid == waiting and reason is None for rid, _, reason in events):
+            first_token_step = step
+    assert freed_at == 4
+    assert first_token_step == 5  # admitted at step 5 with a one-character start: its first character then
+    assert long_ is not None
+
+
+def test_cancel_frees_the_slot_at_once(backends):
+    engine = Engine(backends["graph"](1))
+    running = engine.submit([1, 2, 3], 1000, SamplingConfig(), 1)
+    queued = engine.submit([1], 4, SamplingConfig(greedy=True), 2)
+    engine.step()
+    engine.cancel(running)
+    events = engine.step()
+    assert (running, -1, CANCELLED) in events
+    assert engine.busy_count == 1  # the queued request took the slot in the same step
+    texts, reasons = run_all(engine)
+    assert reasons[queued] == LENGTH and len(texts[queued]) + sum(1 for e in events if e[0] == queued) == 4
+
+
+def test_zero_length_requests_end_without_a_slot(backends):
+    engine = Engine(backends["host"](1))
+    rid = engine.submit([1], 0, SamplingConfig(), 1)
+    assert engine.step() == [(rid, -1, LENGTH)]
+    assert not engine.has_work()
+
+
+# ---------------------------------------------------------------- Generator over the engine
+
+
+def test_generator_text_is_the_same_with_the_sampler_in_the_graph_or_on_the_host(tiny_export):
+    host = Generator.load(str(tiny_export), sampler="host")
+    graph = Generator.load(str(tiny_export), sampler="graph")
+    for kwargs in [dict(seed=1), dict(temperature=0.7, top_k=5, seed=2), dict(top_p=0.85, seed=3), dict(greedy=True)]:
+        assert host.generate("ROMEO: ", 300, **kwargs) == graph.generate("ROMEO: ", 300, **kwargs)
+    assert host.generate_batch(["A", "BB", "ROMEO: "], 100, seed=9) == graph.generate_batch(["A", "BB", "ROMEO: "], 100, seed=9)
+
+
+def test_generate_batch_row_i_is_generate_with_seed_plus_i(tiny_export):
+    g = Generator.load(str(tiny_export))
+    batch = g.generate_batch(["ROMEO: ", "JULIET: ", "A"], 150, temperature=0.9, seed=2**32 - 2)
+    assert batch == [g.generate("ROMEO: ", 150, temperature=0.9, seed=2**32 - 2),
+                     g.generate("JULIET: ", 150, temperature=0.9, seed=2**32 - 1),
+                     g.generate("A", 150, temperature=0.9, seed=0)]
+
+
+def test_an_export_without_decode_models_samples_on_the_host(tiny_export, tmp_path):
+    for name in ("model.onnx", "vocab.json"):
+        shutil.copy(tiny_export / name, tmp_path / name)
+    g = Generator.load(str(tmp_path))
+    assert g.generate("ROMEO: ", 50, seed=4) == Generator.load(str(tiny_export), sampler="graph").generate("ROMEO: ", 50, seed=4)
+    with pytest.raises(ModelError, match="no decode model"):
+        Generator.load(str(tmp_path), sampler="graph")
+
+
+@pytest.mark.parametrize("sampler", ["host", "graph"])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_nan_logits_stop_generation_with_a_message(tiny_export, tmp_path, sampler, greedy):
+    from onnx import numpy_helper
+
+    from charrnn_export.decode import write_decode_model
+
+    model = onnx.load(str(tiny_export / "model.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "dense_bias":
+            init.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(init).shape, np.nan, np.float32),
+                                                  init.name))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+
+    write_decode_model(tmp_path / "model.onnx", tmp_path / "decode.onnx")
+    g = Generator.load(str(tmp_path), sampler=sampler)
+    with pytest.raises(ModelError, match="NaN or infinite"):
+        g.generate("ROMEO: ", 20, greedy=greedy, seed=1)
