@@ -1,0 +1,10 @@
+"""The browser: `charrnn-export to-web` writes a static site that runs an exported model with
+onnxruntime-web and samples it with the project's sampling rule ported to JavaScript.
+
+    build.py     build_site(model, out, ort_web) -> the site folder
+    serve.py     a 127.0.0.1 static server with the COOP/COEP headers (threads in WebAssembly)
+    command.py   the `to-web` subcommand
+    static/      the page and the JavaScript (charrnn.js is the API; see its header)
+
+Nothing heavy is imported here: the command imports onnxruntime only to check the model.
+"""

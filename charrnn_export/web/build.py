@@ -1,0 +1,174 @@
+"""`charrnn-export to-web`: write a static site that generates text in the browser.
+
+    build_site(model=None | "fp32" | "int8" | PATH, out, ort_web=None) -> summary dict
+
+The site (everything it needs is in the folder; any static file server works, see serve.py):
+    index.html, style.css, app.js   the page
+    charrnn.js                      the JavaScript API (load -> generate / stream), see its header
+    worker.js, sampling.js, onnx-metadata.js   the Web Worker running the model and the sampling
+                                    rule (sampling.py and rng.py ported bit for bit)
+    site-config.js                  written here: file names, onnxruntime-web's location and
+                                    integrity hashes, the tensor names from contract.py
+    MODEL (model.onnx, model.int8.onnx, ...) and vocab.json
+    ort/                            onnxruntime-web's two files, only with ort_web (offline)
+
+onnxruntime-web is pinned (ORT_VERSION); the worker fetches its module and WebAssembly binary
+with subresource-integrity hashes, from the CDN by default or from ort/ when ort_web names a
+local copy (an npm install's node_modules/onnxruntime-web/dist), which must be byte-identical.
+
+The folder's files are listed in SITE_MANIFEST, so building again replaces exactly what an
+earlier build wrote; a non-empty folder that to-web did not write is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .. import contract
+from ..errors import ConfigError, ModelError
+from ..files import FolderLock, atomic_write_bytes, atomic_write_text, check_relative, is_partial_write, make_dirs
+
+STATIC = Path(__file__).resolve().parent / "static"
+STATIC_FILES = ("index.html", "style.css", "app.js", "charrnn.js", "worker.js", "sampling.js", "onnx-metadata.js")
+SITE_CONFIG = "site-config.js"
+VOCAB = "vocab.json"
+SITE_MANIFEST = ".charrnn-export-site.json"  # what to-web wrote here (kept apart from run/export manifests)
+LOCK = ".charrnn-export.lock"  # files.FolderLock's, held while building
+
+ORT_VERSION = "1.30.0"
+ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
+ORT_DIR = "ort"
+# The WebAssembly-only ES-module bundle and its binary; sha384 of the npm package's files.
+ORT_FILES = {
+    "module": ("ort.wasm.bundle.min.mjs", "sha384-PLWz+nHEVHpjwBsO0YVdvQj6n5814Iv8E3b8FG0Rp/uIAtjFMCKOpP66iPzedrIG"),
+    "wasm": ("ort-wasm-simd-threaded.wasm", "sha384-vjBJ1z7qrhkTyYsNqKeF6c7N+nOJSU94czEo+tvZcu8G75JparGq9kB+kTnEUNVM"),
+}
+
+
+def sri_sha384(data: bytes) -> str:
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode("ascii")
+
+
+def resolve_model(model: str | None) -> tuple[Path, object]:
+    """The .onnx file and its loaded runtime (which checks that it is a step model with a vocabulary)."""
+    from ..generate import resolve_model_path
+    from ..runtimes.onnx import OnnxRuntime
+
+    path = Path(resolve_model_path(model, "onnx"))
+    if path.is_dir():
+        path = path / "model.onnx"  # an export directory
+    if not path.is_file():
+        raise ModelError(f"--model {model}: no such model file ({path}); give 'fp32', 'int8', an exported "
+                         ".onnx file or an export directory")
+    return path, OnnxRuntime(path)
+
+
+def read_ort_web(folder: str) -> dict[str, bytes]:
+    """onnxruntime-web's files from a local folder, checked against the pinned hashes."""
+    files = {}
+    for name, integrity in ORT_FILES.values():
+        path = Path(folder) / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"--ort-web {folder}: cannot read {name} ({e.strerror or e}); pass onnxruntime-web "
+                              f"{ORT_VERSION}'s dist folder, e.g. node_modules/onnxruntime-web/dist after "
+                              f"`npm install onnxruntime-web@{ORT_VERSION}`") from None
+        if sri_sha384(data) != integrity:
+            raise ConfigError(f"--ort-web {folder}: {name} is not onnxruntime-web {ORT_VERSION}'s (its sha384 "
+                              f"differs); install onnxruntime-web@{ORT_VERSION} and pass its dist folder")
+        files[name] = data
+    return files
+
+
+def read_manifest(out: Path) -> set[str] | None:
+    """The files an earlier to-web wrote in `out`; None when it wrote none there."""
+    path = out / SITE_MANIFEST
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("tool") != "charrnn-export" or record.get("kind") != "site":
+            raise ValueError("not a to-web manifest")
+        return {check_relative(str(name)) for name in record["files"]}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ConfigError(f"{path} is damaged ({e}); what to-web wrote in {out} is unknown, so nothing there "
+                          "will be replaced: choose another --out") from None
+
+
+def write_manifest(out: Path, files: set[str]) -> None:
+    record = {"tool": "charrnn-export", "kind": "site", "ort_web": ORT_VERSION, "files": sorted(files)}
+    atomic_write_text(out / SITE_MANIFEST, json.dumps(record, indent=1) + "\n")
+
+
+def check_out(out: Path) -> set[str]:
+    """Refuse a file, or a folder holding anything to-web did not write; return what it wrote."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder (new, empty, or an earlier to-web site)")
+    if not out.exists():
+        return set()
+    earlier = read_manifest(out) or set()
+    tops = {Path(name).parts[0] for name in earlier} | {SITE_MANIFEST, LOCK}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in tops and not is_partial_write(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(f"--out {out} holds files that to-web did not write ({shown}); it never overwrites "
+                          "them: choose a new or empty folder")
+    return earlier
+
+
+def site_config(model_name: str, local_ort: bool) -> str:
+    base = f"{ORT_DIR}/" if local_ort else ORT_CDN
+    config = {
+        "model": model_name,
+        "vocab": VOCAB,
+        "ort": {"version": ORT_VERSION,
+                "module": base + ORT_FILES["module"][0], "moduleIntegrity": ORT_FILES["module"][1],
+                "wasm": base + ORT_FILES["wasm"][0], "wasmIntegrity": ORT_FILES["wasm"][1]},
+        # The tensor and metadata names of contract.py, so the JavaScript never spells them itself.
+        "contract": {"token": contract.TOKEN, "state": contract.STATE, "logits": contract.LOGITS,
+                     "stateOut": contract.STATE_OUT, "metaVocab": contract.META_VOCAB,
+                     "metaConfig": contract.META_CONFIG},
+    }
+    return ("// Written by `charrnn-export to-web`: where the model and onnxruntime-web are (URLs relative to\n"
+            "// this file), the pinned integrity hashes, and the model contract's names.\n"
+            f"export default {json.dumps(config, indent=2)};\n")
+
+
+def build_site(model: str | None, out: str | os.PathLike, ort_web: str | None = None) -> dict:
+    """Write the site into `out`; returns {out, model, files, ort}. Checks everything before writing."""
+    model_path, runtime = resolve_model(model)
+    ort_files = read_ort_web(ort_web) if ort_web is not None else {}
+    out = Path(out)
+    earlier = check_out(out)
+
+    contents: dict[str, bytes] = {name: (STATIC / name).read_bytes() for name in STATIC_FILES}
+    contents[SITE_CONFIG] = site_config(model_path.name, bool(ort_files)).encode("utf-8")
+    contents[VOCAB] = (runtime.vocab.to_json() + "\n").encode("utf-8")
+    contents[model_path.name] = model_path.read_bytes()
+    for name, data in ort_files.items():
+        contents[f"{ORT_DIR}/{name}"] = data
+    if len(contents) != len(STATIC_FILES) + 3 + len(ort_files):
+        raise ConfigError(f"--model {model_path}: its file name clashes with one of the site's files; rename it")
+
+    make_dirs(out)
+    with FolderLock(out, f"--out {out}"):
+        earlier = check_out(out)  # again, now that no other to-web can be writing here
+        # Write-ahead: the manifest names every file before it exists, so a kill mid-way leaves
+        # nothing that a later build would not recognise as its own.
+        write_manifest(out, earlier | set(contents))
+        for name, data in contents.items():
+            atomic_write_bytes(out / name, data)
+        for name in sorted(earlier - set(contents)):  # an earlier build's model or ort/ files
+            path = out / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        if not ort_files and (out / ORT_DIR).is_dir() and not any((out / ORT_DIR).iterdir()):
+            (out / ORT_DIR).rmdir()
+        write_manifest(out, set(contents))
+    return {"out": str(out), "model": str(model_path), "files": sorted(contents),
+            "ort": f"onnxruntime-web {ORT_VERSION} " + (f"from {ort_web} (copied)" if ort_files else "from the CDN")}
