@@ -27,6 +27,10 @@ class RuntimeUnavailable(CharRNNError):
     """A requested runtime or device is not installed or not present."""
 
 
+class WorkerLost(CharRNNError):
+    """Distributed training: a worker did not answer within --worker-timeout (it died or is unreachable)."""
+
+
 class ArgumentTypeError(ConfigError, TypeError):
     """A Python API argument has the wrong type; the message names the argument."""
 
