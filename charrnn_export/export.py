@@ -8,9 +8,12 @@ flat graph (Gather of a folded [vocab, 3*units] input table, two MatMuls, the ga
 to plain ops that onnxruntime fuses, and that can be made int8: the two MatMuls by
 quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8 rows).
 
-out_dir receives model.onnx, saved_model/, vocab.json, export_report.json (and model.int8.onnx).
-Nothing appears in out_dir until all of it is written and parity has passed: the files are made
-in a staging directory beside it, which is renamed into place or removed.
+out_dir receives model.onnx, saved_model/, vocab.json, export_report.json (and model.int8.onnx),
+and `.charrnn-export.json`, the manifest of those files: `--force` replaces exactly them and
+never anything else. A folder holding anything the project did not write is refused. One export
+at a time writes a folder (it holds the folder's lock, see files.py). Nothing appears in out_dir
+until all of it is written and parity has passed: the files are made in a hidden staging
+folder inside it, then moved into place, or removed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,8 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, contract
-from .data import Vocab, atomic_write_text, current_umask, load_text, split_train_val
+from .data import Vocab, load_text, split_train_val
 from .errors import ConfigError, DataError, ModelError
+from .files import (STAGING_PREFIX, FolderLock, Manifest, atomic_write_text, check_writable_dir, current_umask,
+                    foreign_entries, make_dirs, move_tree, remove_dirs, tree_entries, write_error)
 from .model import GRUWeights, LoadedWeights, checkpoint_kind, load_any_checkpoint
 
 DEFAULT_OPSET = 18  # the newest opset tf2onnx 1.17 converts to; onnxruntime >= 1.15 runs it
@@ -258,7 +264,7 @@ def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | Non
             raise ConfigError(f"--vocab {vocab_path} differs from the vocabulary stored with {loaded.source}; "
                               "leave --vocab out")
     elif loaded.vocab is not None:
-        vocab, source = loaded.vocab, "stored with the checkpoint"
+        vocab, source = loaded.vocab, "stored with the checkpoint: its vocab.json"
     elif text is not None:
         chars = tuple(sorted(set(text)))
         if rows == len(chars) + 1:
@@ -272,10 +278,20 @@ def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | Non
         )
     if len(vocab) != rows:
         raise ModelError(
-            f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary from "
-            f"{source.split(':')[0]} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
+            f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary "
+            f"{vocab_origin(source)} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
         )
     return vocab, source, unk
+
+
+def vocab_origin(source: str) -> str:
+    """How a message names where the vocabulary came from ("from --vocab v.json", "rebuilt from --text")."""
+    kind = source.split(":")[0]
+    if kind == "stored with the checkpoint":
+        return "stored with the checkpoint"
+    if kind == "--text":
+        return "rebuilt from --text"
+    return f"from {kind}"
 
 
 # ---------------------------------------------------------------- export
@@ -304,9 +320,23 @@ def export(
         raise ConfigError(f"--quantize takes int8, got {quantize}")
     if not atol > 0:
         raise ConfigError(f"--atol must be positive, got {atol}")
-    out = Path(os.path.abspath(out_dir))  # "." and "x/.." get a real name for the staging directory
+    out = Path(os.path.abspath(out_dir))  # "." and "x/.." get a real name for messages
     check_out_dir(out, force)
 
+    created = make_dirs(out)
+    try:
+        with FolderLock(out, f"--out {out}"):
+            earlier = check_out_dir(out, force)  # again, now that no other export can write it
+            return export_locked(checkpoint, out, earlier, text=text, vocab_path=vocab_path, atol=atol,
+                                 quantize=quantize, opset=opset, seed=seed)
+    finally:
+        remove_dirs(created)  # only while empty: a failed export into a new folder leaves no folder
+
+
+def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text, vocab_path, atol: float,
+                  quantize, opset: int, seed: int) -> dict:
+    """export() once `out` is checked and locked: read and check the inputs, then build the
+    export in a staging folder inside `out`, check its parity, and move it into place."""
     started = time.perf_counter()
     if checkpoint_kind(checkpoint) != "run" and text is None and vocab_path is None:
         raise ConfigError(
@@ -315,7 +345,7 @@ def export(
         )
     loaded = load_any_checkpoint(checkpoint)
     weights = loaded.weights
-    text_str, text_sha256 = load_text(text) if text is not None else (None, None)
+    text_str, text_sha256 = load_text(text, "--text") if text is not None else (None, None)
     vocab, vocab_source, unk = resolve_vocab(loaded, text_str, vocab_path)
     config = {**weights.config(), "rnn_type": contract.RNN_TYPE, "reset_after": True}
     if unk:
@@ -330,15 +360,20 @@ def export(
     val_text = None
     if text_str is not None:
         val_text = validation_text(text_str, run_config.get("val_fraction", 0.1))
-        vocab.encode(val_text)  # unknown characters fail here, before the export starts
+        unknown = vocab.unknown(val_text)  # fail here, before the export starts
+        if unknown:
+            raise DataError(f"--text {text} has {len(unknown)} character(s) the checkpoint's vocabulary lacks: "
+                            f"{' '.join(repr(c) for c in unknown[:20])}; pass the text the model was trained on")
 
     from .tfsetup import import_tensorflow
 
     import_tensorflow()  # quietly, before tf2onnx, keras or validate import it
     from . import validate
 
-    created = make_parents(out.parent)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    weights = loaded.weights
+    for stale in out.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed export (ours by name, and we hold the lock)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
     os.chmod(staging, 0o777 & ~current_umask())
     try:
         # Files go into the staging directory, which is renamed into place as a whole.
@@ -389,12 +424,20 @@ def export(
             report["validation"] = {"chars": len(val_text), "held_out": loaded.kind == "run", "fp32": fp32}
         report["seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_text(staging / "export_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-        move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        remove_dirs(created)
+        move_into_place(staging, out, earlier)
+    except OSError as e:  # a full disk, a folder made read-only meanwhile: one line, nothing left
+        raise write_error(out, e) from None
+    except Exception as e:
+        if "tensorflow" in sys.modules and isinstance(e, sys.modules["tensorflow"].errors.OpError):
+            raise write_error(out, OSError(0, first_line(e))) from None  # tf.saved_model.save failing to write
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def library_versions() -> dict:
@@ -416,59 +459,39 @@ def validation_text(text: str, val_fraction: float) -> str:
     return text[int(val_ids[0]):] if len(val_ids) else ""
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Fail now, before any work, unless `out` can be written; creates nothing."""
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} is a file; pass a directory")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise ConfigError(f"--out {out} is not empty; pass --force to replace it or choose another directory")
-        # --force replaces an earlier export, never another directory (a run, a home directory).
-        if not ((out / "export_report.json").exists() or (out / "model.onnx").exists()):
-            raise ConfigError(f"--out {out} is not an export directory; refusing to replace it even with --force")
-    ancestor = out.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"cannot write --out {out}: {ancestor} is a file, not a directory")
-    try:
-        with tempfile.NamedTemporaryFile(dir=ancestor, prefix=".probe."):
-            pass
-    except OSError as e:
-        raise ConfigError(f"cannot write to {ancestor} ({e.strerror or e}); choose a writable --out") from None
+def check_out_dir(out: Path, force: bool) -> Manifest | None:
+    """Fail now, before any work, unless `out` can be written; creates nothing. Returns the manifest
+    of the earlier export that --force will replace (None when there is none)."""
+    check_writable_dir(out, f"--out {out}")
+    manifest = Manifest.read(out) if out.is_dir() else None
+    if manifest is not None and manifest.kind != "export":
+        raise ConfigError(f"--out {out} holds a charrnn-export {manifest.kind}, not an export; choose another --out")
+    # In a folder of ours, a user's files beside the export are left alone; in any other
+    # non-empty folder nothing is written, since nothing there could be told apart from ours.
+    foreign = foreign_entries(out, manifest) if manifest is None else []
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(f"--out {out} holds files charrnn-export did not write ({shown}); it never writes among "
+                          "them nor deletes them, even with --force: choose an empty or new directory")
+    if manifest is not None and manifest.files and not force:
+        raise ConfigError(f"--out {out} holds an earlier export; pass --force to replace it or choose another directory")
+    return manifest
 
 
-def make_parents(directory: Path) -> list[Path]:
-    """mkdir -p, returning the directories it created (deepest last) so a failed export can remove them."""
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    created = []
-    try:
-        for d in reversed(missing):
-            d.mkdir()
-            created.append(d)
-    except OSError as e:
-        remove_dirs(created)
-        raise ConfigError(f"cannot create {d} ({e.strerror or e}); choose a writable --out") from None
-    return created
+def move_into_place(staging: Path, out: Path, earlier: Manifest | None) -> None:
+    """Replace the earlier export's files (only those) by the new ones, manifest first.
 
-
-def remove_dirs(created: list[Path]) -> None:
-    for d in reversed(created):
-        try:
-            d.rmdir()
-        except OSError:
-            pass  # something else wrote there meanwhile: leave it
-
-
-def move_into_place(staging: Path, out: Path) -> None:
-    """Swap the finished export in; an old export is removed only once the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{int(time.time() * 1000)}")
-        out.rename(old)
-    staging.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    The manifest lists old and new names before anything moves, so a kill in between leaves
+    nothing that a later --force could not remove; then the old files go, the new ones move in,
+    and the manifest is cut down to the new export.
+    """
+    files, dirs = tree_entries(staging)
+    old_files, old_dirs = (earlier.files, earlier.dirs) if earlier is not None else (set(), set())
+    Manifest(out, "export", files | old_files, dirs | old_dirs).save()
+    if earlier is not None:
+        Manifest(out, "export", old_files - files, old_dirs - dirs).remove_files()
+        for name in sorted(files & old_files):
+            (out / name).unlink(missing_ok=True)
+    for child in sorted(staging.iterdir()):
+        move_tree(child, out / child.name)
+    Manifest(out, "export", files, dirs).save()

@@ -30,6 +30,7 @@ from .errors import ConfigError, FolderInUse, WriteError
 MANIFEST = ".charrnn-export.json"
 LOCK = ".charrnn-export.lock"
 OWN_NAMES = frozenset({MANIFEST, LOCK})  # never "foreign", whatever the manifest says
+STAGING_PREFIX = ".charrnn-export-staging-"  # an export is built in FOLDER/.charrnn-export-staging-XXXX/
 TOOL = "charrnn-export"
 
 
@@ -213,8 +214,13 @@ class Manifest:
         return name in OWN_NAMES or name in self.files or name in self.dirs
 
     def remove_all(self) -> None:
-        """Delete every recorded file, then every recorded folder that is left empty, then the
-        manifest. A file the user put inside one of our folders keeps that folder."""
+        """remove_files(), then the manifest itself."""
+        self.remove_files()
+        self.path.unlink(missing_ok=True)
+
+    def remove_files(self) -> None:
+        """Delete every recorded file, then every recorded folder that is left empty. A file the
+        user put inside one of our folders keeps that folder."""
         for name in sorted(self.files):
             path = self.folder / name
             # A symlinked folder on the way could lead outside: only paths that stay inside.
@@ -226,7 +232,6 @@ class Manifest:
             except OSError:
                 pass  # not empty (holds a user's file) or already gone
         self.files, self.dirs = set(), set()
-        self.path.unlink(missing_ok=True)
 
 
 def inside(path: Path, folder: Path) -> bool:
@@ -252,7 +257,28 @@ def foreign_entries(folder: str | os.PathLike, manifest: "Manifest | None") -> l
     if manifest is not None:
         owned_tops = {PurePosixPath(n).parts[0] for n in manifest.files | manifest.dirs}
     return sorted(p.name for p in folder.iterdir()
-                  if p.name not in OWN_NAMES and p.name not in owned_tops and not is_partial_write(p.name))
+                  if p.name not in OWN_NAMES and p.name not in owned_tops and not is_partial_write(p.name)
+                  and not p.name.startswith(STAGING_PREFIX))
+
+
+def tree_entries(root: Path) -> tuple[set[str], set[str]]:
+    """(files, folders) under `root`, as relative posix paths: what a new export is made of."""
+    files, dirs = set(), set()
+    for path in root.rglob("*"):
+        name = path.relative_to(root).as_posix()
+        (dirs if path.is_dir() and not path.is_symlink() else files).add(name)
+    return files, dirs
+
+
+def move_tree(source: Path, target: Path) -> None:
+    """Rename `source` to `target`; where `target` is a folder that still exists (it holds a user's
+    file the manifest does not list), move the contents in one by one instead."""
+    if target.is_dir() and not target.is_symlink() and source.is_dir():
+        for child in source.iterdir():
+            move_tree(child, target / child.name)
+        source.rmdir()
+    else:
+        os.replace(source, target)
 
 
 # ---------------------------------------------------------------- the lock

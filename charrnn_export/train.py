@@ -152,7 +152,9 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool) -> boo
     legacy = run.manifest is None and run.holds_run()  # written before manifests, or by another tool
     if resume and not run.holds_run():
         raise ConfigError(f"--resume: {run.path} holds no run (no config.json); drop --resume to start one")
-    foreign = foreign_entries(run.path, run.manifest)
+    # A user's files beside our run are left alone; a folder without our manifest is written
+    # only when empty (or to resume a run from before manifests, below).
+    foreign = foreign_entries(run.path, run.manifest) if run.manifest is None else []
     if foreign and not (legacy and resume):
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ConfigError(

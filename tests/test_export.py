@@ -44,8 +44,13 @@ def run_weights(run_dir) -> dict[str, np.ndarray]:
 
 
 def test_export_dir_holds_the_artifacts_and_nothing_else(tiny_export):
-    assert sorted(p.name for p in tiny_export.iterdir()) == [
-        "export_report.json", "model.int8.onnx", "model.onnx", "saved_model", "vocab.json"]
+    names = {p.name for p in tiny_export.iterdir()}
+    assert {"export_report.json", "model.int8.onnx", "model.onnx", "saved_model", "vocab.json"} <= names
+    # ... and nothing that its manifest (what --force may later remove) does not list.
+    listed = json.loads((tiny_export / ".charrnn-export.json").read_text())
+    assert names - {".charrnn-export.json"} == {name.split("/")[0] for name in listed["files"]}
+    assert {p.relative_to(tiny_export).as_posix() for p in tiny_export.rglob("*") if p.is_file()} == (
+        set(listed["files"]) | {".charrnn-export.json"})
     assert (tiny_export / "saved_model" / "saved_model.pb").is_file()
     leftovers = [p.name for p in tiny_export.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == [], f"staging or probe files left beside the export: {leftovers}"
@@ -194,11 +199,13 @@ def test_int8_agrees_with_fp32_on_the_validation_text(tiny_export, tiny_text, ti
     assert np.mean(fp32.argmax(-1) == int8.argmax(-1)) >= 0.95
 
 
-def test_cli_exports_a_run_with_opset_and_force(tiny_run, tmp_path):
+def test_cli_exports_a_run_with_opset_and_force(tiny_run, tiny_export, tmp_path):
+    import shutil
+
     out = tmp_path / "export"
-    out.mkdir()
-    (out / "stale.txt").write_text("an older export")
-    (out / "export_report.json").write_text("{}")  # what makes it an export that --force may replace
+    shutil.copytree(tiny_export, out)  # an earlier export (with int8), its manifest listing what it wrote
+    (out / "notes.txt").write_text("the user's, beside the export")
+    (out / "saved_model" / "README").write_text("the user's, inside a folder of the export")
     result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "to-onnx", "--checkpoint", str(tiny_run),
                              "--out", str(out), "--opset", "17", "--force"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
@@ -206,7 +213,14 @@ def test_cli_exports_a_run_with_opset_and_force(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # TensorFlow's start-up lines are silenced
     assert result.stdout.startswith("exported ")
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx", "saved_model", "vocab.json"]
+    # The earlier export's files are replaced (model.int8.onnx, not made this time, is gone); the
+    # user's files, which its manifest does not list, are kept where they were.
+    names = {p.name for p in out.iterdir()}
+    assert "model.int8.onnx" not in names and {"notes.txt", "model.onnx", "saved_model"} <= names
+    listed = json.loads((out / ".charrnn-export.json").read_text())["files"]
+    assert names - {".charrnn-export.json", "notes.txt"} == {name.split("/")[0] for name in listed}
+    assert (out / "notes.txt").read_text() == "the user's, beside the export"
+    assert (out / "saved_model" / "README").read_text() == "the user's, inside a folder of the export"
     model = onnx.load(str(out / "model.onnx"))
     assert {o.domain: o.version for o in model.opset_import}[""] == 17
     assert json.loads((out / "export_report.json").read_text())["opset"] == 17
@@ -222,6 +236,6 @@ def test_force_never_replaces_a_directory_that_is_not_an_export(tiny_run, tmp_pa
                             capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
                             timeout=300)
     assert result.returncode == 2
-    assert "not an export directory" in result.stderr and "Traceback" not in result.stderr
+    assert "did not write (notes.txt)" in result.stderr and "Traceback" not in result.stderr
     assert (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

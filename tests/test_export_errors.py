@@ -214,8 +214,11 @@ def test_out_that_is_not_empty_without_force(checkpoints, workdir):
     out = workdir / "export"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", out), "--force")
-    assert listing(workdir) == ["export"] and listing(out) == ["keep.txt"]
+    # Not even --force writes among a user's files: the message says to choose another folder.
+    for flags in ([], ["--force"]):
+        assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", out, *flags),
+                              "did not write (keep.txt)", "choose an empty or new directory")
+        assert listing(workdir) == ["export"] and listing(out) == ["keep.txt"]
 
 
 # ---------------------------------------------------------------- corrupt checkpoints
