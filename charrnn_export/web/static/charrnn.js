@@ -120,6 +120,10 @@ class CharRNN {
     return { startIds, length, settings, seed };
   }
 
+  #record(request, { made, seconds, primeSeconds, stopped }) {
+    this.lastRun = { seed: request.seed, made, seconds, primeSeconds, stopped };
+  }
+
   async *#run(request) {
     const job = this.#nextJob++;
     const chunks = []; // messages not yet consumed
@@ -145,8 +149,7 @@ class CharRNN {
           yield* message.text;
         } else if (message.type === "done") {
           finished = true;
-          const { made, seconds, primeSeconds, stopped } = message;
-          this.lastRun = { seed: request.seed, made, seconds, primeSeconds, stopped };
+          this.#record(request, message);
         } else if (message.type === "error") {
           finished = true;
           throw new CharRNNError(message.message);
@@ -156,7 +159,11 @@ class CharRNN {
       // A reader that stops early (break) stops the worker too; wait for it to finish.
       if (!finished && this.#running === job) {
         this.stop();
-        while (!chunks.some((m) => m.type === "done" || m.type === "error")) await new Promise((resolve) => (wake = resolve));
+        let end;
+        while (!(end = chunks.find((m) => m.type === "done" || m.type === "error"))) {
+          await new Promise((resolve) => (wake = resolve));
+        }
+        if (end.type === "done") this.#record(request, end);
       }
       this.#running = null;
       this.#jobs.delete(job);
