@@ -22,7 +22,9 @@ import secrets
 import sys
 import time
 
+from .checks import check_seed, check_threads
 from .errors import CharRNNError, ConfigError
+from .files import atomic_write_text, check_writable_file
 from .generate import SHIPPED, Generator, check_length
 from .runtimes import RUNTIMES
 from .sampling import SamplingConfig
@@ -108,8 +110,11 @@ def build_parser() -> Parser:
 
 def check_options(args) -> SamplingConfig:
     """Every flag problem, before a model is loaded (loading TensorFlow takes seconds)."""
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.greedy).validate()
-    check_length(args.length)
+    from .checks import check_temperature, check_top_k, check_top_p
+
+    sampling = SamplingConfig(check_temperature(args.temperature, "--temperature"), check_top_k(args.top_k, "--top-k"),
+                              check_top_p(args.top_p, "--top-p"), args.greedy)
+    check_length(args.length, "--length")
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     if args.stream and args.num_samples > 1:
@@ -117,18 +122,13 @@ def check_options(args) -> SamplingConfig:
                           "to generate the samples together and print them at the end")
     if args.stream and args.json:
         raise ConfigError("--stream prints plain characters; drop --json (or --stream)")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    check_threads(args.threads, "--threads")  # also refuses more threads than the machine has CPUs
+    check_seed(args.seed, "--seed")
     if args.vocab is not None and args.runtime != "keras":
         raise ConfigError(f"--vocab is for --runtime keras; a {args.runtime} model carries its own vocabulary")
     if args.out is not None:
-        target = os.path.realpath(args.out)
-        if os.path.isdir(target):
-            raise ConfigError(f"--out {args.out} is a directory; give a file path")
-        if os.path.exists(target) and not os.path.isfile(target):
-            # The atomic write renames a new file over the path: over a device or a pipe (say
-            # /dev/stdout) that would replace it, not write into it.
-            raise ConfigError(f"--out {args.out} is not a regular file; leave out --out to write to stdout")
+        # Now, not after the text is made: a text that cannot be written is lost.
+        check_writable_file(args.out, f"--out {args.out}")
     if args.runtime != "onnx" and args.model in SHIPPED:
         raise ConfigError(f"--model {args.model} names a shipped ONNX model; use it with --runtime onnx")
     return sampling
@@ -162,11 +162,19 @@ def run_sample(args) -> int:
     log(f"generating {args.num_samples} x {args.length} characters, seed {seed}")
 
     t0 = time.perf_counter()
+    made: list[list[str]] = [[] for _ in range(args.num_samples)]  # characters so far, kept on Ctrl-C
+    interrupted = False
     try:
-        if args.stream:
-            texts = [stream_to_stdout(generator, start, args.length, options)]
-        else:
-            texts = generator.generate_batch([start] * args.num_samples, args.length, **options)
+        try:
+            if args.stream:
+                stream_to_stdout(generator, start, args.length, options, made[0])
+            else:
+                collect(generator, [start] * args.num_samples, args.length, sampling, seed, made)
+        except KeyboardInterrupt:
+            interrupted = True  # keep what was made: written below like a finished text
+            if args.stream:
+                sys.stdout.write("\n")
+        texts = ["".join(chars) for chars in made]
         seconds = time.perf_counter() - t0
         if args.json:
             output = format_json(texts, start, args.runtime, model_name, args.length, options)
@@ -181,6 +189,11 @@ def run_sample(args) -> int:
         # The reader went away (`... | head`): stop quietly, as other command-line tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the broken pipe
+    if interrupted:
+        chars = sum(len(t) for t in texts)
+        print(f"{ERROR_PREFIX} interrupted after {chars} character(s); the text made so far was "
+              + (f"written to {args.out}" if args.out is not None else "printed"), file=sys.stderr)
+        return 130
     chars = args.length * args.num_samples
     log(f"generated {chars} characters in {seconds:.2f}s ({chars / max(seconds, 1e-9):,.0f} chars/s)"
         + (f"; wrote {args.out}" if args.out is not None else ""))
@@ -188,8 +201,6 @@ def run_sample(args) -> int:
 
 
 def write_out(path: str, output: str) -> None:
-    from .data import atomic_write_text
-
     try:
         # A reader never sees half a file, even if we are killed. realpath: through a symlink,
         # replace the file it points to, not the link.
@@ -198,19 +209,26 @@ def write_out(path: str, output: str) -> None:
         raise ConfigError(f"cannot write --out {path} ({e.strerror or e}); choose a writable file path") from None
 
 
-def stream_to_stdout(generator: Generator, start: str, length: int, options: dict) -> str:
-    """Print the start, then each character as soon as it is made; return the generated text."""
+def stream_to_stdout(generator: Generator, start: str, length: int, options: dict, generated: list[str]) -> None:
+    """Print the start, then each character as soon as it is made, appending it to `generated`."""
     out = sys.stdout
     out.write(start)
     out.flush()
-    generated = []
     for char in generator.stream(start, length, **options):
         out.write(char)
         out.flush()  # the point of --stream: the reader sees each character now, not at a buffer's end
         generated.append(char)
     out.write("\n")
     out.flush()
-    return "".join(generated)
+
+
+def collect(generator: Generator, starts: list[str], length: int, sampling: SamplingConfig, seed: int,
+            made: list[list[str]]) -> None:
+    """generate_batch, one character at a time into `made` (a list per sample), so that an
+    interrupt keeps every character made before it."""
+    chars = generator.vocab.chars
+    for row, token in generator.generate_ids(starts, length, sampling, seed):
+        made[row].append(chars[token])
 
 
 def format_text(texts: list[str], start: str) -> str:
