@@ -357,11 +357,17 @@ class GeneratorContestant:
         from .sampling import SamplingConfig
 
         sampling = SamplingConfig(temperature=self.temperature, greedy=greedy)
-        columns = []
-        for ids in self.generator.generate_ids([start] * batch, length, sampling, seed):
-            columns.append(ids)  # (batch,)
-            yield
-        return ["".join(row) for row in self.table[np.stack(columns, axis=1)].tolist()]
+        engine, rids = self.generator.engine_for([start] * batch, length, sampling, seed, "error")
+        ids: dict[int, list[int]] = {rid: [] for rid in rids}
+        while engine.has_work():
+            made = False
+            for rid, token, reason in engine.step():
+                if reason is None:
+                    ids[rid].append(token)
+                    made = True
+            if made:
+                yield  # one engine step that made a character per row (the start strings are read first)
+        return ["".join(self.table[ids[rid]].tolist()) for rid in rids]
 
 
 def timed_run(contestant, start: str, batch: int, length: int, greedy: bool, seed: int) -> dict:
@@ -1077,6 +1083,9 @@ def render_results_md(results_dir) -> str:
         parts += [text.replace("\n# ", "\n## ").replace("# ", "## ", 1) if text.startswith("# ") else text, ""]
     else:
         parts += ["## Training", "", "Not measured yet: run `python -m benchmarks.training`.", ""]
+    workers = results_dir / "training-workers-latest.md"  # python -m benchmarks.training --workers 1 2
+    if workers.exists():
+        parts += [workers.read_text().replace("# ", "## ", 1), ""]
     return "\n".join(parts)
 
 

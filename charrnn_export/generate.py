@@ -57,7 +57,7 @@ def resolve_model_path(model: str | None, runtime: str) -> str:
         if not path.is_file():
             raise ModelError(
                 f"no shipped model at {path} (it is built by training and `to-onnx`); "
-                "pass an exported model.onnx or export directory"
+                "pass --model PATH (in Python: path=) with an exported model.onnx or export directory"
             )
         return str(path)
     if model is None:

@@ -245,7 +245,8 @@ def test_cuda_without_a_gpu_is_a_clear_error(model):
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this machine has onnxruntime's CUDA provider")
     result = run("--model", model, "--device", "cuda", check_rc=2)
-    assert result.stderr.startswith(f"{PREFIX} --device cuda") and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"{PREFIX} device 'cuda'") and len(result.stderr.splitlines()) == 1
+    assert "onnxruntime-gpu" in result.stderr
 
 
 def test_keras_checkpoint_without_vocab_needs_vocab(tiny_run, model, tmp_path):  # noqa: F811
