@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Vocab, atomic_write_bytes
+from .data import Vocab
+from .files import atomic_write_bytes
 from .errors import ModelError
 
 WEIGHT_NAMES = ("embedding", "kernel", "recurrent_kernel", "bias", "dense_kernel", "dense_bias")
@@ -151,7 +152,9 @@ def read_checkpoint(path) -> Checkpoint:
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({e})") from None
+        # numpy's own words would advise allow_pickle=True: loading pickles runs code from the file.
+        reason = "it holds Python objects, not arrays" if "allow_pickle" in str(e) else str(e)
+        raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({reason})") from None
     return Checkpoint(weights.check(str(path)), meta, optimizer)
 
 

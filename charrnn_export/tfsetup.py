@@ -24,7 +24,8 @@ def import_tensorflow():
             tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, while stderr is captured
         except ImportError:
             raise RuntimeUnavailable(
-                "TensorFlow is not installed: pip install 'charrnn-export[train]' (or use --runtime onnx)"
+                "TensorFlow is not installed: pip install 'charrnn-export[train]' (sampling with the onnx runtime "
+                "needs only onnxruntime)"
             ) from None
         except BaseException:
             os.dup2(saved_stderr, 2)

@@ -35,11 +35,33 @@ class SavedModelRuntime:
         except (KeyError, OSError, ValueError, tf.errors.OpError) as e:
             raise ModelError(f"cannot load SavedModel {path} ({str(e).splitlines()[0][:200]})") from None
         vocab_file = path / "assets" / "vocab.json"
-        self.vocab = Vocab.load(vocab_file) if vocab_file.exists() else Vocab.from_json(
-            self.loaded.vocab_json.numpy().decode())
-        self.config = json.loads(self.loaded.config_json.numpy().decode())
-        self.rnn_units = int(self.config["rnn_units"])
+        try:
+            self.vocab = Vocab.load(vocab_file) if vocab_file.exists() else Vocab.from_json(
+                self.loaded.vocab_json.numpy().decode())
+            self.config = json.loads(self.loaded.config_json.numpy().decode())
+            self.rnn_units = int(self.config["rnn_units"])
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"SavedModel {path} lacks its vocabulary or config ({e}); export it again with "
+                             "`charrnn-export to-onnx`") from None
         self.vocab_size = len(self.vocab)
+        self.check_signature(path)
+
+    def check_signature(self, path: Path) -> None:
+        """The step contract (contract.py), checked at load: a float `token` or more logits than
+        characters would otherwise fail, or pick ids with no character, in the middle of sampling."""
+        inputs = self.signature.structured_input_signature[1]  # {name: TensorSpec}
+        outputs = self.signature.structured_outputs
+        if set(inputs) != {contract.TOKEN, contract.STATE} or not {contract.LOGITS, contract.STATE_OUT} <= set(outputs):
+            raise ModelError(f"SavedModel {path} is not a charrnn-export step model (inputs {sorted(inputs)}, outputs "
+                             f"{sorted(outputs)}); export it again")
+        for name, expected in ((contract.TOKEN, self.tf.int32), (contract.STATE, self.tf.float32)):
+            if inputs[name].dtype != expected:
+                raise ModelError(f"SavedModel {path}: input `{name}` is {inputs[name].dtype.name}, the step contract "
+                                 f"says {expected.name}; export it again")
+        width = outputs[contract.LOGITS].shape[-1]
+        if width is not None and width != self.vocab_size:
+            raise ModelError(f"SavedModel {path} has {width} logits but {self.vocab_size} characters in its "
+                             "vocabulary; export it again")
 
     def zero_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.rnn_units), dtype=np.float32)
