@@ -245,3 +245,78 @@ def test_the_sampling_rule_matches_python_on_random_logits(page):
         });
     }""", cases)
     assert got == [c["ids"] for c in cases]
+
+
+def with_unk_row(source: Path, target: Path, unk_id: int) -> None:
+    """A copy of a model whose config says row `unk_id` is [UNK] (as a current-tutorial export's)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key == "config":
+            prop.value = json.dumps({**json.loads(prop.value), "unk_id": unk_id})
+    onnx.save(model, str(target))
+
+
+@pytest.mark.parametrize("variant", ["int8", "unk-row"])
+def test_other_models_give_pythons_text(browser, tiny_export, tmp_path, variant):
+    """The int8 model (onnxruntime-web's integer kernels), and a model with an [UNK] row, which
+    neither side may ever sample (its most likely first character is made [UNK] here)."""
+    from charrnn_export.generate import Generator
+
+    model = tiny_export / "model.int8.onnx"
+    if variant == "unk-row":
+        plain = Generator.load(str(tiny_export / "model.onnx"))
+        start = start_of(plain)
+        unk_id = plain.vocab.index[plain.generate(start, 1, greedy=True)]
+        model = tmp_path / "unk.onnx"
+        with_unk_row(tiny_export / "model.onnx", model, unk_id)
+    python = Generator.load(str(model))
+    start = start_of(python)
+    build_site(str(model), tmp_path / "site", ort_web=str(ORT_WEB))
+    with running(tmp_path / "site") as url:
+        page = open_page(browser, url)
+        assert js_generate(page, start, 300, {"greedy": True}) == python.generate(start, 300, greedy=True)
+        sampled = js_generate(page, start, 300, {"seed": 11, "temperature": 1.5})
+        assert sampled == python.generate(start, 300, seed=11, temperature=1.5)
+        if variant == "unk-row":
+            assert python.vocab.chars[unk_id] not in sampled + python.generate(start, 300, greedy=True)
+        assert page.errors == []
+        page.close()
+
+
+def test_served_pages_are_cross_origin_isolated_and_use_threads(browser, site, python):
+    """The server's COOP/COEP headers let onnxruntime-web's WebAssembly run on 2 threads, with the
+    same text (the threaded kernels split the work, not the sums)."""
+    page = open_page(browser, site[0] + "?threads=2")
+    assert page.evaluate("[crossOriginIsolated, charrnn.threads, charrnn.crossOriginIsolated]") == [True, 2, True]
+    start = start_of(python)
+    assert js_generate(page, start, 200, {"seed": 8, "topP": 0.9}) == python.generate(start, 200, seed=8, top_p=0.9)
+    assert page.errors == []
+    page.close()
+
+
+def test_the_shipped_model_in_the_page(browser, tmp_path):
+    """The shipped fp32 model through the form, as a user sees it; the screenshot is the README's
+    (set CHARRNN_EXPORT_WEB_SCREENSHOT=docs/web.png to write it there). fp32: its logits stay within
+    5e-6 of Python's for the whole text; the int8 model's can part after a few dozen characters
+    (README: to-web), when the two builds round one quantized state value differently."""
+    from charrnn_export.generate import Generator
+
+    build_site("fp32", tmp_path / "site", ort_web=str(ORT_WEB))
+    with running(tmp_path / "site") as url:
+        page = open_page(browser, url)
+        page.set_viewport_size({"width": 1000, "height": 760})
+        page.fill("#start", "ROMEO:")
+        page.fill("#length", "600")
+        page.fill("#temperature", "0.8")
+        page.fill("#top-k", "20")
+        page.fill("#seed", "1")
+        page.click("#generate")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=WAIT_MS)
+        expected = Generator.load("fp32").generate("ROMEO:", 600, temperature=0.8, top_k=20, seed=1)
+        assert page.text_content("#generated") == expected
+        page.screenshot(path=str(os.environ.get("CHARRNN_EXPORT_WEB_SCREENSHOT") or tmp_path / "web.png"),
+                        full_page=True)
+        assert page.errors == []
+        page.close()
