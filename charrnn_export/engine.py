@@ -35,6 +35,7 @@ from .rng import Blocks
 from .sampling import SamplingConfig, Settings, choose
 
 LENGTH, CANCELLED, NONFINITE = "length", "cancelled", "nonfinite"
+_NO_IDS = np.zeros(0, np.int64)
 
 
 @dataclass
@@ -120,11 +121,20 @@ class Engine:
     # ------------------------------------------------------------ the engine's thread
 
     def step(self) -> list[tuple[int, int, str | None]]:
-        events: list[tuple[int, int, str | None]] = []
-        self._apply_cancels(events)
-        self._admit(events)
+        """One step; events as (request id, token id, None) and (request id, -1, reason)."""
+        rids, tokens, ended = self.step_arrays()
+        events = list(zip(rids.tolist(), tokens.tolist(), [None] * len(rids)))
+        events.extend((rid, -1, reason) for rid, reason in ended)
+        return events
+
+    def step_arrays(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """step() without a tuple per character, for large batches: (request ids (k,), their
+        new token ids (k,), [(request id, reason) for each request that ended])."""
+        ended: list[tuple[int, str]] = []
+        self._apply_cancels(ended)
+        self._admit(ended)
         if not self.busy_count:
-            return events
+            return _NO_IDS, _NO_IDS, ended
         rows = self.high
         self._feed_start_strings()
         emitting = self.emitting[:rows]
@@ -136,8 +146,8 @@ class Engine:
         settings = Settings(*(a[:rows] for a in self.settings))
         ids, check = self.backend.decode(rows, self.tokens[:rows], settings, uniforms, self.reset[:rows])
         self.reset[:rows] = False
-        self._collect(ids, check, emitting, events)
-        return events
+        rids, tokens = self._collect(ids, check, emitting, ended)
+        return rids, tokens, ended
 
     def _apply_cancels(self, events) -> None:
         if not self._cancels:
@@ -148,9 +158,9 @@ class Engine:
             dropped = [r.id for r in self._waiting if r.id in cancels]
             self._waiting = kept
         for rid in dropped:
-            events.append((rid, -1, CANCELLED))
+            events.append((rid, CANCELLED))
         for slot in np.flatnonzero(np.isin(self.request[:self.high], list(cancels))):
-            events.append((int(self.request[slot]), -1, CANCELLED))
+            events.append((int(self.request[slot]), CANCELLED))
             self._free(int(slot))
 
     def _admit(self, events) -> None:
@@ -158,7 +168,7 @@ class Engine:
             with self._lock:
                 request = self._waiting.popleft()
             if request.length <= 0:
-                events.append((request.id, -1, LENGTH))
+                events.append((request.id, LENGTH))
                 continue
             slot = int(np.argmax(self.request < 0))  # the lowest free slot
             self.request[slot] = request.id
@@ -180,22 +190,23 @@ class Engine:
             else:
                 self._start[slot] = (ids, index + 1)
 
-    def _collect(self, ids, check, emitting, events) -> None:
+    def _collect(self, ids, check, emitting, ended) -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(emitting)
         if check is not None:
             bad = rows[np.isnan(check[rows])]
             for slot in bad.tolist():
-                events.append((int(self.request[slot]), -1, NONFINITE))
+                ended.append((int(self.request[slot]), NONFINITE))
                 self._free(slot)
             if bad.size:
                 rows = rows[self.request[rows] >= 0]
         new = ids[rows]
         self.tokens[rows] = new
         self.left[rows] -= 1
-        events.extend(zip(self.request[rows].tolist(), new.tolist(), [None] * len(rows)))
+        rids = self.request[rows]
         for slot in rows[self.left[rows] == 0].tolist():
-            events.append((int(self.request[slot]), -1, LENGTH))
+            ended.append((int(self.request[slot]), LENGTH))
             self._free(slot)
+        return rids, new
 
     def _free(self, slot: int) -> None:
         self.request[slot] = -1

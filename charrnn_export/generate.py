@@ -190,11 +190,11 @@ class Generator:
 
 def _run(engine: Engine, row_of: dict[int, int]) -> Iterator[tuple[int, int]]:
     while engine.has_work():
-        for rid, token, reason in engine.step():
-            if reason is None:
-                yield row_of[rid], token
-            elif reason == NONFINITE:
+        rids, tokens, ended = engine.step_arrays()
+        for rid, token in zip(rids.tolist(), tokens.tolist()):
+            yield row_of[rid], token
+        for rid, reason in ended:
+            if reason == NONFINITE:
                 raise ModelError("the model produced NaN or infinite logits, so no character can be chosen; "
                                  "the model is broken: export it again from a good checkpoint")
-            else:
-                assert reason == LENGTH, reason
+            assert reason == LENGTH, reason
