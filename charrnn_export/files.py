@@ -39,7 +39,8 @@ TOOL = "charrnn-export"
 
 def write_error(path, error: OSError) -> WriteError:
     """One line for a failed write; a full disk says so plainly (its strerror alone is cryptic in context)."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    # TensorFlow reports a full disk as its own error whose text holds the strerror, not the errno.
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or os.strerror(errno.ENOSPC) in str(error):
         return WriteError(f"cannot write {path}: the disk is full ({error.strerror}); free some space and try again")
     return WriteError(f"cannot write {path} ({error.strerror or error}); choose a writable location")
 
