@@ -1086,6 +1086,9 @@ def render_results_md(results_dir) -> str:
     workers = results_dir / "training-workers-latest.md"  # python -m benchmarks.training --workers 1 2
     if workers.exists():
         parts += [workers.read_text().replace("# ", "## ", 1), ""]
+    web = results_dir / "web-latest.md"  # python -m benchmarks.web: the to-web page in a browser
+    if web.exists():
+        parts += [web.read_text(), ""]
     return "\n".join(parts)
 
 
