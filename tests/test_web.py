@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from charrnn_export.web.browser import find_chromium, launch
+from charrnn_export.web import build
 from charrnn_export.web.build import build_site
 from charrnn_export.web.serve import running
 
@@ -319,4 +320,22 @@ def test_the_shipped_model_in_the_page(browser, tmp_path):
         page.screenshot(path=str(os.environ.get("CHARRNN_EXPORT_WEB_SCREENSHOT") or tmp_path / "web.png"),
                         full_page=True)
         assert page.errors == []
+        page.close()
+
+
+def test_an_onnxruntime_web_that_fails_its_integrity_hash_is_refused(browser, tiny_export, tmp_path):
+    """The worker checks onnxruntime-web against the pinned sha384 (as it does the CDN's copy):
+    one changed byte and the page says it could not load, instead of running other code."""
+    site = tmp_path / "site"
+    build_site(str(tiny_export), site, ort_web=str(ORT_WEB))
+    module = site / "ort" / "ort.wasm.bundle.min.mjs"
+    module.write_bytes(module.read_bytes() + b"\n// changed\n")
+    with running(site) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_selector("body[data-state=error]", timeout=WAIT_MS)
+        assert page.inner_text("#status") == "the model could not be loaded"
+        assert "ort.wasm.bundle.min.mjs" in page.inner_text("#message")
+        assert build.ORT_FILES["module"][1] in page.inner_text("#message")
+        assert page.evaluate("window.charrnn === undefined")
         page.close()

@@ -18,7 +18,14 @@ const stopped = new Set(); // job ids the page asked to stop
 
 // Fetches a URL and checks its subresource-integrity hash (the CDN's copy must be the pinned one).
 async function fetchChecked(url, integrity) {
-  const response = await fetch(url, integrity ? { integrity, mode: "cors" } : {});
+  let response;
+  try {
+    response = await fetch(url, integrity ? { integrity, mode: "cors" } : {});
+  } catch (e) {
+    // fetch says only "Failed to fetch" for both causes; name them.
+    const why = integrity ? `offline, blocked, or its content is not the pinned build (integrity ${integrity})` : "offline or blocked";
+    throw new Error(`cannot fetch ${url}: ${why}`);
+  }
   if (!response.ok) throw new Error(`cannot fetch ${url}: HTTP ${response.status}`);
   return response;
 }
