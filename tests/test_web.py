@@ -53,11 +53,11 @@ def browser():
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, tiny_export, browser):
-    """The tiny fp32 model's site, served; yields (url, model path)."""
+    """The tiny fp32 model's site, served; yields (url, model path, folder)."""
     out = tmp_path_factory.mktemp("site") / "site"
     build_site(str(tiny_export / "model.onnx"), out, ort_web=str(ORT_WEB))
     with running(out) as url:
-        yield url, tiny_export / "model.onnx"
+        yield url, tiny_export / "model.onnx", out
 
 
 def open_page(browser, url):
@@ -339,3 +339,20 @@ def test_an_onnxruntime_web_that_fails_its_integrity_hash_is_refused(browser, ti
         assert build.ORT_FILES["module"][1] in page.inner_text("#message")
         assert page.evaluate("window.charrnn === undefined")
         page.close()
+
+
+def test_load_refuses_a_vocabulary_that_is_not_the_models(page, site, python):
+    """load(modelUrl, vocabUrl) checks vocabUrl against the vocabulary in the model's metadata;
+    without vocabUrl it uses the metadata's."""
+    chars = list(python.vocab.chars)
+    (site[2] / "shuffled.json").write_text(json.dumps(chars[1:] + chars[:1]), encoding="utf-8")
+    error, vocab = page.evaluate("""async () => {
+        const { load } = await import("./charrnn.js");
+        let error = null;
+        try { await load("model.onnx", "shuffled.json"); } catch (e) { error = [e.name, e.message]; }
+        const own = await load("model.onnx");
+        own.dispose();
+        return [error, own.vocab];
+    }""")
+    assert error[0] == "CharRNNError" and "shuffled.json is not the vocabulary of" in error[1]
+    assert vocab == chars
