@@ -117,13 +117,14 @@ def run_export(args) -> int:
 from .sample import add_sample_parser  # noqa: E402  (`charrnn-export sample`: the parser lives in sample.py)
 from .bench import add_bench_parser  # noqa: E402  (`charrnn-export bench`: the parser lives in bench.py)
 from .web.command import add_web_parser  # noqa: E402  (`charrnn-export to-web`: charrnn_export/web/)
+from .serve.command import add_serve_parser  # noqa: E402  (`charrnn-export serve`: charrnn_export/serve/)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="charrnn-export", description="Train, export and sample character-level GRU models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train_parser(sub)
-    for add_parser in (add_export_parser, add_sample_parser, add_bench_parser, add_web_parser):
+    for add_parser in (add_export_parser, add_sample_parser, add_bench_parser, add_web_parser, add_serve_parser):
         add_parser(sub)
     return parser
 

@@ -1,0 +1,12 @@
+"""`charrnn-export serve`: an OpenAI-compatible completions server over the decode engine.
+
+    app.py        the FastAPI app: routes, auth, body limit, errors in OpenAI's shape, request log
+    schema.py     request bodies -> checked Completion, or ApiError (OpenAI's error shape)
+    scheduler.py  the engine thread: one Engine per model, continuous batching, stop strings
+    responses.py  the event stream and the JSON answer, each cancelling its job on a disconnect
+    metrics.py    /metrics in Prometheus' text format
+    command.py    the command line (flags, uvicorn, clean stop on SIGINT/SIGTERM)
+    page.html     the page at /
+
+Needs the `serve` extra (fastapi, uvicorn); nothing here is imported by `import charrnn_export`.
+"""

@@ -1,0 +1,267 @@
+"""The HTTP server: OpenAI's completions API over one continuously batched engine per model.
+
+    app = create_app({"int8": lambda: Generator.load("int8")}, ServeOptions(slots=256, queue=1024))
+    uvicorn.run(app, host="127.0.0.1", port=8000)        (command.py does this, with clean stops)
+    app.state.serve.stop()                               every running request ends with "abort"
+
+Routes: POST /v1/completions, GET /v1/models (and /v1/models/{id}), GET /health, GET /metrics,
+GET / (page.html). Models load in a thread after the server starts, so /health answers 503
+("loading") until every model is ready and completions wait for nothing but their slot.
+Every error answer, including unknown routes and methods, is OpenAI's error shape; every
+request is counted by status (for /metrics) and logged as one line on the "charrnn_export.serve"
+logger when its answer is complete.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..rng import SEED_LIMIT, random_seed
+from . import metrics
+from .responses import CompletionBody, CompletionStream
+from .scheduler import Busy, Job, Scheduler, Stopping
+from .schema import ApiError, Limits, parse_completion
+
+log = logging.getLogger("charrnn_export.serve")
+PAGE = Path(__file__).with_name("page.html")
+
+
+@dataclass
+class ServeOptions:
+    slots: int = 256
+    queue: int = 1024  # choices that may wait for a slot; beyond: 429
+    limits: Limits = field(default_factory=Limits)
+    api_key: str | None = None
+    flush_interval: float = 0.015
+    max_event_rate: float = 4000.0
+    retry_after: int = 1  # seconds, in 429 answers
+    on_load_failure: Callable[[Exception], None] | None = None  # the command stops the server
+
+
+class ServeState:
+    def __init__(self, loaders: dict, options: ServeOptions):
+        self.loaders, self.options = loaders, options
+        self.schedulers: dict[str, Scheduler | None] = {name: None for name in loaders}
+        self.vocabularies: dict = {}
+        self.ready = False
+        self.stopping = False
+        self.load_error: str | None = None
+        self.by_status: dict[int, int] = {}
+        self.created = int(time.time())
+
+    def load(self) -> None:
+        """In a thread: load every model and start its engine thread."""
+        try:
+            for name, loader in self.loaders.items():
+                generator = loader()
+                scheduler = Scheduler(generator, self.options.slots, self.options.queue,
+                                      self.options.flush_interval, self.options.max_event_rate)
+                scheduler.start()
+                self.vocabularies[name] = generator.vocab
+                self.schedulers[name] = scheduler
+                if self.stopping:
+                    scheduler.stop()
+            self.ready = True
+            log.info("ready: %s", ", ".join(self.schedulers))
+        except Exception as e:  # noqa: BLE001 - reported on /health and to the command, which exits
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("could not load the model: %s", self.load_error)
+            if self.options.on_load_failure:
+                self.options.on_load_failure(e)
+
+    def stop(self) -> None:
+        """Start a clean stop: no new requests, running ones end at the next step. Signal-safe."""
+        self.stopping = True
+        for scheduler in list(self.schedulers.values()):
+            if scheduler is not None:
+                scheduler.stop()
+
+    def close(self) -> None:
+        for scheduler in self.schedulers.values():
+            if scheduler is not None:
+                scheduler.close()
+
+
+def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None) -> FastAPI:
+    """loaders: model name -> a function returning a Generator (called once, in a thread)."""
+    state = ServeState(loaders, options or ServeOptions())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        threading.Thread(target=state.load, name="charrnn-load", daemon=True).start()
+        yield
+        state.stop()
+        state.close()
+
+    app = FastAPI(title="charrnn-export", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.serve = state
+    app.add_middleware(RequestLog, state=state)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request, error: ApiError):
+        request.scope.setdefault("state", {}).setdefault("log", {})["error"] = error.code or error.type
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, error: StarletteHTTPException):  # unknown route or method
+        kind = "not_found" if error.status_code == 404 else "method_not_allowed" if error.status_code == 405 else None
+        body = ApiError(error.status_code, f"{request.method} {request.url.path}: {error.detail}", code=kind).body()
+        return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request, error: Exception):  # a bug: still OpenAI's shape, and logged
+        log.exception("error answering %s %s", request.method, request.url.path)
+        body = ApiError(500, f"internal error: {type(error).__name__}", type="server_error").body()
+        return JSONResponse(body, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"x-content-type-options": "nosniff"})
+
+    @app.get("/health")
+    async def health():
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        if state.stopping:
+            return JSONResponse({"status": "stopping"}, status_code=503)
+        failed = [s.failure for s in state.schedulers.values() if s is not None and s.failure]
+        if failed:
+            return JSONResponse({"status": "failed", "error": failed[0]}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok", "models": list(state.schedulers)}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(state.by_status, state.schedulers),
+                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request, state.options)
+        return {"object": "list", "data": [model_card(name) for name in state.schedulers]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(request: Request, name: str):
+        authorize(request, state.options)
+        if name not in state.schedulers:
+            raise ApiError(404, f"model {name!r} is not served here", param="model", code="model_not_found")
+        return model_card(name)
+
+    def model_card(name: str) -> dict:
+        vocab = state.vocabularies.get(name)
+        return {"id": name, "object": "model", "created": state.created, "owned_by": "charrnn-export",
+                "ready": state.schedulers[name] is not None, "max_tokens": state.options.limits.max_length,
+                "characters": None if vocab is None else "".join(vocab.chars)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request, state.options)
+        limits = state.options.limits
+        body = await read_body(request, limits.max_body_bytes)
+        if state.stopping:
+            raise unavailable("the server is shutting down")
+        if not state.ready:
+            raise unavailable(state.load_error or "the model is still loading")
+        default = next(iter(state.schedulers)) if len(state.schedulers) == 1 else None
+        request_ = parse_completion(body, state.vocabularies, limits, default)
+        if request_.choices > state.options.slots:
+            raise ApiError(400, f"this request makes {request_.choices} choices; this server has "
+                           f"{state.options.slots} slots", param="n", code="invalid_value")
+        seed = random_seed() if request_.seed is None else request_.seed
+        choices = [(ids, (seed + p * request_.n + i) % SEED_LIMIT)  # choice j: seed + j, as generate_batch
+                   for p, ids in enumerate(request_.prompt_ids) for i in range(request_.n)]
+        job = Job(choices, request_.max_tokens, request_.sampling, request_.stops)
+        scheduler = state.schedulers[request_.model]
+        try:
+            scheduler.submit(job)
+        except Busy:
+            raise ApiError(429, f"every slot is busy and {state.options.queue} choices are already waiting; "
+                           f"retry in {state.options.retry_after} s", type="rate_limit_error",
+                           code="server_busy", headers={"Retry-After": str(state.options.retry_after)}) from None
+        except Stopping as e:
+            raise unavailable(str(e)) from None
+        info = request.scope.setdefault("state", {}).setdefault("log", {})
+        info.update(model=request_.model, choices=request_.choices, max_tokens=request_.max_tokens,
+                    seed=seed, stream=request_.stream)
+        head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
+                "model": request_.model, "system_fingerprint": None, "seed": seed}
+        answer = CompletionStream if request_.stream else CompletionBody
+        return answer(job, scheduler, head, request_, info, {"X-Seed": seed})
+
+    return app
+
+
+def authorize(request: Request, options: ServeOptions) -> None:
+    if options.api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if not header:
+        raise ApiError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'",
+                       code="missing_api_key")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), options.api_key.encode()):
+        raise ApiError(401, "the API key is wrong", code="invalid_api_key")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (declared or sent)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is {declared} bytes; at most {limit}", code="body_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is over {limit} bytes", code="body_too_large")
+    return bytes(body)
+
+
+def unavailable(message: str) -> ApiError:
+    return ApiError(503, message, type="server_error", code="unavailable", headers={"Retry-After": "1"})
+
+
+class RequestLog:
+    """ASGI middleware: counts each answer by status and logs one line when it is complete."""
+
+    def __init__(self, app, state: ServeState):
+        self.app, self.state = app, state
+
+    def count(self, status: int) -> None:
+        self.state.by_status[status] = self.state.by_status.get(status, 0) + 1
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        began = time.perf_counter()
+        status = None
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.count(status)  # before the client can see it, so /metrics never lags an answer
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            if status is None:
+                self.count(500)
+            code = status or 500
+            client = scope.get("client") or ("-", 0)
+            details = " ".join(f"{k}={v}" for k, v in scope.get("state", {}).get("log", {}).items())
+            log.info('%s:%s "%s %s" %s %.1fms %s', client[0], client[1], scope["method"], scope["path"], code,
+                     (time.perf_counter() - began) * 1000, details)

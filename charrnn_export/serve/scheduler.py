@@ -1,0 +1,289 @@
+"""The engine thread: one Engine for every request of one model, and a queue per request.
+
+    scheduler = Scheduler(generator, slots=256, queue=1024); scheduler.start()
+    job = Job(choices=[(start_ids, seed), ...], length, sampling, stops)   # on the event loop
+    scheduler.submit(job)          # Busy when slots + queue are full; Stopping after stop()
+    async for updates in job.updates(): ...   # lists of (choice index, new text, finish reason or None)
+    scheduler.cancel(job)          # the client went away: its slots are free at the next step
+    scheduler.stop()               # signal-safe: every running request ends with finish "abort"
+    scheduler.close()              # joins the thread
+
+Only this thread touches the engine (submit, cancel and step): the event loop hands it jobs
+through a deque, so no event of a new request can arrive before the request is registered.
+Each step's characters are appended to their choice's text; what was made since the last
+delivery goes to the event loop in one call_soon_threadsafe every `flush_interval` (sooner for a
+request's first characters and its end). One event per character would cap a Python server
+near 6,000 characters per second; per flush, a stream gets everything it made since its last.
+When many streams are open the interval grows so that all of them together stay near
+`max_event_rate` events per second: the event loop, not the engine, is what saturates first.
+
+Stop strings are matched here, on each new character: the choice ends with finish "stop", its
+text cut before the stop string (as OpenAI does), and its engine request is cancelled. While a
+choice may still be inside a stop string, its last (longest stop - 1) characters are held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from ..engine import LENGTH, NONFINITE, Engine
+
+log = logging.getLogger("charrnn_export.serve")
+STOP, ABORT, ERROR = "stop", "abort", "error"
+STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)  # seconds, for /metrics
+
+
+class Busy(Exception):
+    """Every slot is busy and the queue is full."""
+
+
+class Stopping(Exception):
+    """The server is shutting down (or its engine failed) and takes no new requests."""
+
+
+class Choice:
+    __slots__ = ("job", "index", "start_ids", "seed", "rid", "chars", "sent", "finish", "reported", "hold")
+
+    def __init__(self, job, index, start_ids, seed, hold):
+        self.job, self.index, self.start_ids, self.seed, self.hold = job, index, start_ids, seed, hold
+        self.rid, self.chars, self.sent, self.finish, self.reported = None, [], 0, None, False
+
+
+class Job:
+    """One HTTP request: its choices and the queue of updates the engine thread fills."""
+
+    def __init__(self, choices, length: int, sampling, stops: tuple[str, ...] = ()):
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.length, self.sampling, self.stops = length, sampling, stops
+        hold = max(map(len, stops), default=1) - 1
+        self.choices = [Choice(self, i, ids, seed, hold) for i, (ids, seed) in enumerate(choices)]
+        self.open = len(self.choices)  # choices not yet finished, as the event loop has seen them
+        self.gone = False  # the client disconnected: nothing more is delivered
+        self.flushed = False  # its first characters have been delivered
+
+    async def updates(self):
+        """Lists of (choice index, new text, finish reason or None) until every choice finished."""
+        while self.open:
+            items = await self.queue.get()
+            while not self.queue.empty():
+                items += self.queue.get_nowait()
+            self.open -= sum(1 for _, _, finish in items if finish)
+            yield items
+
+
+class Scheduler:
+    def __init__(self, generator, slots: int, queue: int, flush_interval: float = 0.015,
+                 max_event_rate: float = 4000.0):
+        self.engine = Engine(generator.backend(slots), slots)
+        self.chars = generator.vocab.chars
+        self.slots, self.queue_limit = slots, queue
+        self.flush_interval, self.max_event_rate = flush_interval, max_event_rate
+        self._inbox: deque = deque()  # ("submit" | "cancel", job), from the event loop
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._reserved = 0  # choices accepted and not yet ended by the engine (running or queued)
+        self._live: dict[int, Choice] = {}  # engine request id -> choice
+        self._jobs = 0  # jobs with a choice in the engine (for the flush interval)
+        self._dirty: dict[Job, None] = {}  # jobs with something to deliver (an ordered set)
+        self._urgent = False
+        self.stopping = False
+        self.failure: str | None = None
+        self._closed = False
+        # Metrics, written by this thread only (readers see whole Python ints).
+        self.chars_made = 0
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.step_buckets = [0] * len(STEP_BUCKETS)
+        self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+
+    # ------------------------------------------------------------ any thread
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        if self.stopping or self.failure:
+            raise Stopping(self.failure or "the server is shutting down")
+        with self._lock:
+            if self._reserved + len(job.choices) > self.slots + self.queue_limit:
+                raise Busy()
+            self._reserved += len(job.choices)
+        self._inbox.append(("submit", job))
+        self._wake.set()
+
+    def cancel(self, job: Job) -> None:
+        job.gone = True
+        self._inbox.append(("cancel", job))
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End every request with finish "abort" and take no more. Only sets flags: safe in a signal handler."""
+        self.stopping = True
+        self._wake.set()
+
+    def close(self, timeout: float = 5.0) -> None:
+        self.stop()
+        self._closed = True
+        self._wake.set()
+        self.thread.join(timeout)
+
+    @property
+    def busy(self) -> int:
+        return self.engine.busy_count
+
+    @property
+    def queued(self) -> int:
+        return max(0, self._reserved - self.engine.busy_count)
+
+    # ------------------------------------------------------------ the engine's thread
+
+    def _run(self) -> None:
+        try:
+            last_flush = time.perf_counter()
+            while not self._closed:
+                self._take_inbox()
+                if self.stopping:
+                    self._abort_all(ABORT)
+                if not self.engine.has_work():
+                    self._flush()
+                    self._wake.wait()
+                    self._wake.clear()
+                    continue
+                began = time.perf_counter()
+                rids, tokens, ended = self.engine.step_arrays()
+                now = time.perf_counter()
+                self._count_step(now - began)
+                self._dispatch(rids, tokens, ended)
+                interval = max(self.flush_interval, self._jobs / self.max_event_rate)
+                if self._dirty and (self._urgent or now - last_flush >= interval):
+                    self._flush()
+                    last_flush = now
+        except BaseException as e:  # noqa: BLE001 - any failure must end every request, not hang them
+            self.failure = f"the engine stopped: {type(e).__name__}: {e}"
+            log.exception("engine thread failed; ending every request")
+            self._abort_all(ERROR, engine_ok=False)
+            self._flush()
+
+    def _take_inbox(self) -> None:
+        while self._inbox:
+            kind, job = self._inbox.popleft()
+            if kind == "cancel":
+                for choice in job.choices:
+                    if choice.rid is not None and choice.finish is None:
+                        choice.finish = ABORT
+                        self.engine.cancel(choice.rid)
+            elif job.gone or self.stopping:
+                self._end_unsubmitted(job, ABORT)
+            else:
+                self._jobs += 1
+                for choice in job.choices:
+                    choice.rid = self.engine.submit(choice.start_ids, job.length, job.sampling, choice.seed)
+                    self._live[choice.rid] = choice
+
+    def _end_unsubmitted(self, job: Job, reason: str) -> None:
+        for choice in job.choices:
+            choice.finish = reason
+        with self._lock:
+            self._reserved -= len(job.choices)
+        self._dirty[job] = None
+
+    def _abort_all(self, reason: str, engine_ok: bool = True) -> None:
+        for choice in list(self._live.values()):
+            if choice.finish is None:
+                choice.finish = reason
+                self._dirty[choice.job] = None
+                if engine_ok:
+                    self.engine.cancel(choice.rid)
+        if not engine_ok:  # the engine is not stepped again: release everything now
+            for rid in list(self._live):
+                self._end(rid, reason)
+            while self._inbox:
+                kind, job = self._inbox.popleft()
+                if kind == "submit":
+                    self._end_unsubmitted(job, reason)
+
+    def _dispatch(self, rids, tokens, ended) -> None:
+        live, chars = self._live, self.chars
+        for rid, token in zip(rids.tolist(), tokens.tolist()):
+            choice = live.get(rid)
+            if choice is None or choice.finish is not None:  # stopped or cancelled: gone at the next step
+                continue
+            choice.chars.append(chars[token])
+            job = choice.job
+            self._dirty[job] = None
+            if not job.flushed:
+                self._urgent = True
+            if job.stops:
+                self._match_stop(choice)
+        self.chars_made += len(rids)
+        for rid, reason in ended:
+            if rid in live:
+                self._end(rid, "length" if reason == LENGTH else ERROR if reason == NONFINITE else ABORT)
+
+    def _match_stop(self, choice: Choice) -> None:
+        text = choice.chars
+        tail = "".join(text[-(choice.hold + 1):])
+        for stop in choice.job.stops:
+            if tail.endswith(stop):
+                del text[len(text) - len(stop):]
+                choice.finish = STOP
+                self.engine.cancel(choice.rid)
+                self._urgent = True
+                return
+
+    def _end(self, rid: int, reason: str) -> None:
+        choice = self._live.pop(rid)
+        if choice.finish is None:
+            choice.finish = reason
+        job = choice.job
+        self._dirty[job] = None
+        self._urgent = True
+        with self._lock:
+            self._reserved -= 1
+        if all(c.rid not in self._live for c in job.choices):
+            self._jobs -= 1
+
+    def _flush(self) -> None:
+        """Deliver every dirty job's new text (and ends) to its event loop, one call per loop."""
+        self._urgent = False
+        if not self._dirty:
+            return
+        batches: dict = {}
+        for job in self._dirty:
+            if job.gone:
+                continue
+            items = []
+            for choice in job.choices:
+                end = len(choice.chars) if choice.finish else max(choice.sent, len(choice.chars) - choice.hold)
+                if end > choice.sent or (choice.finish and not choice.reported):
+                    items.append((choice.index, "".join(choice.chars[choice.sent:end]), choice.finish))
+                    choice.sent = end
+                    choice.reported = choice.finish is not None
+            if items:
+                job.flushed = True
+                batches.setdefault(job.loop, []).append((job, items))
+        self._dirty.clear()
+        for loop, batch in batches.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, batch)
+            except RuntimeError:  # the loop has closed (the server is gone): nobody is waiting
+                pass
+
+    def _count_step(self, seconds: float) -> None:
+        self.steps += 1
+        self.step_seconds += seconds
+        bucket = int(np.searchsorted(STEP_BUCKETS, seconds))
+        if bucket < len(STEP_BUCKETS):
+            self.step_buckets[bucket] += 1
+
+
+def _deliver(batch) -> None:
+    for job, items in batch:
+        job.queue.put_nowait(items)
