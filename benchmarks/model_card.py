@@ -18,7 +18,7 @@ from datetime import date
 from pathlib import Path
 
 from charrnn_export.bench import cpu_model
-from charrnn_export.data import atomic_write_text
+from charrnn_export.files import atomic_write_text
 from charrnn_export.train import TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['overhead_pct']:>8.1f}%  {r['chars_per_s']:>12,.0f}  "
               f"{r['time_to_first_char']['median_us'] / 1e3:>13.2f}", flush=True)
     if args.json:
-        from charrnn_export.data import atomic_write_text
+        from charrnn_export.files import atomic_write_text
 
         atomic_write_text(args.json, json.dumps({"environment": env, "sampling": options, "results": results},
                                                 indent=2) + "\n")

@@ -43,7 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Vocab, atomic_write_bytes, atomic_write_text
+from .checks import check_threads
+from .data import Vocab
+from .files import atomic_write_bytes, atomic_write_text
 from .errors import CharRNNError, ConfigError, ModelError, ParityError
 
 CONTESTANTS = ("tutorial", "tf-function", "savedmodel", "onnx-fp32", "onnx-int8")
@@ -112,8 +114,7 @@ class BenchConfig:
             raise ConfigError(f"--chars must be >= 2 (one priming and at least one steady step), got {self.chars}")
         if self.warmup < 1:
             raise ConfigError(f"--warmup must be >= 1, got {self.warmup}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        check_threads(self.threads, "--threads")  # 1 .. the CPUs this process may use
         if not self.temperature > 0 or math.isinf(self.temperature):
             raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
         if self.device not in ("auto", "cpu", "cuda"):
