@@ -182,7 +182,7 @@ def _sampling(data: dict) -> SamplingConfig:
     top_p = checks.check_top_p(data.get("top_p"), "top_p")
     top_k = data.get("top_k")
     if top_k is not None:
-        top_k = checks.check_int(top_k, "top_k", minimum=-1)
+        top_k = checks.check_int(top_k, "top_k", minimum=-1, maximum=2**31 - 1)  # the engine keeps it in int64
         top_k = top_k if top_k > 0 else None  # 0 and -1 mean off, as vLLM's top_k
     return SamplingConfig(temperature, top_k, None if top_p == 1.0 else top_p)
 
