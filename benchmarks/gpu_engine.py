@@ -9,8 +9,10 @@ then measures at each batch size (default 1, 256, 4096):
 
   before   the project's loop before the engine: step model on CUDA + numpy sampling on the host
   floor    the step model alone, IO binding, state on the GPU, CUDA graph (no sampling, no host work)
-  engine   the decode engine: Engine + OnnxDecoder (sampling in the graph, state on the GPU,
-           a CUDA graph per batch bucket), whole requests from submit to the last character
+  graph    the decode engine's block graph alone (K steps per call, fixed inputs), per step
+  engine   the decode engine: Engine + BlockDecoder (sampling in the graph, K steps per call with
+           the ids fed back on the GPU, state on the GPU, a CUDA graph per batch bucket), whole
+           requests from submit to the last character
 
 and checks that the engine on CUDA makes the same text as on the CPU (greedy and seeded; GPU
 arithmetic may round differently, so it reports how many characters agree before the first
@@ -35,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from charrnn_export import contract  # noqa: E402
 from charrnn_export.engine import Engine, HostSampler  # noqa: E402
 from charrnn_export.runtimes.onnx import OnnxRuntime, load_session  # noqa: E402
-from charrnn_export.runtimes.onnx_decode import OnnxDecoder  # noqa: E402
+from charrnn_export.runtimes.onnx_decode import BlockDecoder  # noqa: E402
 from charrnn_export.sampling import SamplingConfig  # noqa: E402
 
 
@@ -155,6 +157,8 @@ def main() -> int:
     p.add_argument("--length", type=int, default=400, help="characters per request in the engine runs")
     p.add_argument("--seconds", type=float, default=1.5, help="time per floor measurement")
     p.add_argument("--variants", nargs="+", default=["flat-fp32", "native-fp32", "flat-fp16", "native-fp16"])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 8, 16],
+                   help="characters per GPU call (BlockDecoder): all for the native-GRU graphs, the largest for the rest")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
@@ -182,8 +186,39 @@ def main() -> int:
         entry = {"kind": kind, "variant": variant, "batch": batch, "ms_per_step": seconds_per_char_step * 1e3,
                  "chars_per_s": cps}
         results["rows"].append(entry)
-        print(f"{kind:8s} {variant:12s} batch {batch:5d}: {seconds_per_char_step * 1e3:8.4f} ms/step "
+        print(f"{kind:8s} {variant:16s} batch {batch:5d}: {seconds_per_char_step * 1e3:8.4f} ms/step "
               f"{cps / 1e6:8.3f} M chars/s", flush=True)
+
+    def measure_engine(variant: str, steps: int) -> None:
+        label = f"{variant}/k{steps}"
+        try:
+            decoder = BlockDecoder(variants[variant]["decode"], max(args.batches), steps=steps, device=args.device)
+        except Exception as e:  # noqa: BLE001
+            print(f"engine   {label:16s}: FAILED to load {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
+            return
+        if decoder.graph_error:
+            print(f"engine   {label:16s}: no CUDA graph ({decoder.graph_error})", flush=True)
+        try:
+            for batch in args.batches:
+                # The block graph alone: its calls with a fixed control array, no engine around it.
+                control = np.zeros((batch, 5 + 2 * steps), np.float64)
+                control[:, 0], control[:, 2], control[:, 5 + steps:] = 0.8, 1.0, -1
+                control[:, 5:5 + steps] = 0.5
+                per_call, _ = time_loop(lambda: decoder.buffers.run(batch, control), args.seconds / 2)
+                row("graph", label, batch, per_call / steps)
+                cps = chars_per_second(decoder, batch, args.length, start_ids)
+                row("engine", label, batch, batch / cps)
+            # Same text as the CPU? Greedy and seeded, 4 requests of 300 characters.
+            cpu = HostSampler(OnnxRuntime(Path(args.model)), 4)
+            for name, config in (("greedy", SamplingConfig(greedy=True)), ("seeded", SamplingConfig(0.8, top_k=20))):
+                _, _, gpu_texts = engine_run(decoder, 4, 300, start_ids, config, seed=5)
+                _, _, cpu_texts = engine_run(cpu, 4, 300, start_ids, config, seed=5)
+                same = [agreement(g, c) for g, c in zip(gpu_texts, cpu_texts)]
+                results["parity"][f"{label}/{name}"] = same
+                print(f"parity   {label:16s} {name}: characters equal to the CPU's before the first difference: "
+                      f"{same}", flush=True)
+        except Exception as e:  # noqa: BLE001
+            print(f"engine   {label:16s}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
 
     for batch in args.batches:  # before: the step on the device, sampling on the host
         try:
@@ -197,28 +232,8 @@ def main() -> int:
                 row("floor", variant, batch, floor_step(variants[variant]["step"], batch, args.device, args.seconds))
             except Exception as e:  # noqa: BLE001 - report and go on: one variant failing must not hide the rest
                 print(f"floor    {variant:12s} batch {batch:5d}: FAILED {str(e).splitlines()[0][:160]}", flush=True)
-        try:
-            decoder = OnnxDecoder(variants[variant]["decode"], max(args.batches), device=args.device)
-        except Exception as e:  # noqa: BLE001
-            print(f"engine   {variant:12s}: FAILED to load {str(e).splitlines()[0][:160]}", flush=True)
-            continue
-        if decoder.graph_error:
-            print(f"engine   {variant:12s}: no CUDA graph ({decoder.graph_error})", flush=True)
-        try:
-            for batch in args.batches:
-                cps = chars_per_second(decoder, batch, args.length, start_ids)
-                row("engine", variant, batch, batch / cps)
-            # Same text as the CPU? Greedy and seeded, 4 requests of 300 characters.
-            cpu = HostSampler(OnnxRuntime(Path(args.model)), 4)
-            for name, config in (("greedy", SamplingConfig(greedy=True)), ("seeded", SamplingConfig(0.8, top_k=20))):
-                _, _, gpu_texts = engine_run(decoder, 4, 300, start_ids, config, seed=5)
-                _, _, cpu_texts = engine_run(cpu, 4, 300, start_ids, config, seed=5)
-                same = [agreement(g, c) for g, c in zip(gpu_texts, cpu_texts)]
-                results["parity"][f"{variant}/{name}"] = same
-                print(f"parity   {variant:12s} {name}: characters equal to the CPU's before the first difference: "
-                      f"{same}", flush=True)
-        except Exception as e:  # noqa: BLE001
-            print(f"engine   {variant:12s}: FAILED {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
+        for steps in (args.steps if variant.startswith("native") else [max(args.steps)]):
+            measure_engine(variant, steps)
         if args.out:  # after each variant: a run cut short still leaves its figures
             Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     if args.out:

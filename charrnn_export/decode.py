@@ -236,3 +236,101 @@ def _read(path: Path):
     import onnx
 
     return onnx.load(str(path), load_external_data=False)
+
+
+# ---------------------------------------------------------------- several steps per call
+
+CONTROL = "control"  # float64 [batch, 5 + 2 * steps], see block_model
+TOKENS = "tokens"  # int32 [batch, steps]
+LAST_TOKEN = "last_token"  # int32 [batch]
+CONTROL_COLUMNS = (contract.TEMPERATURE, contract.TOP_K, contract.TOP_P, contract.GREEDY, contract.RESET)
+
+
+def block_model(decode_model, steps: int):
+    """`steps` decode steps in one graph, each feeding the next its sampled id and state, for a
+    device that should hear from the host once per `steps` characters (benchmarks/gpu_engine.py).
+
+    inputs   token int32 [batch]    the id each row fed back last (on the device between calls)
+             state [batch, units]
+             control float64 [batch, 5 + 2 * steps]: temperature, top_k, top_p, greedy, reset,
+                     then one uniform per step, then one forced token per step (-1: feed back the
+                     id sampled at the step before; >= 0: feed this id, a start string's character)
+    outputs  tokens int32 [batch, steps]   the id sampled at each step; -1 where the row's logits
+                     were not finite
+             last_token int32 [batch]      the id sampled at the last step (the next call's token)
+             state_out [batch, units]
+    The weights are shared by every step: the file is the size of the decode model."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = decode_model.graph
+    model = onnx.ModelProto()
+    model.CopyFrom(decode_model)
+    graph = model.graph
+    del graph.node[:]
+    del graph.input[:]
+    del graph.output[:]
+    del graph.value_info[:]
+    g = _Graph(graph, main_opset(model))
+    axis1 = g.const("block_axis1", np.array([1], np.int64))
+
+    def column(index: int, to: int) -> str:
+        picked = g.one("Gather", CONTROL, g.const(f"column_{index}", np.array(index, np.int64)), axis=1)  # (batch,)
+        return g.one("Cast", picked, to=to)
+
+    shared = {contract.TEMPERATURE: column(0, TensorProto.FLOAT), contract.TOP_K: column(1, TensorProto.INT64),
+              contract.TOP_P: column(2, TensorProto.FLOAT), contract.GREEDY: column(3, TensorProto.BOOL)}
+    reset = column(4, TensorProto.BOOL)
+    no_reset = g.one("And", reset, g.const("false", np.array(False)))
+    initializers = {i.name for i in body.initializer}
+    token, state, outputs = contract.TOKEN, contract.STATE, []
+    for step in range(steps):
+        forced = column(5 + steps + step, TensorProto.INT32)
+        token = g.one("Where", g.one("GreaterOrEqual", forced, g.const(f"zero_id_{step}", np.array(0, np.int32))),
+                      forced, token)
+        inputs = {**shared, contract.TOKEN: token, contract.STATE: state,
+                  contract.UNIFORM: g.one("Identity", g.one("Gather", CONTROL, g.const(
+                      f"uniform_col_{step}", np.array(5 + step, np.int64)), axis=1)),
+                  contract.RESET: reset if step == 0 else no_reset}
+        renamed = _copy_step(graph, body, f"step{step}/", inputs, initializers)
+        checked = g.one("Where", g.one("IsNaN", renamed[contract.LOGIT_CHECK]),
+                        g.const(f"minus_one_{step}", np.array(-1, np.int32)), renamed[contract.NEXT_TOKEN])
+        outputs.append(g.one("Unsqueeze", checked, axis1))
+        token, state = renamed[contract.NEXT_TOKEN], renamed[contract.STATE_OUT]
+    graph.node.append(helper.make_node("Concat", outputs, [TOKENS], axis=1, name=f"{PREFIX}tokens"))
+    graph.node.append(helper.make_node("Identity", [token], [LAST_TOKEN], name=f"{PREFIX}last_token"))
+    graph.node.append(helper.make_node("Identity", [state], [contract.STATE_OUT], name=f"{PREFIX}state_out"))
+    units = [d for d in body.input if d.name == contract.STATE][0].type.tensor_type.shape.dim[1]
+    batch = "batch"
+    graph.input.extend([
+        helper.make_tensor_value_info(contract.TOKEN, TensorProto.INT32, [batch]),
+        helper.make_tensor_value_info(contract.STATE, TensorProto.FLOAT, [batch, units.dim_value or "units"]),
+        helper.make_tensor_value_info(CONTROL, TensorProto.DOUBLE, [batch, 5 + 2 * steps]),
+    ])
+    graph.output.extend([
+        helper.make_tensor_value_info(TOKENS, TensorProto.INT32, [batch, steps]),
+        helper.make_tensor_value_info(LAST_TOKEN, TensorProto.INT32, [batch]),
+        helper.make_tensor_value_info(contract.STATE_OUT, TensorProto.FLOAT, [batch, units.dim_value or "units"]),
+    ])
+    onnx.checker.check_model(model)
+    return model
+
+
+def _copy_step(graph, body, prefix: str, inputs: dict[str, str], initializers: set[str]) -> dict[str, str]:
+    """Append a copy of `body`'s nodes to `graph`, its graph inputs replaced by `inputs` and every
+    other tensor but the initializers renamed under `prefix`; returns body output -> new name."""
+    from onnx import NodeProto
+
+    def name(tensor: str) -> str:
+        if not tensor or tensor in initializers:
+            return tensor
+        return inputs.get(tensor, prefix + tensor)
+
+    for index, node in enumerate(body.node):
+        copy = NodeProto()
+        copy.CopyFrom(node)
+        copy.name = f"{prefix}{node.name or node.op_type}#{index}"  # names must be unique, and may be empty
+        copy.input[:] = [name(t) for t in node.input]
+        copy.output[:] = [name(t) for t in node.output]
+        graph.node.append(copy)
+    return {o.name: name(o.name) for o in body.output}

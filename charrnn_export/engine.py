@@ -7,20 +7,28 @@
 
 A request takes a free slot at the next step (the lowest free one, so busy slots stay packed at
 the front and a CPU backend computes only rows [0, highest busy + 1)). Each step feeds every busy
-slot one token, whether it is still reading its start string or already generating, in one
+slot its next token, whether it is still reading its start string or already generating, in one
 backend call; a slot whose token was its start string's last character or a generated one gets
 its next character back. A finished or cancelled request frees its slot at once and a waiting
 one takes it in the next step (continuous batching).
 
+A backend may run several model steps per call (`backend.steps`, K): a GPU backend runs K steps
+in one captured graph, the sampled ids fed back on the device, so the host is heard from once per
+K characters. The engine then plans K sub-steps per slot: the start characters to force, and one
+random number for each character it will sample. With K = 1 (the CPU backends) a step is one
+character.
+
 step() returns events (request id, token id, None) for each new character and (request id, -1,
 reason) when a request ends: reason is "length", "cancelled" or "nonfinite" (the model's logits
 were NaN or infinite). Each slot draws its random numbers from its request's own seeded stream
-(rng.py), so a request's text does not depend on what else is in the batch.
+(rng.py), so a request's text does not depend on what else is in the batch, nor on K.
 
-Backends (one interface, `decode(rows, tokens, settings, uniforms, reset) -> (ids, check)`,
-state kept inside, `capacity` rows):
-  HostSampler(runtime, capacity)   any step runtime (onnx, savedmodel, keras) + sampling.choose
-  runtimes.onnx_decode.OnnxDecoder  a decode model (sampling in the graph), CPU or CUDA
+Backends: `decode(rows, forced (rows, K) int32, last (rows,) int32, settings, uniforms (rows, K),
+reset (rows,)) -> ids (rows, K) int32` (-1 where the logits were not finite), with the state kept
+inside; `capacity`, `steps`, `vocab`, `config`.
+  HostSampler(runtime, capacity)        any step runtime (onnx, savedmodel, keras) + sampling.choose
+  runtimes.onnx_decode.OnnxDecoder      a decode model (sampling in the graph) on the CPU
+  runtimes.onnx_decode.BlockDecoder     K decode steps per call, state and ids on the device (CUDA)
 """
 
 from __future__ import annotations
@@ -47,8 +55,15 @@ class _Request:
     seed: int
 
 
+def tokens_to_feed(forced: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """A one-step backend's input ids: the forced start character, else the id sampled last."""
+    return np.where(forced[:, 0] >= 0, forced[:, 0], last).astype(np.int32)
+
+
 class HostSampler:
-    """A step runtime's logits sampled on the host by sampling.choose."""
+    """A step runtime's logits sampled on the host by sampling.choose. One step per call."""
+
+    steps = 1
 
     def __init__(self, runtime, capacity: int):
         self.runtime, self.capacity = runtime, capacity
@@ -57,18 +72,21 @@ class HostSampler:
         self.unk_id = runtime.config.get("unk_id")
         self.name = f"{runtime.name} step + numpy sampler"
 
-    def decode(self, rows, tokens, settings, uniforms, reset):
+    def decode(self, rows, forced, last, settings, uniforms, reset):
         state = self.state[:rows]
         if reset.any():
             state[reset] = 0.0
-        logits, new_state = self.runtime.step(tokens, state)
+        logits, new_state = self.runtime.step(tokens_to_feed(forced, last), state)
         self.state[:rows] = new_state
         if self.unk_id is not None:  # a current-tutorial model's [UNK] row is never sampled
+            logits[:, self.unk_id] = 0.0
+            broken = ~np.isfinite(logits).all(axis=1)
             logits[:, self.unk_id] = -np.inf
-            check = np.sum(logits[:, :self.unk_id] - logits[:, :self.unk_id], axis=1)
         else:
-            check = np.sum(logits - logits, axis=1)  # 0, or NaN where a logit is not finite
-        return choose(logits, settings, uniforms), check
+            broken = ~np.isfinite(logits).all(axis=1)
+        ids = choose(logits, settings, uniforms[:, 0])
+        ids[broken] = -1
+        return ids[:, None]
 
 
 class Engine:
@@ -77,19 +95,20 @@ class Engine:
         self.capacity = capacity = capacity or backend.capacity
         assert capacity <= backend.capacity, "the backend holds fewer rows than the engine's slots"
         self.vocab = backend.vocab
+        self.k = k = backend.steps
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
         self._next_id = 0
         # Per slot. request == -1: free.
         self.request = np.full(capacity, -1, np.int64)
-        self.tokens = np.zeros(capacity, np.int32)  # the token each slot feeds next
+        self.last = np.zeros(capacity, np.int32)  # the id each slot sampled last
         self.left = np.zeros(capacity, np.int64)  # characters still to generate
-        self.emitting = np.zeros(capacity, bool)  # fed its whole start string: samples each step
+        self.to_read = np.zeros(capacity, np.int64)  # start characters not yet fed
         self.reset = np.zeros(capacity, bool)
-        self.uniforms = np.zeros(capacity, np.float64)
+        self.forced = np.full((capacity, k), -1, np.int32)  # start characters to feed this step
         self.settings = Settings.empty(capacity)
-        self.random = Blocks(capacity)
+        self.random = Blocks(capacity, block=max(256, 4 * k))
         self._start: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (start ids, next index)
         self.busy_count = 0
         self.high = 0  # rows [0, high) hold every busy slot
@@ -128,52 +147,61 @@ class Engine:
         return events
 
     def step_arrays(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-        """step() without a tuple per character, for large batches: (request ids (k,), their
-        new token ids (k,), [(request id, reason) for each request that ended])."""
+        """step() without a tuple per character, for large batches: (request ids (n,), their
+        new token ids (n,), in the order made, and [(request id, reason)] for each that ended)."""
         ended: list[tuple[int, str]] = []
         self._apply_cancels(ended)
         self._admit(ended)
         if not self.busy_count:
             return _NO_IDS, _NO_IDS, ended
-        rows = self.high
+        rows, k = self.high, self.k
+        busy = self.request[:rows] >= 0
         self._feed_start_strings()
-        emitting = self.emitting[:rows]
-        sampled = emitting & ~self.settings.greedy[:rows]
-        uniforms = self.uniforms[:rows]
-        uniforms[:] = 0.0
-        if sampled.any():
-            uniforms[sampled] = self.random.take(sampled)
+        # Sub-step j of a slot makes a character when its token is the last start character or
+        # a generated one, i.e. from j = to_read - 1 on, for as many characters as it has left.
+        first = np.maximum(self.to_read[:rows] - 1, 0)  # (rows,)
+        counts = np.where(busy, np.clip(k - first, 0, self.left[:rows]), 0)
+        steps = np.arange(k)
+        emit = (steps >= first[:, None]) & (steps < (first + counts)[:, None])  # (rows, k)
+        uniforms = self._uniforms(rows, first, counts)
         settings = Settings(*(a[:rows] for a in self.settings))
-        ids, check = self.backend.decode(rows, self.tokens[:rows], settings, uniforms, self.reset[:rows])
+        ids = self.backend.decode(rows, self.forced[:rows], self.last[:rows], settings, uniforms, self.reset[:rows])
         self.reset[:rows] = False
-        rids, tokens = self._collect(ids, check, emitting, ended)
-        return rids, tokens, ended
+        self.to_read[:rows] = np.maximum(self.to_read[:rows] - k, 0)
+        return self._collect(ids, emit, counts, ended)
 
-    def _apply_cancels(self, events) -> None:
+    def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """(rows, k): each sampled character's number at the sub-step that makes it."""
+        k = self.k
+        uniforms = np.zeros((rows, k), np.float64)
+        sampled = np.flatnonzero((counts > 0) & ~self.settings.greedy[:rows])
+        if sampled.size:
+            uniforms[sampled] = self.random.take(sampled, counts[sampled], k, first[sampled])
+        return uniforms
+
+    def _apply_cancels(self, ended) -> None:
         if not self._cancels:
             return
         with self._lock:
             cancels, self._cancels = self._cancels, set()
-            kept = deque(r for r in self._waiting if r.id not in cancels)
             dropped = [r.id for r in self._waiting if r.id in cancels]
-            self._waiting = kept
-        for rid in dropped:
-            events.append((rid, CANCELLED))
-        for slot in np.flatnonzero(np.isin(self.request[:self.high], list(cancels))):
-            events.append((int(self.request[slot]), CANCELLED))
-            self._free(int(slot))
+            self._waiting = deque(r for r in self._waiting if r.id not in cancels)
+        ended.extend((rid, CANCELLED) for rid in dropped)
+        for slot in np.flatnonzero(np.isin(self.request[:self.high], list(cancels))).tolist():
+            ended.append((int(self.request[slot]), CANCELLED))
+            self._free(slot)
 
-    def _admit(self, events) -> None:
+    def _admit(self, ended) -> None:
         while self._waiting and self.busy_count < self.capacity:
             with self._lock:
                 request = self._waiting.popleft()
             if request.length <= 0:
-                events.append((request.id, LENGTH))
+                ended.append((request.id, LENGTH))
                 continue
             slot = int(np.argmax(self.request < 0))  # the lowest free slot
             self.request[slot] = request.id
             self.left[slot] = request.length
-            self.emitting[slot] = False
+            self.to_read[slot] = len(request.start_ids)
             self.reset[slot] = True
             self.settings.set_row(slot, request.sampling)
             self.random.start(slot, request.seed)
@@ -182,36 +210,48 @@ class Engine:
             self.high = max(self.high, slot + 1)
 
     def _feed_start_strings(self) -> None:
+        """Write this step's start characters into `forced` (-1 elsewhere: feed back)."""
+        k = self.k
         for slot, (ids, index) in list(self._start.items()):
-            self.tokens[slot] = ids[index]
-            if index + 1 == len(ids):
-                del self._start[slot]
-                self.emitting[slot] = True  # its last start character: the step's output is its first
+            chunk = ids[index:index + k]
+            self.forced[slot, :len(chunk)] = chunk
+            self.forced[slot, len(chunk):] = -1
+            if index + k >= len(ids):
+                del self._start[slot]  # its last start character is fed in this step
             else:
-                self._start[slot] = (ids, index + 1)
+                self._start[slot] = (ids, index + k)
 
-    def _collect(self, ids, check, emitting, ended) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.flatnonzero(emitting)
-        if check is not None:
-            bad = rows[np.isnan(check[rows])]
-            for slot in bad.tolist():
-                ended.append((int(self.request[slot]), NONFINITE))
-                self._free(slot)
-            if bad.size:
-                rows = rows[self.request[rows] >= 0]
-        new = ids[rows]
-        self.tokens[rows] = new
-        self.left[rows] -= 1
-        rids = self.request[rows]
-        for slot in rows[self.left[rows] == 0].tolist():
+    def _collect(self, ids, emit, counts, ended):
+        rows = self.high
+        made = np.flatnonzero(counts)
+        if self.k == 1:
+            new = ids[made, 0]
+            order_rows, order_tokens = made, new
+        else:
+            sub, row = np.nonzero(emit.T)  # in the order made: sub-step by sub-step
+            order_rows, order_tokens = row, ids[row, sub]
+        broken = np.unique(order_rows[order_tokens < 0])
+        for slot in broken.tolist():
+            ended.append((int(self.request[slot]), NONFINITE))
+            self._free(slot)
+        if broken.size:
+            good = np.isin(order_rows, broken, invert=True)
+            order_rows, order_tokens = order_rows[good], order_tokens[good]
+            made = made[np.isin(made, broken, invert=True)]
+        rids = self.request[order_rows]
+        if made.size:
+            self.last[made] = ids[made, self.k - 1] if self.k > 1 else ids[made, 0]
+            self.left[made] -= counts[made]
+        for slot in made[self.left[made] == 0].tolist():
             ended.append((int(self.request[slot]), LENGTH))
             self._free(slot)
-        return rids, new
+        self.forced[:rows] = -1
+        return rids, order_tokens, ended
 
     def _free(self, slot: int) -> None:
         self.request[slot] = -1
-        self.emitting[slot] = False
         self._start.pop(slot, None)
+        self.to_read[slot] = 0
         self.busy_count -= 1
         if slot + 1 == self.high:
             busy = np.flatnonzero(self.request[:self.high] >= 0)

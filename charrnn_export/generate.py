@@ -33,6 +33,7 @@ SHIPPED = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
 UNKNOWN_MODES = checks.UNKNOWN_MODES
 SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
+BLOCK_STEPS = 8  # characters per GPU call (benchmarks/gpu_engine.py measured the choice)
 
 
 def shipped_model_path(which: str = "fp32") -> Path:
@@ -74,6 +75,24 @@ def sampling_config(temperature, top_k, top_p, greedy) -> SamplingConfig:
                           checks.check_top_p(top_p), checks.check_bool(greedy, "greedy"))
 
 
+def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int | None):
+    """capacity -> the decode-model backend for this load, or None for the host sampler. On CUDA
+    a BlockDecoder (several steps per call, state and ids on the GPU); on the CPU, OnnxDecoder."""
+    if runtime != "onnx" or sampler == "host" or (sampler == "auto" and device == "cpu"):
+        return None
+    from .runtimes.onnx_decode import BlockDecoder, OnnxDecoder, find_decode_model
+
+    decode_path = find_decode_model(step.path)
+    if decode_path is None:
+        if sampler == "graph":
+            raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
+                             "or use sampler='host'")
+        return None
+    if device == "cuda":
+        return lambda capacity: BlockDecoder(decode_path, capacity, steps=BLOCK_STEPS, device="cuda", threads=threads)
+    return lambda capacity: OnnxDecoder(decode_path, capacity, device=device, threads=threads)
+
+
 class Generator:
     def __init__(self, runtime, decoder_factory=None, device: str = "cpu"):
         self.runtime = runtime
@@ -100,19 +119,7 @@ class Generator:
         path = checks.check_model_path(path)
         step = load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
                             vocab_path=vocab_path)
-        factory = None
-        if runtime == "onnx" and sampler != "host" and (sampler == "graph" or device == "cuda"):
-            from .runtimes.onnx_decode import OnnxDecoder, find_decode_model
-
-            decode_path = find_decode_model(step.path)
-            if decode_path is None:
-                if sampler == "graph":
-                    raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
-                                     "or use sampler='host'")
-            else:
-                def factory(capacity, _path=decode_path):
-                    return OnnxDecoder(_path, capacity, device=device, threads=threads)
-        return cls(step, factory, device)
+        return cls(step, decoder_factory(step, runtime, sampler, device, threads), device)
 
     # ------------------------------------------------------------ start strings
 

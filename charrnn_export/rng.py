@@ -1,15 +1,20 @@
 """The seeded random numbers every sampler in the project draws: Python, the ONNX decode models
-(which take them as an input) and the web page's JavaScript (web/charrnn.js) all use this.
+(which take them as an input) and the web page's JavaScript (web/static/sampling.js) all use this.
 
 Counter-based: uniform number n (n = 0, 1, 2, ...) of the stream with seed s is a pure function
-of (s, n), namely Philox4x32-10 (Salmon et al. 2011, the generator of cuRAND and Random123) with
-key (s, 0) and counter (n, 0, 0, 0). Its first two output words w0, w1 make one float64 in
-[0, 1): ((w0 >> 5) * 2**26 + (w1 >> 6)) / 2**53, exact in Python and JavaScript.
+of (s, n), namely output n of SplitMix64 (Steele, Lea and Flood 2014; the generator of Java's
+SplittableRandom and the seeder of the xoshiro family) started at state s:
 
-Counter-based rather than a sequential generator because a decode engine refills many slots'
-numbers at once: a block of numbers for any rows is one vectorised numpy pass, with no state
-to carry but a count. It uses only 32-bit words (the multiply's high half is taken from a
-64-bit product), so JavaScript reproduces it with 16-bit halves.
+    z = (s + (n + 1) * 0x9E3779B97F4A7C15) mod 2**64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 mod 2**64
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB mod 2**64
+    z = z ^ (z >> 31)
+    uniform = (z >> 11) / 2**53                     # 53 bits: a float64 in [0, 1), exact
+
+Counter-based because a decode engine hands out numbers for thousands of slots per step: a block
+of numbers for any rows is one vectorised numpy pass (about 6 ns a number; Philox4x32-10, tried
+first, cost 280 ns in numpy), with no state to carry but a count. JavaScript computes the same
+with BigInt.
 
     uniforms(seeds (rows,), counters (rows, k)) -> (rows, k) float64
     Stream(seed).random(n) -> the next n numbers of one stream
@@ -26,9 +31,8 @@ import secrets
 import numpy as np
 
 SEED_LIMIT = 2**32
-_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-_W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
-_LOW = np.uint64(0xFFFFFFFF)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
 def random_seed() -> int:
@@ -36,30 +40,20 @@ def random_seed() -> int:
     return secrets.randbits(32)
 
 
-def philox4x32(counter: tuple, key: tuple) -> tuple:
-    """Philox4x32-10 on arrays of uint32 words: counter (c0, c1, c2, c3), key (k0, k1)."""
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint32) for c in counter)
-    k0, k1 = (np.asarray(k, dtype=np.uint32) for k in key)
+def splitmix64(seeds, counters) -> np.ndarray:
+    """Output `counters` (0-based) of SplitMix64 started at `seeds`; uint64, broadcast."""
     with np.errstate(over="ignore"):
-        for round_ in range(10):
-            if round_:
-                k0, k1 = k0 + _W0, k1 + _W1
-            p0 = _M0 * c0.astype(np.uint64)  # exact: both factors < 2**32
-            p1 = _M1 * c2.astype(np.uint64)
-            hi0, lo0 = (p0 >> np.uint64(32)).astype(np.uint32), (p0 & _LOW).astype(np.uint32)
-            hi1, lo1 = (p1 >> np.uint64(32)).astype(np.uint32), (p1 & _LOW).astype(np.uint32)
-            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-    return c0, c1, c2, c3
+        z = np.asarray(seeds, np.uint64) + (np.asarray(counters, np.uint64) + np.uint64(1)) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
 
 
 def uniforms(seeds, counters) -> np.ndarray:
     """Numbers counters[r, j] of the streams seeds[r]: (rows,) and (rows, k) -> (rows, k) float64."""
-    counters = np.asarray(counters, dtype=np.uint32)
-    seeds = np.broadcast_to(np.asarray(seeds, dtype=np.uint32).reshape(-1, *([1] * (counters.ndim - 1))),
-                            counters.shape)
-    zero = np.zeros(counters.shape, np.uint32)
-    w0, w1, _, _ = philox4x32((counters, zero, zero, zero), (seeds, zero))
-    return ((w0 >> np.uint32(5)).astype(np.float64) * 67108864.0 + (w1 >> np.uint32(6))) / 9007199254740992.0
+    counters = np.asarray(counters, dtype=np.uint64)
+    seeds = np.asarray(seeds, dtype=np.uint64).reshape(-1, *([1] * (counters.ndim - 1)))
+    return (splitmix64(seeds, counters) >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
 class Stream:
@@ -77,30 +71,38 @@ class Stream:
 class Blocks:
     """Numbers for a batch of rows (slots), made a block at a time so that a step costs one read.
 
-    start(row, seed) points a row at a new stream; take(rows) returns the next number of each of
-    those rows' streams (rows: an index array or mask) and advances only them."""
+    start(row, seed) points a row at a new stream; take(rows, counts) returns (len(rows), k)
+    numbers: row r's next counts[r] numbers in its first counts[r] columns (the rest 0.0), and
+    advances each row by its count only."""
 
     def __init__(self, rows: int, block: int = 256):
         self.block = block
-        self.buffer = np.zeros((rows, block), np.float64)  # (rows, block) the numbers ahead
+        self.buffer = np.zeros((rows, block), np.float64)  # numbers base .. base + block - 1 per row
         self.seed = np.zeros(rows, np.uint32)
-        self.made = np.zeros(rows, np.int64)  # numbers made so far per row (the next block's start)
-        self.pos = np.full(rows, block, np.int64)  # next unread column; == block: refill first
+        self.base = np.zeros(rows, np.int64)
+        self.next = np.zeros(rows, np.int64)  # the next number to hand out, counted from 0 per stream
+        self.filled = np.zeros(rows, bool)
 
     def start(self, row: int, seed: int) -> None:
-        self.seed[row], self.made[row], self.pos[row] = seed, 0, self.block
+        self.seed[row], self.next[row], self.filled[row] = seed, 0, False
 
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.flatnonzero(rows) if rows.dtype == bool else rows
-        empty = rows[self.pos[rows] >= self.block]
-        if empty.size:
-            self.refill(empty)
-        cols = self.pos[rows]
-        self.pos[rows] = cols + 1
-        return self.buffer[rows, cols]
+    def take(self, rows: np.ndarray, counts: np.ndarray, k: int, first: np.ndarray | None = None) -> np.ndarray:
+        """rows: (n,) indices; counts: (n,) in [0, k]. Row r's numbers go in columns first[r] ..
+        first[r] + counts[r] - 1 (first: 0 when not given), zeros elsewhere: (n, k) float64."""
+        stale = rows[~self.filled[rows] | (self.next[rows] + k > self.base[rows] + self.block)]
+        if stale.size:
+            self.refill(stale)
+        columns = np.arange(k)
+        first = np.zeros(len(rows), np.int64) if first is None else first
+        place = (columns >= first[:, None]) & (columns < (first + counts)[:, None])  # (n, k)
+        offsets = (self.next[rows] - self.base[rows] - first)[:, None] + columns  # index in the row's block
+        flat = np.where(place, rows[:, None] * self.block + offsets, 0)
+        values = self.buffer.reshape(-1)[flat]  # one gather
+        values[~place] = 0.0
+        self.next[rows] += counts
+        return values
 
     def refill(self, rows: np.ndarray) -> None:
-        counters = self.made[rows, None] + np.arange(self.block)  # (rows, block)
-        self.buffer[rows] = uniforms(self.seed[rows], counters)
-        self.made[rows] += self.block
-        self.pos[rows] = 0
+        self.base[rows] = self.next[rows]
+        self.buffer[rows] = uniforms(self.seed[rows], self.base[rows, None] + np.arange(self.block))
+        self.filled[rows] = True

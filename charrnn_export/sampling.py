@@ -5,7 +5,7 @@
     choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
 
 This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
-ONNX and the web page (web/charrnn.js) in JavaScript; the three agree id for id because every
+ONNX and the web page (web/static/sampling.js) in JavaScript; the three agree id for id because every
 step is defined so that each side can do exactly the same float arithmetic:
 
   1. greedy rows: the first index of the largest logit (no random number is used).

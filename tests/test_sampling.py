@@ -9,7 +9,7 @@ import pytest
 
 from charrnn_export import Generator, SamplingConfig
 from charrnn_export.errors import ConfigError, DataError, ModelError
-from charrnn_export.rng import Blocks, Stream, philox4x32
+from charrnn_export.rng import Blocks, Stream, splitmix64, uniforms
 from charrnn_export.sampling import Settings, choose
 
 VOCAB = 65
@@ -111,24 +111,40 @@ def test_streams_are_reproducible_and_differ_by_seed():
     assert np.concatenate([s.random(2), s.random(3)]).tolist() == Stream(3).random(5).tolist()
 
 
-def test_philox_matches_the_random123_known_answers():
-    assert [int(w) for w in philox4x32((0, 0, 0, 0), (0, 0))] == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
-    pi = (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)
-    assert [int(w) for w in philox4x32(*pi)] == [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+def reference_splitmix64(seed: int, count: int) -> list[int]:
+    """SplitMix64 written out with Python integers, as its authors give it (state += golden; mix)."""
+    out, state, mask = [], seed, 2**64 - 1
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & mask
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_the_streams_are_splitmix64():
+    assert reference_splitmix64(0, 1) == [0xE220A8397B1DCDAF]  # the published first output for seed 0
+    for seed in (0, 1, 12345, 2**32 - 1):
+        expected = reference_splitmix64(seed, 40)
+        assert [int(z) for z in splitmix64(seed, np.arange(40))] == expected
+        assert uniforms([seed], np.arange(40)[None])[0].tolist() == [(z >> 11) / 2**53 for z in expected]
 
 
 def test_blocks_give_each_row_its_own_stream_whatever_else_draws():
-    blocks = Blocks(3, block=4)
+    blocks = Blocks(3, block=8)
     blocks.start(0, 7)
     blocks.start(2, 9)
     got0, got2 = [], []
-    for step in range(10):
+    for step in range(12):
         rows = np.array([0, 2]) if step % 3 else np.array([0])
-        values = blocks.take(rows)
-        got0.append(values[0])
-        if len(values) == 2:
-            got2.append(values[1])
-    assert got0 == Stream(7).random(10).tolist()
+        counts = np.array([3, 1])[:len(rows)] if step % 2 else np.array([1, 2])[:len(rows)]
+        values = blocks.take(rows, counts, 3)
+        assert (values[np.arange(3) >= counts[:, None]] == 0).all()
+        got0.extend(values[0, :counts[0]])
+        if len(rows) == 2:
+            got2.extend(values[1, :counts[1]])
+    assert got0 == Stream(7).random(len(got0)).tolist()
     assert got2 == Stream(9).random(len(got2)).tolist()
 
 

@@ -215,7 +215,7 @@ def test_the_api_rejects_bad_options_as_python_does(page, python, options, messa
 
 
 def test_the_sampling_rule_matches_python_on_random_logits(page):
-    """choose() and the Philox stream in sampling.js against sampling.py/rng.py, id for id, on
+    """choose() and the SplitMix64 stream in sampling.js against sampling.py/rng.py, id for id, on
     logits with ties, -inf rows and every setting; beyond what a trained model's logits reach."""
     from charrnn_export import rng, sampling
 

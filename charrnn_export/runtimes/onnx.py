@@ -17,7 +17,11 @@ from ..errors import ModelError, RuntimeUnavailable
 
 
 def read_metadata(session, path) -> tuple[Vocab, dict]:
-    meta = session.get_modelmeta().custom_metadata_map
+    return parse_metadata(session.get_modelmeta().custom_metadata_map, path)
+
+
+def parse_metadata(meta: dict, path) -> tuple[Vocab, dict]:
+    """The vocabulary and config an exported model carries in its metadata_props."""
     if contract.META_VOCAB not in meta:
         raise ModelError(f"{path} has no vocabulary in its metadata; export it with `charrnn-export to-onnx`")
     try:
@@ -63,18 +67,20 @@ def providers_for(device: str, cuda_graph: bool = False) -> list:
     raise RuntimeUnavailable(f"unknown device {device!r}; choose cpu or cuda")
 
 
-def load_session(path: Path, threads: int | None, device: str, cuda_graph: bool = False):
-    """An onnxruntime session for a model file, with the project's errors for what goes wrong."""
+def load_session(path: Path | bytes, threads: int | None, device: str, cuda_graph: bool = False):
+    """An onnxruntime session for a model file (or a model's bytes), with the project's errors."""
     import onnxruntime as ort
 
-    if not path.is_file():
+    if not isinstance(path, bytes) and not path.is_file():
         raise ModelError(f"model file not found: {path}; pass --model with an exported .onnx file")
+    source = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=providers_for(device, cuda_graph))
+        return ort.InferenceSession(source, session_options(threads), providers=providers_for(device, cuda_graph))
     except RuntimeUnavailable:
         raise
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise ModelError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
+        what = "the model" if isinstance(path, bytes) else path
+        raise ModelError(f"cannot load {what} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
 
 
 class OnnxRuntime:

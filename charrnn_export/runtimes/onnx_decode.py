@@ -1,14 +1,19 @@
-"""A decode model (decode.py: the step plus sampling in the graph) run by onnxruntime for the engine.
+"""Decode models (decode.py: the step plus sampling in the graph) run by onnxruntime for the engine.
 
-    OnnxDecoder(path, capacity, device="cpu"|"cuda", threads=None, cuda_graph=True)
-        .decode(rows, tokens, settings, uniforms, reset) -> (next ids (rows,), logit check (rows,))
+    OnnxDecoder(path, capacity, device="cpu", threads=None)          one step per call, numpy in/out
+    BlockDecoder(path, capacity, steps=8, device="cuda", ...)        `steps` steps per call, on the device
 
-The hidden state never leaves the decoder: on the CPU it is a numpy array of `capacity` rows; on
-CUDA it lives in two device buffers that the steps write alternately (A -> B, then B -> A), and
-only token ids, settings and random numbers go to the GPU and ids come back. On CUDA the step is
-captured as a CUDA graph per batch bucket (1, 2, 4, ... capacity) and per buffer direction, then
-replayed (onnxruntime's enable_cuda_graph with a gpu_graph_id per capture); where capture fails,
-it runs the same bindings without graphs and logs one warning saying so. numpy and onnxruntime only.
+OnnxDecoder runs the decode model as it is written: on a CPU that is as fast as anything else
+(onnxruntime copies numpy arrays in a few microseconds there). BlockDecoder is for a GPU, where
+each host round trip costs more than the step itself: it builds decode.block_model in memory
+(the `onnx` package: `pip install "charrnn-export[gpu]"`), so one call runs `steps` steps with
+the sampled ids fed back on the device, and binds every input and output to fixed device
+buffers (IO binding): the hidden state and the fed-back ids never leave the GPU, one small
+float64 `control` array goes in and the ids come out. The state and ids live in two buffer sets
+that the calls write alternately (A -> B, then B -> A). On CUDA each batch bucket (1, 2, 4, ...
+capacity) and direction is captured once as a CUDA graph (onnxruntime's enable_cuda_graph with a
+gpu_graph_id per capture) and replayed; where capture fails, the same bindings run without graphs
+and one warning says so. numpy and onnxruntime only, besides `onnx` for BlockDecoder.
 """
 
 from __future__ import annotations
@@ -20,15 +25,14 @@ import numpy as np
 
 from .. import contract
 from ..errors import ModelError, RuntimeUnavailable
-from .onnx import load_session, read_metadata
+from .onnx import load_session, parse_metadata, read_metadata
 
 log = logging.getLogger("charrnn_export")
-INPUTS = contract.DECODE_INPUTS
 OUTPUTS = [contract.NEXT_TOKEN, contract.STATE_OUT, contract.LOGIT_CHECK]
 
 
 def is_decode_model(session) -> bool:
-    return {i.name for i in session.get_inputs()} == set(INPUTS)
+    return {i.name for i in session.get_inputs()} == set(contract.DECODE_INPUTS)
 
 
 def find_decode_model(path) -> Path | None:
@@ -43,51 +47,30 @@ def find_decode_model(path) -> Path | None:
 
 
 class OnnxDecoder:
-    name = "onnx decode model"
+    """The decode model, one step per call, state in a numpy array of `capacity` rows."""
 
-    def __init__(self, path, capacity: int, device: str = "cpu", threads: int | None = None,
-                 cuda_graph: bool = True, io_binding: bool | None = None):
-        self.path, self.capacity, self.device = Path(path), capacity, device
-        self.session = load_session(self.path, threads, device, cuda_graph=cuda_graph and device == "cuda")
+    steps = 1
+
+    def __init__(self, path, capacity: int, device: str = "cpu", threads: int | None = None):
+        self.path, self.capacity = Path(path), capacity
+        self.session = load_session(self.path, threads, device)
         if not is_decode_model(self.session):
             raise ModelError(f"{path} is not a charrnn-export decode model; write one with `charrnn-export to-onnx`")
         self.vocab, self.config = read_metadata(self.session, path)
-        self.rnn_units = int(self.config["rnn_units"])
+        self.state = np.zeros((capacity, int(self.config["rnn_units"])), np.float32)
         self.name = f"onnx decode model ({self.path.name}, {device})"
-        self.graph_error = None
-        # IO binding is what keeps the state on a GPU; on the CPU plain run() is as fast, and
-        # io_binding=True there exists so that tests exercise the device path's bookkeeping.
-        if io_binding or (io_binding is None and device == "cuda"):
-            self._bound = self._bind_steps(path, threads, cuda_graph and device == "cuda")
-        else:
-            self._bound = None
-            self.state = np.zeros((capacity, self.rnn_units), np.float32)
 
-    def _bind_steps(self, path, threads, graphs: bool) -> "BoundSteps":
-        """Bound steps, every bucket run (and so captured) now; without CUDA graphs if capture fails."""
-        try:
-            bound = BoundSteps(self.session, self.capacity, self.rnn_units, len(self.vocab), self.device, graphs)
-            bound.warm_up()
-            return bound
-        except Exception as e:  # noqa: BLE001 - onnxruntime's capture errors have no common type
-            if not graphs:
-                raise
-            self.graph_error = str(e).splitlines()[0][:200]
-            log.warning("CUDA graph capture failed (%s); running the same steps without CUDA graphs", self.graph_error)
-            self.session = load_session(self.path, threads, self.device, cuda_graph=False)
-            bound = BoundSteps(self.session, self.capacity, self.rnn_units, len(self.vocab), self.device, False)
-            bound.warm_up()
-            return bound
+    def decode(self, rows, forced, last, settings, uniforms, reset):
+        from ..engine import tokens_to_feed
 
-    def decode(self, rows, tokens, settings, uniforms, reset):
-        if self._bound is not None:
-            return self._bound.run(rows, tokens, settings, uniforms, reset)
-        feeds = {contract.TOKEN: tokens, contract.STATE: self.state[:rows], contract.TEMPERATURE: settings.temperature,
-                 contract.TOP_K: settings.top_k, contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
-                 contract.UNIFORM: uniforms, contract.RESET: reset}
+        feeds = {contract.TOKEN: tokens_to_feed(forced, last), contract.STATE: self.state[:rows],
+                 contract.TEMPERATURE: settings.temperature, contract.TOP_K: settings.top_k,
+                 contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
+                 contract.UNIFORM: uniforms[:, 0], contract.RESET: reset}
         ids, new_state, check = self.session.run(OUTPUTS, feeds)
         self.state[:rows] = new_state
-        return ids, check
+        ids[np.isnan(check)] = -1
+        return ids[:, None]
 
 
 def buckets(capacity: int) -> list[int]:
@@ -98,82 +81,113 @@ def buckets(capacity: int) -> list[int]:
     return sizes + [capacity]
 
 
-class BoundSteps:
-    """IO-bound steps: fixed device buffers per bucket, state ping-ponged between A and B."""
+class BlockDecoder:
+    """`steps` decode steps per call with IO binding; see the module docstring."""
 
-    def __init__(self, session, capacity: int, units: int, vocab_size: int, device: str, cuda_graph: bool):
+    def __init__(self, path, capacity: int, steps: int = 8, device: str = "cuda", threads: int | None = None,
+                 cuda_graph: bool = True):
+        import onnx
+
+        from ..decode import block_model
+
+        self.path, self.capacity, self.steps, self.device = Path(path), capacity, steps, device
+        decode = onnx.load(str(self.path))
+        self.model_bytes = block_model(decode, steps).SerializeToString()
+        self.vocab, self.config = parse_metadata({p.key: p.value for p in decode.metadata_props}, self.path)
+        self.units = int(self.config["rnn_units"])
+        self.graph_error = None
+        graphs = cuda_graph and device == "cuda"
+        try:
+            self._open(threads, graphs)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's capture errors have no common type
+            if not graphs:
+                raise
+            self.graph_error = str(e).splitlines()[0][:200]
+            log.warning("CUDA graph capture failed (%s); running the same steps without CUDA graphs", self.graph_error)
+            self._open(threads, False)
+        self.name = f"onnx decode model ({self.path.name}, {device}, {steps} steps per call" + \
+                    (", CUDA graphs)" if graphs and not self.graph_error else ")")
+
+    def _open(self, threads, graphs: bool) -> None:
+        self.session = load_session(self.model_bytes, threads, self.device, cuda_graph=graphs)
+        self.buffers = _Buffers(self.session, self.capacity, self.units, self.steps, self.device, graphs)
+        self.buffers.warm_up()
+
+    def decode(self, rows, forced, last, settings, uniforms, reset):
+        k = self.steps
+        control = np.empty((rows, 5 + 2 * k), np.float64)
+        control[:, 0] = settings.temperature
+        control[:, 1] = settings.top_k
+        control[:, 2] = settings.top_p
+        control[:, 3] = settings.greedy
+        control[:, 4] = reset
+        control[:, 5:5 + k] = uniforms
+        control[:, 5 + k:] = forced
+        return self.buffers.run(rows, control)
+
+
+class _Buffers:
+    """Fixed device buffers per bucket; state and fed-back ids ping-ponged between two sets."""
+
+    def __init__(self, session, capacity: int, units: int, steps: int, device: str, graphs: bool):
         import onnxruntime as ort
 
-        self.session, self.sizes, self.device = session, buckets(capacity), device
-        self.graphs = cuda_graph
-        new = lambda shape, dtype: ort.OrtValue.ortvalue_from_shape_and_type(shape, dtype, device, 0)  # noqa: E731
-        zeros = np.zeros((capacity, units), np.float32)
-        self.state = [ort.OrtValue.ortvalue_from_numpy(zeros, device, 0) for _ in range(2)]  # A, B
-        self.current = 0  # which of A/B holds the state
-        self.small: dict[int, dict[str, object]] = {}
-        self.bindings: dict[tuple[int, int], object] = {}
-        dtypes = {contract.TOKEN: np.int32, contract.TEMPERATURE: np.float32, contract.TOP_K: np.int64,
-                  contract.TOP_P: np.float32, contract.GREEDY: np.bool_, contract.UNIFORM: np.float64,
-                  contract.RESET: np.bool_}
-        for size in self.sizes:
-            values = {name: ort.OrtValue.ortvalue_from_numpy(np.zeros(size, dtype), device, 0)
-                      for name, dtype in dtypes.items()}
-            values[contract.NEXT_TOKEN] = new([size], np.int32)
-            values[contract.LOGIT_CHECK] = new([size], np.float32)
-            values[contract.LOGITS] = new([size, vocab_size], np.float32)
-            self.small[size] = values
-            for direction in (0, 1):
-                self.bindings[size, direction] = self._bind(size, direction, units, values)
-        self.run_options = {}
-        for index, key in enumerate(self.bindings):
-            options = ort.RunOptions()
-            if cuda_graph:
-                options.add_run_config_entry("gpu_graph_id", str(index + 1))  # 0 would be the default graph
-            self.run_options[key] = options
+        from ..decode import CONTROL, LAST_TOKEN, TOKENS
 
-    def _bind(self, size, direction, units, values):
-        binding = self.session.io_binding()
-        for name in INPUTS:
-            if name != contract.STATE:
-                binding.bind_ortvalue_input(name, values[name])
-        source, target = self.state[direction], self.state[1 - direction]
-        binding.bind_input(contract.STATE, self.device, 0, np.float32, [size, units], source.data_ptr())
-        binding.bind_output(contract.STATE_OUT, self.device, 0, np.float32, [size, units], target.data_ptr())
-        for name in (contract.NEXT_TOKEN, contract.LOGITS, contract.LOGIT_CHECK):
-            binding.bind_ortvalue_output(name, values[name])
-        return binding
+        self.session, self.sizes, self.steps = session, buckets(capacity), steps
+        on_device = lambda array: ort.OrtValue.ortvalue_from_numpy(array, device, 0)  # noqa: E731
+        # Kept on self: the bindings hold raw addresses into these buffers, not references.
+        self.state = state = [on_device(np.zeros((capacity, units), np.float32)) for _ in range(2)]  # A, B
+        self.token = token = [on_device(np.zeros(capacity, np.int32)) for _ in range(2)]
+        self.control, self.tokens, self.bindings, self.options = {}, {}, {}, {}
+        self.current = 0  # which set holds the live state and ids
+        graph_id = 0
+        for size in self.sizes:
+            self.control[size] = on_device(np.zeros((size, 5 + 2 * steps), np.float64))
+            self.tokens[size] = on_device(np.zeros((size, steps), np.int32))
+            for direction in (0, 1):
+                b = session.io_binding()
+                b.bind_ortvalue_input(CONTROL, self.control[size])
+                _bind_rows(b.bind_input, contract.STATE, state[direction], device, np.float32, [size, units])
+                _bind_rows(b.bind_input, contract.TOKEN, token[direction], device, np.int32, [size])
+                _bind_rows(b.bind_output, contract.STATE_OUT, state[1 - direction], device, np.float32, [size, units])
+                _bind_rows(b.bind_output, LAST_TOKEN, token[1 - direction], device, np.int32, [size])
+                b.bind_ortvalue_output(TOKENS, self.tokens[size])
+                graph_id += 1
+                options = ort.RunOptions()
+                if graphs:
+                    options.add_run_config_entry("gpu_graph_id", str(graph_id))
+                self.bindings[size, direction], self.options[size, direction] = b, options
 
     def warm_up(self) -> None:
         """Run every bucket in both directions a few times: onnxruntime captures a CUDA graph
         after its first runs, and a server should not pay for that on a user's request."""
-        from ..sampling import Settings
-
         for size in self.sizes:
-            settings = Settings.empty(size)
+            control = np.zeros((size, 5 + 2 * self.steps), np.float64)
+            control[:, 0] = 1.0  # temperature
+            control[:, 2] = 1.0  # top_p off
+            control[:, 4] = 1.0  # reset
             for _ in range(6):  # three runs per direction
-                self.run(size, np.zeros(size, np.int32), settings, np.zeros(size), np.ones(size, bool))
+                self.run(size, control)
 
-    def run(self, rows, tokens, settings, uniforms, reset):
+    def run(self, rows: int, control: np.ndarray) -> np.ndarray:
         size = next(s for s in self.sizes if s >= rows)
-        values = self.small[size]
-        for name, host in ((contract.TOKEN, tokens), (contract.TEMPERATURE, settings.temperature),
-                           (contract.TOP_K, settings.top_k), (contract.TOP_P, settings.top_p),
-                           (contract.GREEDY, settings.greedy), (contract.UNIFORM, uniforms),
-                           (contract.RESET, reset)):
-            values[name].update_inplace(_padded(host, size))
+        if rows < size:  # pad: rows past the busy ones compute unused results
+            padded = np.zeros((size, control.shape[1]), np.float64)
+            padded[:rows] = control
+            padded[rows:, 0] = 1.0
+            padded[rows:, 2] = 1.0
+            control = padded
+        self.control[size].update_inplace(control)
         key = (size, self.current)
-        self.session.run_with_iobinding(self.bindings[key], self.run_options[key])
+        self.session.run_with_iobinding(self.bindings[key], self.options[key])
         self.current = 1 - self.current
-        return values[contract.NEXT_TOKEN].numpy()[:rows], values[contract.LOGIT_CHECK].numpy()[:rows]
+        return self.tokens[size].numpy()[:rows]
 
 
-def _padded(host: np.ndarray, size: int) -> np.ndarray:
-    """The host rows as a contiguous array of the bucket's size (rows past the busy ones: zeros)."""
-    if len(host) == size and host.flags.c_contiguous:
-        return host
-    out = np.zeros(size, host.dtype)
-    out[:len(host)] = host
-    return out
+def _bind_rows(bind, name, value, device, dtype, shape) -> None:
+    """Bind the first shape[0] rows of a device buffer (a prefix shares the buffer's address)."""
+    bind(name, device, 0, dtype, shape, value.data_ptr())
 
 
 def check_cuda_available():

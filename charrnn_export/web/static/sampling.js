@@ -1,42 +1,27 @@
 // The project's one sampling rule and random numbers, ported bit for bit from
 // charrnn_export/sampling.py and charrnn_export/rng.py (read their docstrings first).
 // Every intermediate that numpy computes in float32 is rounded to float32 here (Float32Array
-// stores, Math.fround), sums are sequential, and the generator uses only exact 32-bit integer
+// stores, Math.fround), sums are sequential, and the generator uses exact 64-bit BigInt
 // arithmetic, so the same logits, settings and seed choose the same id in Python and here.
 
 export const SEED_LIMIT = 2 ** 32;
 
-// ------------------------------------------------------------------ Philox4x32-10 (rng.py)
+// ------------------------------------------------------------------ SplitMix64 (rng.py)
 
-const M0 = 0xd2511f53;
-const M1 = 0xcd9e8d57;
-const W0 = 0x9e3779b9;
-const W1 = 0xbb67ae85;
+const GOLDEN = 0x9e3779b97f4a7c15n;
+const MIX1 = 0xbf58476d1ce4e5b9n;
+const MIX2 = 0x94d049bb133111ebn;
+const MASK = (1n << 64n) - 1n;
 
-// The high 32 bits of the 64-bit product of two uint32 (the low half is Math.imul). Built from
-// 16-bit halves so that every partial product and sum is an exact double (< 2**53).
-function mulhi(a, b) {
-  const al = a & 0xffff, ah = a >>> 16, bl = b & 0xffff, bh = b >>> 16;
-  const mid = al * bh + ah * bl; // < 2**33
-  const low = al * bl + (mid % 65536) * 65536; // < 2**33
-  return (ah * bh + Math.floor(mid / 65536) + Math.floor(low / 4294967296)) >>> 0;
-}
-
-// Uniform number `counter` (0, 1, 2, ...) of the stream `seed`: Philox4x32-10 with key
-// (seed, 0) and counter (counter, 0, 0, 0); its first two words make one float64 in [0, 1).
+// Uniform number `counter` (0, 1, 2, ...) of the stream `seed`: output `counter` of SplitMix64
+// started at state `seed`, its top 53 bits as a float64 in [0, 1). BigInt keeps every 64-bit
+// product exact; a number costs about a microsecond, far below a model step.
 export function uniform(seed, counter) {
-  let c0 = counter >>> 0, c1 = 0, c2 = 0, c3 = 0;
-  let k0 = seed >>> 0, k1 = 0;
-  for (let round = 0; round < 10; round++) {
-    if (round) {
-      k0 = (k0 + W0) >>> 0;
-      k1 = (k1 + W1) >>> 0;
-    }
-    const hi0 = mulhi(M0, c0), lo0 = Math.imul(M0, c0) >>> 0;
-    const hi1 = mulhi(M1, c2), lo1 = Math.imul(M1, c2) >>> 0;
-    [c0, c1, c2, c3] = [(hi1 ^ c1 ^ k0) >>> 0, lo1, (hi0 ^ c3 ^ k1) >>> 0, lo0];
-  }
-  return ((c0 >>> 5) * 67108864 + (c1 >>> 6)) / 9007199254740992;
+  let z = (BigInt(seed) + (BigInt(counter) + 1n) * GOLDEN) & MASK;
+  z = ((z ^ (z >> 30n)) * MIX1) & MASK;
+  z = ((z ^ (z >> 27n)) * MIX2) & MASK;
+  z = z ^ (z >> 31n);
+  return Number(z >> 11n) / 9007199254740992;
 }
 
 // One seeded stream read in order, as rng.Stream: a request draws one number per sampled
