@@ -2,6 +2,8 @@
 
     python -m benchmarks.training [--data FILE] [--steps 30] [--warmup-steps 3] [--results-md]
     python -m benchmarks.training --quick          # tiny dims: checks the suite in seconds
+    python -m benchmarks.training --workers 1 2    # --strategy multi-worker with 1 and 2 processes
+                                                   # (benchmarks/training_workers.py)
 
 Both sides train the tutorial's model (Embedding -> GRU -> Dense, Keras 3) with Adam and sparse
 cross-entropy from logits, on the same batches of the same text (batch 64 x 100 characters by
@@ -311,7 +313,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help=f"results folder (default: {bench.default_out_dir()})")
     p.add_argument("--results-md", action="store_true",
                    help="also rewrite RESULTS.md beside the results folder from the latest results there")
+    g = p.add_argument_group("--workers: one process against multi-worker runs (see benchmarks/training_workers.py)")
+    g.add_argument("--workers", type=int, nargs="+", metavar="N",
+                   help="measure `train --strategy multi-worker` with N processes on this machine instead of fit")
+    g.add_argument("--epochs", type=int, default=4, help="epochs per --workers run; the first is left out (%(default)s)")
+    g.add_argument("--chars", type=int, default=70_000,
+                   help="the --workers runs train on the text's first CHARS characters (default %(default)s)")
     args = p.parse_args(argv)
+    if args.workers:
+        return main_workers(args)
     quick = dict(embedding_dim=16, rnn_units=32, steps=8, warmup_steps=2) if args.quick else {}
     given = {k: getattr(args, k) for k in ("embedding_dim", "rnn_units", "steps", "warmup_steps")
              if getattr(args, k) is not None}
@@ -326,6 +336,35 @@ def main(argv: list[str] | None = None) -> int:
         paths = bench.write_results(results, out, name, markdown, plot(results))
         print(markdown)
         bench.log(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
+        if args.results_md:
+            bench.log(f"wrote {bench.refresh_results_md(out)}")
+    except CharRNNError as e:
+        return fail(str(e), e.exit_status)
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    return 0
+
+
+def main_workers(args) -> int:
+    from benchmarks import training_workers
+    from charrnn_export.cli import fail
+
+    if min(args.workers) < 1 or args.epochs < 2 or args.chars < 1:
+        return fail("--workers must be >= 1, --epochs >= 2 (the first is left out) and --chars >= 1")
+    d = TrainingBenchConfig()
+    settings = {"embedding_dim": args.embedding_dim or d.embedding_dim, "rnn_units": args.rnn_units or d.rnn_units,
+                "batch_size": args.batch_size, "seq_length": args.seq_length, "epochs": args.epochs,
+                "seed": args.seed, "learning_rate": d.learning_rate, "chars": args.chars}
+    try:
+        with tempfile.TemporaryDirectory(prefix="charrnn-workers-bench-") as scratch:
+            data = args.data or default_data(Path(scratch), False)
+            results = training_workers.run_workers_bench(args.workers, data, Path(scratch), settings,
+                                                         bench.command_line())
+        markdown = training_workers.render_markdown(results)
+        out = Path(args.out) if args.out else bench.default_out_dir()
+        paths = bench.write_results(results, out, "training-workers", markdown, None)
+        print(markdown)
+        bench.log(f"wrote {', '.join(str(p) for p in paths.values())} (and training-workers-latest.*)")
         if args.results_md:
             bench.log(f"wrote {bench.refresh_results_md(out)}")
     except CharRNNError as e:

@@ -58,6 +58,15 @@ def add_train_parser(sub) -> None:
     g.add_argument("--out", required=True, help="run directory to write (config, vocab, checkpoints, metrics)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     g.add_argument("--force", action="store_true", help="start over in --out even if it holds another run")
+    g = p.add_argument_group("several devices or machines (tf.distribute; see the README)")
+    g.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none",
+                   help="mirrored: every local GPU (or --cpu-replicas); multi-worker: the cluster in TF_CONFIG, "
+                   "one process per machine. --batch-size stays the global batch (default %(default)s)")
+    g.add_argument("--cpu-replicas", type=int, default=None,
+                   help="with --strategy mirrored: N logical CPU devices instead of the GPUs (for testing)")
+    g.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop with an error when another worker has not answered for this long; must outlast "
+                   "an epoch's validation and checkpoint (default 300)")
     p.set_defaults(func=run_train)
 
 
@@ -71,7 +80,13 @@ def run_train(args) -> int:
         warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, clip_norm=args.clip_norm,
         weight_decay=args.weight_decay,
     )
-    summary = train(config, args.out, resume=args.resume, force=args.force)
+    distribution = None
+    if args.strategy != "none" or args.cpu_replicas is not None or args.worker_timeout is not None:
+        from .distribute import DEFAULT_WORKER_TIMEOUT, DistributeOptions
+
+        distribution = DistributeOptions(args.strategy, args.cpu_replicas,
+                                         DEFAULT_WORKER_TIMEOUT if args.worker_timeout is None else args.worker_timeout)
+    summary = train(config, args.out, resume=args.resume, force=args.force, distribution=distribution)
     print(f"best validation loss {summary['best_val_loss']:.4f} nats/char; run in {summary['run_dir']}")
     return 0
 

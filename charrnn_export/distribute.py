@@ -117,9 +117,19 @@ def start(options: DistributeOptions | None, tf) -> "Distribution":
     if options.strategy == "mirrored":
         strategy = mirrored_strategy(options, tf)
     else:
-        communication = tf.distribute.experimental.CommunicationOptions(timeout_seconds=options.worker_timeout)
-        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
+        strategy = multi_worker_strategy(options, tf)
     return Distribution(strategy, options, tf)
+
+
+def multi_worker_strategy(options: DistributeOptions, tf):
+    """The cluster from TF_CONFIG. Creating it waits for every worker to register with the chief."""
+    communication = tf.distribute.experimental.CommunicationOptions(timeout_seconds=options.worker_timeout)
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=communication)
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError) as e:
+        raise WorkerLost(f"the cluster in TF_CONFIG did not come together ({type(e).__name__}): start every "
+                         "worker, the chief first, with the same TF_CONFIG cluster list, and check that their "
+                         "ports are reachable") from None
 
 
 def mirrored_strategy(options: DistributeOptions, tf):
@@ -164,7 +174,7 @@ class Distribution:
 
     def lost_worker(self, error, step: int) -> WorkerLost:
         return WorkerLost(
-            f"a worker stopped answering at step {step} ({type(error).__name__} after --worker-timeout "
+            f"a worker stopped answering at step {step} ({type(error).__name__}; --worker-timeout is "
             f"{self.options.worker_timeout:g} s): it died or its machine is unreachable; start every worker "
             "again with --resume (they restart from the chief's last checkpoint)")
 

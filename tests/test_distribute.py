@@ -135,7 +135,7 @@ def test_a_killed_worker_stops_the_chief_with_one_line_and_resume_finishes_the_r
     assert workers.procs[0].returncode == 2, workers.stderr(0)
     lines = workers.stderr(0).strip().splitlines()
     assert lines[-1].startswith(f"{ERROR_PREFIX} a worker stopped answering at step "), lines[-3:]
-    assert "--worker-timeout 8 s" in lines[-1] and "--resume" in lines[-1]
+    assert "--worker-timeout is 8 s" in lines[-1] and "--resume" in lines[-1]
     assert "Traceback" not in workers.stderr(0)
     done_at_kill = len(checkpoints(chief))
     assert 1 <= done_at_kill < EPOCHS
