@@ -31,6 +31,7 @@ import numpy as np
 
 from . import __version__, contract
 from .data import Vocab, load_text, split_train_val
+from .decode import write_decode_models
 from .errors import ConfigError, DataError, ModelError
 from .files import (STAGING_PREFIX, FolderLock, Manifest, atomic_write_text, check_writable_dir, current_umask,
                     foreign_entries, make_dirs, move_tree, remove_dirs, tree_entries, write_error)
@@ -416,6 +417,7 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
             int8_path = staging / "model.int8.onnx"
             quantize_int8(onnx_path, int8_path)
             report["int8"] = validate.compare_int8(onnx_path, int8_path, vocab, val_text, seed=seed)
+        report["decode"] = write_decode_models(staging, seed=seed)  # sampling in the graph; parity checked
         if val_text is not None:
             # compare_int8 already measured fp32 over the same text: one pass less on a long text.
             fp32 = ({"loss": report["int8"]["val_loss_fp32"], "bpc": report["int8"]["val_bpc_fp32"]}
