@@ -50,6 +50,9 @@ def add_serve_parser(sub) -> None:
                    "model, 'host' in numpy; the text is the same (default %(default)s: host on the CPU)")
     p.add_argument("--flush-ms", type=float, default=15.0,
                    help="how often a stream's new characters are sent as one event (default %(default)s)")
+    p.add_argument("--max-event-rate", type=float, default=2000.0,
+                   help="events per second across all open streams; with many streams each event carries more "
+                   "characters instead of more events competing for the CPU (default %(default)s)")
     p.set_defaults(func=run_serve)
 
 
@@ -96,8 +99,8 @@ def run_serve(args) -> int:
                                  ("--max-length", args.max_length, 1), ("--port", args.port, 0)):
         if value < minimum or (flag == "--port" and value > 65535):
             raise ConfigError(f"{flag} must be {'in 0..65535' if flag == '--port' else f'>= {minimum}'}, got {value}")
-    if args.flush_ms <= 0:
-        raise ConfigError(f"--flush-ms must be > 0, got {args.flush_ms}")
+    if not args.flush_ms > 0 or not args.max_event_rate > 0:
+        raise ConfigError("--flush-ms and --max-event-rate must be > 0")
     if args.threads is not None:
         from ..checks import check_threads
 
@@ -111,7 +114,7 @@ def run_serve(args) -> int:
                for name, path in sources.items()}
     failure: list[Exception] = []
     options = ServeOptions(slots=args.slots, queue=args.queue, limits=Limits(max_length=args.max_length),
-                           api_key=args.api_key, flush_interval=args.flush_ms / 1000,
+                           api_key=args.api_key, flush_interval=args.flush_ms / 1000, max_event_rate=args.max_event_rate,
                            on_load_failure=lambda e: (failure.append(e), setattr(server, "should_exit", True)))
     app = create_app(loaders, options)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
