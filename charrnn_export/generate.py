@@ -17,6 +17,7 @@ numpy only: the runtime chosen at load time brings its own heavy imports, if any
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -33,7 +34,9 @@ SHIPPED = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
 UNKNOWN_MODES = checks.UNKNOWN_MODES
 SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
-BLOCK_STEPS = 8  # characters per GPU call (benchmarks/gpu_engine.py measured the choice)
+BLOCK_STEPS = 16  # characters per GPU call: 8 and 16 measured best on an H200 (benchmarks/gpu_engine.py)
+GPU_PRECISIONS = ("fp16", "fp32")
+log = logging.getLogger("charrnn_export")
 
 
 def shipped_model_path(which: str = "fp32") -> Path:
@@ -75,22 +78,37 @@ def sampling_config(temperature, top_k, top_p, greedy) -> SamplingConfig:
                           checks.check_top_p(top_p), checks.check_bool(greedy, "greedy"))
 
 
-def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int | None):
+def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int | None, gpu_precision: str = "fp16"):
     """capacity -> the decode-model backend for this load, or None for the host sampler. On CUDA
-    a BlockDecoder (several steps per call, state and ids on the GPU); on the CPU, OnnxDecoder."""
+    a BlockDecoder (the native-GRU graph, several steps per call, state and ids on the GPU); on
+    the CPU, OnnxDecoder over the decode model written beside the step model."""
     if runtime != "onnx" or sampler == "host" or (sampler == "auto" and device == "cpu"):
         return None
     from .runtimes.onnx_decode import BlockDecoder, OnnxDecoder, find_decode_model
 
+    if device == "cuda":
+        flat = gpu_step_model(step.path)
+        return lambda capacity: BlockDecoder.for_gpu(flat, capacity, steps=BLOCK_STEPS, precision=gpu_precision)
     decode_path = find_decode_model(step.path)
     if decode_path is None:
         if sampler == "graph":
             raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
                              "or use sampler='host'")
         return None
-    if device == "cuda":
-        return lambda capacity: BlockDecoder(decode_path, capacity, steps=BLOCK_STEPS, device="cuda", threads=threads)
     return lambda capacity: OnnxDecoder(decode_path, capacity, device=device, threads=threads)
+
+
+def gpu_step_model(step_path: Path) -> Path:
+    """The fp32 step model to build the GPU graph from: int8 (MatMulInteger) crashes
+    onnxruntime's CUDA provider, so an int8 model's fp32 sibling is used, and one line says so."""
+    if step_path.name != "model.int8.onnx":
+        return step_path
+    fp32 = step_path.with_name("model.onnx")
+    if not fp32.is_file():
+        raise ModelError(f"device 'cuda' cannot run the int8 model {step_path} (onnxruntime's CUDA provider "
+                         "fails on MatMulInteger) and there is no model.onnx beside it; use the fp32 model")
+    log.warning("device 'cuda': int8 does not run on onnxruntime's CUDA provider; using %s (fp32 weights)", fp32)
+    return fp32
 
 
 class Generator:
@@ -103,13 +121,16 @@ class Generator:
 
     @classmethod
     def load(cls, path: str | None = None, runtime: str = "onnx", threads: int | None = None,
-             device: str = "cpu", vocab_path: str | None = None, sampler: str = "auto") -> "Generator":
+             device: str = "cpu", vocab_path: str | None = None, sampler: str = "auto",
+             gpu_precision: str = "fp16") -> "Generator":
         """path: for onnx a .onnx file or export directory (None, 'fp32', 'int8': the shipped
         model); for savedmodel an export directory or its saved_model/; for keras a run
         directory or checkpoint (vocab_path for checkpoints that hold no vocabulary).
         sampler: 'graph' samples inside onnxruntime with the decode model written beside the
         step model, 'host' with numpy, 'auto' the graph on CUDA and the host on the CPU (the
-        faster of the two there; the text is the same)."""
+        faster of the two there; the text is the same). gpu_precision: the GPU graph's arithmetic;
+        fp16 is twice as fast at large batches, fp32 gives the CPU's text character for character
+        (fp16 rounds differently, so a sampled text can part from the CPU's after a while)."""
         from .runtimes import load_runtime
 
         runtime = checks.check_runtime(runtime)
@@ -117,9 +138,14 @@ class Generator:
         threads = checks.check_threads(threads)
         sampler = checks.check_choice(sampler, "sampler", SAMPLERS)
         path = checks.check_model_path(path)
+        gpu_precision = checks.check_choice(gpu_precision, "gpu_precision", GPU_PRECISIONS)
         step = load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
                             vocab_path=vocab_path)
-        return cls(step, decoder_factory(step, runtime, sampler, device, threads), device)
+        factory = decoder_factory(step, runtime, sampler, device, threads, gpu_precision)
+        if device == "cuda" and factory is not None and gpu_precision == "fp16":
+            log.warning("device 'cuda': the GPU graph computes in fp16 (twice the fp32 speed); its text can part "
+                        "from the CPU's after a rounding difference; gpu_precision='fp32' keeps the CPU's text")
+        return cls(step, factory, device)
 
     # ------------------------------------------------------------ start strings
 

@@ -258,3 +258,17 @@ def test_nan_logits_stop_generation_with_a_message(tiny_export, tmp_path, sample
     g = Generator.load(str(tmp_path), sampler=sampler)
     with pytest.raises(ModelError, match="NaN or infinite"):
         g.generate("ROMEO: ", 20, greedy=greedy, seed=1)
+
+
+def test_the_gpu_graph_built_from_the_step_model_gives_the_host_samplers_text(tiny_export, backends):
+    """BlockDecoder.for_gpu (native GRU op, fp32, several steps per call), run here on the CPU."""
+    gpu_graph = lambda capacity: BlockDecoder.for_gpu(tiny_export / "model.onnx", capacity, steps=3,  # noqa: E731
+                                                      precision="fp32", device="cpu")
+    requests = [(np.array([5, 6, 7, 8], np.int32), 40, config, 21 + i) for i, config in enumerate(MIXED)]
+    texts = []
+    for make in (backends["host"], gpu_graph):
+        engine = Engine(make(len(requests)))
+        rids = [engine.submit(*r) for r in requests]
+        made = run_all(engine)[0]
+        texts.append([made[rid] for rid in rids])
+    assert texts[0] == texts[1]
