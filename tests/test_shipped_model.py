@@ -77,3 +77,12 @@ def test_quick_start_command_prints_generated_text():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ROMEO:")
     assert len(result.stdout) >= 200
+
+
+@pytest.mark.parametrize("which", ["fp32", "int8"])
+def test_the_shipped_decode_models_give_the_host_samplers_text(which):
+    """decode.onnx / decode.int8.onnx ship beside the step models and sample the same ids."""
+    host = Generator.load(which, sampler="host")
+    graph = Generator.load(which, sampler="graph")
+    for kwargs in (dict(temperature=0.8, seed=1), dict(top_k=5, top_p=0.9, seed=2), dict(greedy=True)):
+        assert graph.generate("ROMEO:", 300, **kwargs) == host.generate("ROMEO:", 300, **kwargs)
