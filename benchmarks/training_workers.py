@@ -137,7 +137,7 @@ def render_markdown(results: dict) -> str:
     for c in results["contestants"]:
         lines.append(f"| {c['name']} | {c['processes']} | {c['intra_op_threads']} | {c['steps']} | "
                      f"{bench.fmt_ms(c['ms_per_step'])} | {c['chars_per_s']:,.0f} | {c['over_one_process']:.2f}x |")
-    lines += ["", "All workers share this machine's cores, so more workers cannot be faster here; the ratio is the "
-              "cost of splitting the batch and of the all-reduce per step. On separate machines each worker brings "
-              "its own cores and memory bandwidth.", ""]
+    lines += ["", "All workers share this machine's cores: the ratio is what splitting the batch over processes "
+              "(each with fewer threads) and one all-reduce per step cost or save here, not what more machines "
+              "would give. Other work on the machine moves these figures: compare the load averages.", ""]
     return "\n".join(lines)
