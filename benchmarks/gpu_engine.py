@@ -149,8 +149,48 @@ def agreement(a: list[int], b: list[int]) -> int:
     return min(len(a), len(b))
 
 
+def report(results: dict, command: str) -> str:
+    """The RESULTS.md section for one run's JSON."""
+    rows = results["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    lines = [f"- machine: {results.get('gpu')} ({results['machine']}), onnxruntime-gpu {results['onnxruntime']}, "
+             f"no TensorFlow; command: `{command}`",
+             "- before: the step model on CUDA with numpy sampling on the host (the Generator before the engine); "
+             "floor: the step model alone with IO binding and a CUDA graph; graph: the engine's block graph alone "
+             "(K steps per call, sampling included, fixed inputs); engine: whole requests through Engine + "
+             "BlockDecoder (K = characters per call). fp32 runs with TF32 off (the CPU's text); ms per character "
+             "step at batch 1, M chars/s at larger batches.",
+             "", "| kind | graph | " + " | ".join(f"batch {b}" for b in batches) + " |",
+             "|---|---|" + "---:|" * len(batches)]
+    keyed: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in rows:
+        keyed.setdefault((r["kind"], r["variant"]), {})[r["batch"]] = r
+    for (kind, variant), by_batch in keyed.items():
+        cells = []
+        for b in batches:
+            r = by_batch.get(b)
+            cells.append("-" if r is None else (f"{r['ms_per_step']:.3f} ms" if b == 1 else
+                                                f"{r['chars_per_s'] / 1e6:.2f} M"))
+        lines.append(f"| {kind} | {variant} | " + " | ".join(cells) + " |")
+    best = {b: max((r for r in rows if r["kind"] == "engine" and r["batch"] == b), key=lambda r: r["chars_per_s"],
+                   default=None) for b in batches}
+    targets = {1: ("batch 1 <= 0.06 ms/char", lambda r: r["ms_per_step"] <= 0.06, lambda r: f"{r['ms_per_step']:.3f} ms"),
+               256: ("batch 256 >= 2.5 M chars/s", lambda r: r["chars_per_s"] >= 2.5e6, lambda r: f"{r['chars_per_s'] / 1e6:.2f} M"),
+               4096: ("batch 4096 >= 6 M chars/s", lambda r: r["chars_per_s"] >= 6e6, lambda r: f"{r['chars_per_s'] / 1e6:.2f} M")}
+    lines += ["", "Targets (the best engine row at each batch size):"]
+    for b, (name, ok, shown) in targets.items():
+        if best.get(b):
+            lines.append(f"- {name}: {shown(best[b])} ({best[b]['variant']}) -> {'**met**' if ok(best[b]) else '**NOT met**'}")
+    lines += ["", "Same text as the CPU (4 requests of 300 characters; characters equal before the first difference):"]
+    for key, same in results["parity"].items():
+        lines.append(f"- {key}: {same}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--report", metavar="JSON", help="write the RESULTS.md section for a saved run (to --out, or "
+                   "stdout) and stop")
     p.add_argument("--model", default="artifacts/model.onnx")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 256, 4096])
@@ -161,6 +201,14 @@ def main() -> int:
                    help="characters per GPU call (BlockDecoder): all for the native-GRU graphs, the largest for the rest")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if args.report:
+        text = "## Decode engine on a GPU\n\n" + report(json.loads(Path(args.report).read_text()),
+                                                         "python benchmarks/gpu_engine.py --steps 1 8 16 --out gpu.json")
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            print(text, end="")
+        return 0
 
     import onnxruntime as ort
 
@@ -192,7 +240,9 @@ def main() -> int:
     def measure_engine(variant: str, steps: int) -> None:
         label = f"{variant}/k{steps}"
         try:
-            decoder = BlockDecoder(variants[variant]["decode"], max(args.batches), steps=steps, device=args.device)
+            decoder = BlockDecoder.for_gpu(args.model, max(args.batches), steps=steps, device=args.device,
+                                           precision=variant.split("-")[1]) if variant.startswith("native") else \
+                BlockDecoder(variants[variant]["decode"], max(args.batches), steps=steps, device=args.device)
         except Exception as e:  # noqa: BLE001
             print(f"engine   {label:16s}: FAILED to load {type(e).__name__}: {str(e).splitlines()[0][:160]}", flush=True)
             return
@@ -204,8 +254,9 @@ def main() -> int:
                 control = np.zeros((batch, 5 + 2 * steps), np.float64)
                 control[:, 0], control[:, 2], control[:, 5 + steps:] = 0.8, 1.0, -1
                 control[:, 5:5 + steps] = 0.5
-                per_call, _ = time_loop(lambda: decoder.buffers.run(batch, control), args.seconds / 2)
-                row("graph", label, batch, per_call / steps)
+                for variant_name in decoder.buffers.sessions:  # full rule, and plain (no top-k/top-p)
+                    per_call, _ = time_loop(lambda: decoder.buffers.run(batch, control, variant_name), args.seconds / 2)
+                    row("graph", f"{label}/{variant_name}", batch, per_call / steps)
                 cps = chars_per_second(decoder, batch, args.length, start_ids)
                 row("engine", label, batch, batch / cps)
             # Same text as the CPU? Greedy and seeded, 4 requests of 300 characters.

@@ -63,8 +63,11 @@ def main_opset(model) -> int:
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
-def add_sampling(step_model, vocab_size: int, unk_id: int | None = None):
-    """A copy of `step_model` that also samples: see the module docstring and contract.py."""
+def add_sampling(step_model, vocab_size: int, unk_id: int | None = None, cuts: bool = True):
+    """A copy of `step_model` that also samples: see the module docstring and contract.py.
+
+    cuts=False leaves out top-k and top-p (about half the nodes): the same ids for rows that use
+    neither, for a GPU where each node is a kernel launch (BlockDecoder picks it per call)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -103,30 +106,33 @@ def add_sampling(step_model, vocab_size: int, unk_id: int | None = None):
     # 2-3: temperature, then the top-k cut (k = 0 or >= vocab: the k-th largest is the smallest).
     scaled = g.one("Div", logits, column(contract.TEMPERATURE))  # (batch, vocab) float32
     vocab_k = g.const("vocab", np.array([vocab_size], np.int64))
-    descending = g.node("TopK", [scaled, vocab_k], 2, axis=1, largest=1, sorted=1)[0]
-    k = contract.TOP_K
-    k_on = g.one("And", g.one("Greater", k, g.const("k0", np.array(0, np.int64))),
-                 g.one("Less", k, g.const("kv", np.array(vocab_size, np.int64))))
-    k_eff = g.one("Where", k_on, k, g.const("kvocab", np.array(vocab_size, np.int64)))
-    kth = g.one("GatherElements", descending, column(g.one("Sub", k_eff, g.const("k1", np.array(1, np.int64)))), axis=1)
-    scaled = g.one("Where", g.one("Less", scaled, kth), g.const("ninf", np.array(-np.inf, np.float32)), scaled)
+    last = g.const("last", np.array([vocab_size - 1], np.int64))
+    if cuts:
+        descending = g.node("TopK", [scaled, vocab_k], 2, axis=1, largest=1, sorted=1)[0]
+        k = contract.TOP_K
+        k_on = g.one("And", g.one("Greater", k, g.const("k0", np.array(0, np.int64))),
+                     g.one("Less", k, g.const("kv", np.array(vocab_size, np.int64))))
+        k_eff = g.one("Where", k_on, k, g.const("kvocab", np.array(vocab_size, np.int64)))
+        kth = g.one("GatherElements", descending, column(g.one("Sub", k_eff, g.const("k1", np.array(1, np.int64)))),
+                    axis=1)
+        scaled = g.one("Where", g.one("Less", scaled, kth), g.const("ninf", np.array(-np.inf, np.float32)), scaled)
 
     # 4: exp in float64, rounded to float32.
     shifted = g.one("Sub", scaled, g.reduce("ReduceMax", scaled, axis1))
     weights = g.one("Cast", g.one("Exp", g.one("Cast", shifted, to=TensorProto.DOUBLE)), to=TensorProto.FLOAT)
 
     # 5: top-p (1 = off) over probabilities sorted descending (TopK puts ties' lower index first).
-    last = g.const("last", np.array([vocab_size - 1], np.int64))
-    total = g.one("Gather", g.one("CumSum", weights, axis1), last, axis=1)  # (batch, 1) sequential sum
-    probs = g.one("Div", weights, total)
-    sorted_probs, order = g.node("TopK", [probs, vocab_k], 2, axis=1, largest=1, sorted=1)
-    before = g.one("Sub", g.one("CumSum", sorted_probs, axis1), sorted_probs)
-    top_p = column(contract.TOP_P)
-    keep_sorted = g.one("Or", g.one("Less", before, top_p),
-                        g.one("GreaterOrEqual", top_p, g.const("one", np.array(1.0, np.float32))))
-    zeros = g.one("Mul", probs, g.const("fzero", np.array(0.0, np.float32)))
-    keep = g.one("ScatterElements", zeros, order, g.one("Cast", keep_sorted, to=TensorProto.FLOAT), axis=1)
-    weights = g.one("Mul", weights, keep)  # x * 1 is exact, x * 0 is 0
+    if cuts:
+        total = g.one("Gather", g.one("CumSum", weights, axis1), last, axis=1)  # (batch, 1) sequential sum
+        probs = g.one("Div", weights, total)
+        sorted_probs, order = g.node("TopK", [probs, vocab_k], 2, axis=1, largest=1, sorted=1)
+        before = g.one("Sub", g.one("CumSum", sorted_probs, axis1), sorted_probs)
+        top_p = column(contract.TOP_P)
+        keep_sorted = g.one("Or", g.one("Less", before, top_p),
+                            g.one("GreaterOrEqual", top_p, g.const("one", np.array(1.0, np.float32))))
+        zeros = g.one("Mul", probs, g.const("fzero", np.array(0.0, np.float32)))
+        keep = g.one("ScatterElements", zeros, order, g.one("Cast", keep_sorted, to=TensorProto.FLOAT), axis=1)
+        weights = g.one("Mul", weights, keep)  # x * 1 is exact, x * 0 is 0
 
     # 6: inverse-CDF draw, compared in float64.
     cdf = g.one("CumSum", weights, axis1)
@@ -168,9 +174,9 @@ def step_metadata(model) -> tuple[int, int | None]:
     return len(vocab), config.get("unk_id")
 
 
-def decode_model_for(step_model):
+def decode_model_for(step_model, cuts: bool = True):
     vocab_size, unk_id = step_metadata(step_model)
-    return add_sampling(step_model, vocab_size, unk_id)
+    return add_sampling(step_model, vocab_size, unk_id, cuts=cuts)
 
 
 def write_decode_model(step_path: Path, decode_path: Path) -> None:
@@ -255,8 +261,9 @@ def block_model(decode_model, steps: int):
              control float64 [batch, 5 + 2 * steps]: temperature, top_k, top_p, greedy, reset,
                      then one uniform per step, then one forced token per step (-1: feed back the
                      id sampled at the step before; >= 0: feed this id, a start string's character)
-    outputs  tokens int32 [batch, steps]   the id sampled at each step; -1 where the row's logits
-                     were not finite
+    outputs  tokens int32 [batch, steps]   the id sampled at each step; the whole row -1 where the
+                     last step's logits were not finite (NaN spreads through the state, so the
+                     last step sees a broken model; one check per call saves a kernel per step)
              last_token int32 [batch]      the id sampled at the last step (the next call's token)
              state_out [batch, units]
     The weights are shared by every step: the file is the size of the decode model."""
@@ -267,37 +274,33 @@ def block_model(decode_model, steps: int):
     model = onnx.ModelProto()
     model.CopyFrom(decode_model)
     graph = model.graph
-    del graph.node[:]
-    del graph.input[:]
-    del graph.output[:]
-    del graph.value_info[:]
+    for field in (graph.node, graph.input, graph.output, graph.value_info):
+        del field[:]
     g = _Graph(graph, main_opset(model))
     axis1 = g.const("block_axis1", np.array([1], np.int64))
-
-    def column(index: int, to: int) -> str:
-        picked = g.one("Gather", CONTROL, g.const(f"column_{index}", np.array(index, np.int64)), axis=1)  # (batch,)
-        return g.one("Cast", picked, to=to)
-
-    shared = {contract.TEMPERATURE: column(0, TensorProto.FLOAT), contract.TOP_K: column(1, TensorProto.INT64),
-              contract.TOP_P: column(2, TensorProto.FLOAT), contract.GREEDY: column(3, TensorProto.BOOL)}
-    reset = column(4, TensorProto.BOOL)
+    width = 5 + 2 * steps
+    columns = [g.one("Squeeze", c, axis1) for c in  # (batch,) each; one Split kernel for all
+               g.node("Split", [CONTROL, g.const("split", np.ones(width, np.int64))], width, axis=1)]
+    shared = {contract.TEMPERATURE: g.one("Cast", columns[0], to=TensorProto.FLOAT),
+              contract.TOP_K: g.one("Cast", columns[1], to=TensorProto.INT64),
+              contract.TOP_P: g.one("Cast", columns[2], to=TensorProto.FLOAT),
+              contract.GREEDY: g.one("Cast", columns[3], to=TensorProto.BOOL)}
+    reset = g.one("Cast", columns[4], to=TensorProto.BOOL)
     no_reset = g.one("And", reset, g.const("false", np.array(False)))
     initializers = {i.name for i in body.initializer}
-    token, state, outputs = contract.TOKEN, contract.STATE, []
+    zero_id = g.const("zero_id", np.array(0, np.int32))
+    token, state, outputs, renamed = contract.TOKEN, contract.STATE, [], {}
     for step in range(steps):
-        forced = column(5 + steps + step, TensorProto.INT32)
-        token = g.one("Where", g.one("GreaterOrEqual", forced, g.const(f"zero_id_{step}", np.array(0, np.int32))),
-                      forced, token)
-        inputs = {**shared, contract.TOKEN: token, contract.STATE: state,
-                  contract.UNIFORM: g.one("Identity", g.one("Gather", CONTROL, g.const(
-                      f"uniform_col_{step}", np.array(5 + step, np.int64)), axis=1)),
+        forced = g.one("Cast", columns[5 + steps + step], to=TensorProto.INT32)
+        token = g.one("Where", g.one("GreaterOrEqual", forced, zero_id), forced, token)
+        inputs = {**shared, contract.TOKEN: token, contract.STATE: state, contract.UNIFORM: columns[5 + step],
                   contract.RESET: reset if step == 0 else no_reset}
         renamed = _copy_step(graph, body, f"step{step}/", inputs, initializers)
-        checked = g.one("Where", g.one("IsNaN", renamed[contract.LOGIT_CHECK]),
-                        g.const(f"minus_one_{step}", np.array(-1, np.int32)), renamed[contract.NEXT_TOKEN])
-        outputs.append(g.one("Unsqueeze", checked, axis1))
+        outputs.append(g.one("Unsqueeze", renamed[contract.NEXT_TOKEN], axis1))
         token, state = renamed[contract.NEXT_TOKEN], renamed[contract.STATE_OUT]
-    graph.node.append(helper.make_node("Concat", outputs, [TOKENS], axis=1, name=f"{PREFIX}tokens"))
+    broken = g.one("Unsqueeze", g.one("IsNaN", renamed[contract.LOGIT_CHECK]), axis1)  # (batch, 1)
+    graph.node.append(helper.make_node("Where", [broken, g.const("minus_one", np.array(-1, np.int32)),
+                                                 g.one("Concat", *outputs, axis=1)], [TOKENS], name=f"{PREFIX}tokens"))
     graph.node.append(helper.make_node("Identity", [token], [LAST_TOKEN], name=f"{PREFIX}last_token"))
     graph.node.append(helper.make_node("Identity", [state], [contract.STATE_OUT], name=f"{PREFIX}state_out"))
     units = [d for d in body.input if d.name == contract.STATE][0].type.tensor_type.shape.dim[1]
@@ -305,15 +308,28 @@ def block_model(decode_model, steps: int):
     graph.input.extend([
         helper.make_tensor_value_info(contract.TOKEN, TensorProto.INT32, [batch]),
         helper.make_tensor_value_info(contract.STATE, TensorProto.FLOAT, [batch, units.dim_value or "units"]),
-        helper.make_tensor_value_info(CONTROL, TensorProto.DOUBLE, [batch, 5 + 2 * steps]),
+        helper.make_tensor_value_info(CONTROL, TensorProto.DOUBLE, [batch, width]),
     ])
     graph.output.extend([
         helper.make_tensor_value_info(TOKENS, TensorProto.INT32, [batch, steps]),
         helper.make_tensor_value_info(LAST_TOKEN, TensorProto.INT32, [batch]),
         helper.make_tensor_value_info(contract.STATE_OUT, TensorProto.FLOAT, [batch, units.dim_value or "units"]),
     ])
+    _prune(graph)
     onnx.checker.check_model(model)
     return model
+
+
+def _prune(graph) -> None:
+    """Drop nodes whose outputs nothing reads (the per-step logits checks but the last, logits)."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
 
 
 def _copy_step(graph, body, prefix: str, inputs: dict[str, str], initializers: set[str]) -> dict[str, str]:

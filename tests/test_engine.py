@@ -264,11 +264,13 @@ def test_the_gpu_graph_built_from_the_step_model_gives_the_host_samplers_text(ti
     """BlockDecoder.for_gpu (native GRU op, fp32, several steps per call), run here on the CPU."""
     gpu_graph = lambda capacity: BlockDecoder.for_gpu(tiny_export / "model.onnx", capacity, steps=3,  # noqa: E731
                                                       precision="fp32", device="cpu")
-    requests = [(np.array([5, 6, 7, 8], np.int32), 40, config, 21 + i) for i, config in enumerate(MIXED)]
-    texts = []
-    for make in (backends["host"], gpu_graph):
-        engine = Engine(make(len(requests)))
-        rids = [engine.submit(*r) for r in requests]
-        made = run_all(engine)[0]
-        texts.append([made[rid] for rid in rids])
-    assert texts[0] == texts[1]
+    plain = [SamplingConfig(), SamplingConfig(0.6), SamplingConfig(greedy=True), SamplingConfig(1.7)]
+    for configs in (MIXED, plain):  # the full graph, then the one without top-k/top-p
+        requests = [(np.array([5, 6, 7, 8], np.int32), 40, config, 21 + i) for i, config in enumerate(configs)]
+        texts = []
+        for make in (backends["host"], gpu_graph):
+            engine = Engine(make(len(requests)))
+            rids = [engine.submit(*r) for r in requests]
+            made = run_all(engine)[0]
+            texts.append([made[rid] for rid in rids])
+        assert texts[0] == texts[1]

@@ -85,10 +85,12 @@ class BlockDecoder:
     """`steps` decode steps per call with IO binding; see the module docstring.
 
     path: a decode model file. BlockDecoder.for_gpu builds the graph that measured fastest on an
-    H200 (benchmarks/gpu_engine.py) from a flat step model instead."""
+    H200 (benchmarks/gpu_engine.py) from a flat step model instead, in two variants sharing the
+    device buffers: the full rule, and one without top-k/top-p (half the kernels) that a call
+    uses when no busy row asks for either."""
 
     def __init__(self, path, capacity: int, steps: int = 8, device: str = "cuda", threads: int | None = None,
-                 cuda_graph: bool = True, decode_model=None, label: str | None = None):
+                 cuda_graph: bool = True, decode_model=None, plain_decode_model=None, label: str | None = None):
         import onnx
 
         from ..decode import block_model
@@ -98,7 +100,9 @@ class BlockDecoder:
             if not self.path.is_file():
                 raise ModelError(f"model file not found: {path}; write a decode model with `charrnn-export to-onnx`")
             decode_model = onnx.load(str(self.path))
-        self.model_bytes = block_model(decode_model, steps).SerializeToString()
+        self.variants = {"full": block_model(decode_model, steps).SerializeToString()}
+        if plain_decode_model is not None:
+            self.variants["plain"] = block_model(plain_decode_model, steps).SerializeToString()
         self.vocab, self.config = parse_metadata({p.key: p.value for p in decode_model.metadata_props}, self.path)
         self.units = int(self.config["rnn_units"])
         self.graph_error = None
@@ -118,7 +122,7 @@ class BlockDecoder:
     def for_gpu(cls, step_path, capacity: int, steps: int = 16, precision: str = "fp16", device: str = "cuda",
                 cuda_graph: bool = True) -> "BlockDecoder":
         """The native ONNX GRU op (cuDNN) in fp16 or fp32, with sampling, from a flat fp32 step
-        model (model.onnx): on an H200 the fastest graph (fp16: 6.2 M chars/s at batch 4096)."""
+        model (model.onnx): on an H200 the fastest graph (benchmarks/gpu_engine.py)."""
         import onnx
 
         from ..decode import decode_model_for
@@ -128,11 +132,13 @@ class BlockDecoder:
         if precision == "fp16":
             step = float16_step(step)
         return cls(step_path, capacity, steps, device, cuda_graph=cuda_graph, decode_model=decode_model_for(step),
+                   plain_decode_model=decode_model_for(step, cuts=False),
                    label=f"native GRU {precision} from {Path(step_path).name}")
 
     def _open(self, threads, graphs: bool) -> None:
-        self.session = load_session(self.model_bytes, threads, self.device, cuda_graph=graphs)
-        self.buffers = _Buffers(self.session, self.capacity, self.units, self.steps, self.device, graphs)
+        sessions = {name: load_session(data, threads, self.device, cuda_graph=graphs)
+                    for name, data in self.variants.items()}
+        self.buffers = _Buffers(sessions, self.capacity, self.units, self.steps, self.device, graphs)
         self.buffers.warm_up()
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
@@ -145,54 +151,61 @@ class BlockDecoder:
         control[:, 4] = reset
         control[:, 5:5 + k] = uniforms
         control[:, 5 + k:] = forced
-        return self.buffers.run(rows, control)
+        cuts = bool(((settings.top_k > 0) & (settings.top_k < len(self.vocab))).any() or (settings.top_p < 1).any())
+        return self.buffers.run(rows, control, "full" if cuts or "plain" not in self.variants else "plain")
 
 
 class _Buffers:
-    """Fixed device buffers per bucket; state and fed-back ids ping-ponged between two sets."""
+    """Fixed device buffers per bucket; state and fed-back ids ping-ponged between two sets, which
+    every variant's bindings share (a call may use either variant)."""
 
-    def __init__(self, session, capacity: int, units: int, steps: int, device: str, graphs: bool):
+    def __init__(self, sessions: dict, capacity: int, units: int, steps: int, device: str, graphs: bool):
         import onnxruntime as ort
 
         from ..decode import CONTROL, LAST_TOKEN, TOKENS
 
-        self.session, self.sizes, self.steps = session, buckets(capacity), steps
+        self.sessions, self.sizes, self.steps = sessions, buckets(capacity), steps
         on_device = lambda array: ort.OrtValue.ortvalue_from_numpy(array, device, 0)  # noqa: E731
         # Kept on self: the bindings hold raw addresses into these buffers, not references.
         self.state = state = [on_device(np.zeros((capacity, units), np.float32)) for _ in range(2)]  # A, B
         self.token = token = [on_device(np.zeros(capacity, np.int32)) for _ in range(2)]
         self.control, self.tokens, self.bindings, self.options = {}, {}, {}, {}
         self.current = 0  # which set holds the live state and ids
-        graph_id = 0
         for size in self.sizes:
             self.control[size] = on_device(np.zeros((size, 5 + 2 * steps), np.float64))
             self.tokens[size] = on_device(np.zeros((size, steps), np.int32))
-            for direction in (0, 1):
-                b = session.io_binding()
-                b.bind_ortvalue_input(CONTROL, self.control[size])
-                _bind_rows(b.bind_input, contract.STATE, state[direction], device, np.float32, [size, units])
-                _bind_rows(b.bind_input, contract.TOKEN, token[direction], device, np.int32, [size])
-                _bind_rows(b.bind_output, contract.STATE_OUT, state[1 - direction], device, np.float32, [size, units])
-                _bind_rows(b.bind_output, LAST_TOKEN, token[1 - direction], device, np.int32, [size])
-                b.bind_ortvalue_output(TOKENS, self.tokens[size])
-                graph_id += 1
-                options = ort.RunOptions()
-                if graphs:
-                    options.add_run_config_entry("gpu_graph_id", str(graph_id))
-                self.bindings[size, direction], self.options[size, direction] = b, options
+        for variant, session in sessions.items():
+            graph_id = 0
+            for size in self.sizes:
+                for direction in (0, 1):
+                    b = session.io_binding()
+                    b.bind_ortvalue_input(CONTROL, self.control[size])
+                    _bind_rows(b.bind_input, contract.STATE, state[direction], device, np.float32, [size, units])
+                    _bind_rows(b.bind_input, contract.TOKEN, token[direction], device, np.int32, [size])
+                    _bind_rows(b.bind_output, contract.STATE_OUT, state[1 - direction], device, np.float32,
+                               [size, units])
+                    _bind_rows(b.bind_output, LAST_TOKEN, token[1 - direction], device, np.int32, [size])
+                    b.bind_ortvalue_output(TOKENS, self.tokens[size])
+                    graph_id += 1
+                    options = ort.RunOptions()
+                    if graphs:
+                        options.add_run_config_entry("gpu_graph_id", str(graph_id))
+                    self.bindings[variant, size, direction] = b
+                    self.options[variant, size, direction] = options
 
     def warm_up(self) -> None:
-        """Run every bucket in both directions a few times: onnxruntime captures a CUDA graph
-        after its first runs, and a server should not pay for that on a user's request."""
-        for size in self.sizes:
-            control = np.zeros((size, 5 + 2 * self.steps), np.float64)
-            control[:, 0] = 1.0  # temperature
-            control[:, 2] = 1.0  # top_p off
-            control[:, 4] = 1.0  # reset
-            for _ in range(6):  # three runs per direction
-                self.run(size, control)
+        """Run every variant and bucket in both directions a few times: onnxruntime captures a
+        CUDA graph after its first runs, and a server should not pay for that on a request."""
+        for variant in self.sessions:
+            for size in self.sizes:
+                control = np.zeros((size, 5 + 2 * self.steps), np.float64)
+                control[:, 0] = 1.0  # temperature
+                control[:, 2] = 1.0  # top_p off
+                control[:, 4] = 1.0  # reset
+                for _ in range(6):  # three runs per direction
+                    self.run(size, control, variant)
 
-    def run(self, rows: int, control: np.ndarray) -> np.ndarray:
+    def run(self, rows: int, control: np.ndarray, variant: str = "full") -> np.ndarray:
         size = next(s for s in self.sizes if s >= rows)
         if rows < size:  # pad: rows past the busy ones compute unused results
             padded = np.zeros((size, control.shape[1]), np.float64)
@@ -201,8 +214,8 @@ class _Buffers:
             padded[rows:, 2] = 1.0
             control = padded
         self.control[size].update_inplace(control)
-        key = (size, self.current)
-        self.session.run_with_iobinding(self.bindings[key], self.options[key])
+        key = (variant, size, self.current)
+        self.sessions[variant].run_with_iobinding(self.bindings[key], self.options[key])
         self.current = 1 - self.current
         return self.tokens[size].numpy()[:rows]
 
