@@ -34,9 +34,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charrnn_export import contract  # noqa: E402
+from charrnn_export.bench.floors import BLOCK, io_bound_step  # noqa: E402
 from charrnn_export.engine import Engine, HostSampler  # noqa: E402
-from charrnn_export.runtimes.onnx import OnnxRuntime, load_session  # noqa: E402
+from charrnn_export.runtimes.onnx import OnnxRuntime  # noqa: E402
 from charrnn_export.runtimes.onnx_decode import BlockDecoder  # noqa: E402
 from charrnn_export.sampling import SamplingConfig  # noqa: E402
 
@@ -74,42 +74,10 @@ def time_loop(run_once, seconds: float, min_reps: int = 20) -> tuple[float, int]
 
 
 def floor_step(step_path: Path, batch: int, device: str, seconds: float) -> float:
-    """The step model alone with IO binding, the state ping-ponged on the device, a CUDA graph."""
-    import onnxruntime as ort
-
-    graphs = device == "cuda"
-    session = load_session(step_path, None, device, cuda_graph=graphs)
-    units = session.get_inputs()[1].shape[1] if isinstance(session.get_inputs()[1].shape[1], int) else 1024
-    vocab = session.get_outputs()[0].shape[1] if isinstance(session.get_outputs()[0].shape[1], int) else 65
-    token = ort.OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int32), device, 0)
-    states = [ort.OrtValue.ortvalue_from_numpy(np.zeros((batch, units), np.float32), device, 0) for _ in range(2)]
-    logits = ort.OrtValue.ortvalue_from_shape_and_type([batch, vocab], np.float32, device, 0)
-    bindings, options = [], []
-    for direction in (0, 1):
-        b = session.io_binding()
-        b.bind_ortvalue_input(contract.TOKEN, token)
-        b.bind_ortvalue_input(contract.STATE, states[direction])
-        b.bind_ortvalue_output(contract.STATE_OUT, states[1 - direction])
-        b.bind_ortvalue_output(contract.LOGITS, logits)
-        bindings.append(b)
-        o = ort.RunOptions()
-        if graphs:
-            o.add_run_config_entry("gpu_graph_id", str(direction + 1))
-        options.append(o)
-    flip = [0]
-
-    def run_once():
-        d = flip[0]
-        session.run_with_iobinding(bindings[d], options[d])
-        flip[0] = 1 - d
-
-    def block():  # 20 steps per timed block, then one sync through a tiny copy back
-        for _ in range(20):
-            run_once()
-        token.numpy()
-
-    per_block, _ = time_loop(block, seconds)
-    return per_block / 20
+    """The step model alone with IO binding, the state ping-ponged on the device, a CUDA graph
+    (the bench's step-cuda-graph floor: charrnn_export.bench.floors.io_bound_step)."""
+    per_block, _ = time_loop(io_bound_step(step_path, batch, device), seconds)
+    return per_block / BLOCK
 
 
 def engine_run(backend, batch: int, length: int, start_ids, config: SamplingConfig, seed: int = 0):
@@ -203,7 +171,7 @@ def main() -> int:
     args = p.parse_args()
     if args.report:
         text = "## Decode engine on a GPU\n\n" + report(json.loads(Path(args.report).read_text()),
-                                                         "python benchmarks/gpu_engine.py --steps 1 8 16 --out gpu.json")
+                                                         "python benchmarks/gpu_engine.py --variants flat-fp32 native-fp32 flat-fp16 native-fp16 --steps 8 16 --out gpu.json")
         if args.out:
             Path(args.out).write_text(text)
         else:

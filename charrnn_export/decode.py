@@ -105,9 +105,9 @@ def add_sampling(step_model, vocab_size: int, unk_id: int | None = None, cuts: b
 
     # 2-3: temperature, then the top-k cut (k = 0 or >= vocab: the k-th largest is the smallest).
     scaled = g.one("Div", logits, column(contract.TEMPERATURE))  # (batch, vocab) float32
-    vocab_k = g.const("vocab", np.array([vocab_size], np.int64))
     last = g.const("last", np.array([vocab_size - 1], np.int64))
     if cuts:
+        vocab_k = g.const("vocab", np.array([vocab_size], np.int64))
         descending = g.node("TopK", [scaled, vocab_k], 2, axis=1, largest=1, sorted=1)[0]
         k = contract.TOP_K
         k_on = g.one("And", g.one("Greater", k, g.const("k0", np.array(0, np.int64))),
