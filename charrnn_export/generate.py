@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,6 +37,7 @@ UNKNOWN_MODES = checks.UNKNOWN_MODES
 SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
 BLOCK_STEPS = 16  # characters per GPU call: 8 and 16 measured best on an H200 (benchmarks/gpu_engine.py)
 GPU_PRECISIONS = ("fp16", "fp32")
+POOL_SIZE = 4  # backends kept between calls
 log = logging.getLogger("charrnn_export")
 
 
@@ -117,7 +119,8 @@ class Generator:
         self.vocab = runtime.vocab
         self.device = device
         self._decoder_factory = decoder_factory  # capacity -> a decode-model backend, or None
-        self._backend = None
+        self._pool: list = []  # backends from finished calls, for the next ones
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, path: str | None = None, runtime: str = "onnx", threads: int | None = None,
@@ -166,12 +169,20 @@ class Generator:
     # ------------------------------------------------------------ the engine
 
     def backend(self, capacity: int):
-        """A backend with at least `capacity` rows, kept for the next call (on CUDA it holds
-        captured graphs that are worth reusing)."""
-        if self._backend is None or self._backend.capacity < capacity:
-            factory = self._decoder_factory
-            self._backend = factory(capacity) if factory else HostSampler(self.runtime, capacity)
-        return self._backend
+        """A backend with at least `capacity` rows that the caller owns until it gives it back:
+        one kept from an earlier call when there is one (on CUDA it holds captured graphs worth
+        reusing), so that calls from several threads never share a backend's state."""
+        with self._lock:
+            for index, backend in enumerate(self._pool):
+                if backend.capacity >= capacity:
+                    return self._pool.pop(index)
+        factory = self._decoder_factory
+        return factory(capacity) if factory else HostSampler(self.runtime, capacity)
+
+    def give_back(self, backend) -> None:
+        with self._lock:
+            if len(self._pool) < POOL_SIZE:
+                self._pool.append(backend)
 
     def engine_for(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
                    unknown: str) -> tuple[Engine, list[int]]:
@@ -189,7 +200,7 @@ class Generator:
         """(row, token id) for each character as the engine makes it."""
         engine, rids = self.engine_for(checks.check_starts(starts), length, sampling.validate(), seed, unknown)
         row_of = {rid: row for row, rid in enumerate(rids)}
-        return _run(engine, row_of)
+        return _run(engine, row_of, self.give_back)
 
     # ------------------------------------------------------------ public API
 
@@ -221,13 +232,16 @@ class Generator:
         return ["".join(t) for t in texts]
 
 
-def _run(engine: Engine, row_of: dict[int, int]) -> Iterator[tuple[int, int]]:
-    while engine.has_work():
-        rids, tokens, ended = engine.step_arrays()
-        for rid, token in zip(rids.tolist(), tokens.tolist()):
-            yield row_of[rid], token
-        for rid, reason in ended:
-            if reason == NONFINITE:
-                raise ModelError("the model produced NaN or infinite logits, so no character can be chosen; "
-                                 "the model is broken: export it again from a good checkpoint")
-            assert reason == LENGTH, reason
+def _run(engine: Engine, row_of: dict[int, int], give_back) -> Iterator[tuple[int, int]]:
+    try:
+        while engine.has_work():
+            rids, tokens, ended = engine.step_arrays()
+            for rid, token in zip(rids.tolist(), tokens.tolist()):
+                yield row_of[rid], token
+            for rid, reason in ended:
+                if reason == NONFINITE:
+                    raise ModelError("the model produced NaN or infinite logits, so no character can be chosen; "
+                                     "the model is broken: export it again from a good checkpoint")
+                assert reason == LENGTH, reason
+    finally:  # also when a stream is dropped half read: a new request resets the rows it takes
+        give_back(engine.backend)

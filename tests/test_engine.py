@@ -274,3 +274,14 @@ def test_the_gpu_graph_built_from_the_step_model_gives_the_host_samplers_text(ti
             made = run_all(engine)[0]
             texts.append([made[rid] for rid in rids])
         assert texts[0] == texts[1]
+
+
+def test_generate_from_several_threads_at_once_gives_each_its_own_text(tiny_export):
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = Generator.load(str(tiny_export))
+    jobs = [("ROMEO: ", 200, dict(temperature=0.9, seed=s)) for s in range(12)]
+    expected = [g.generate(start, n, **kw) for start, n, kw in jobs]
+    with ThreadPoolExecutor(6) as pool:
+        got = list(pool.map(lambda job: g.generate(job[0], job[1], **job[2]), jobs))
+    assert got == expected
