@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn_export import bench
+
+from . import repo
 from charrnn_export.errors import CharRNNError, ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,16 +211,16 @@ def run_fit(config: TrainingBenchConfig, data: str) -> dict:
 def run_training_bench(config: TrainingBenchConfig) -> dict:
     config.validate()
     started = time.perf_counter()
-    machine = bench.machine_info()
+    machine = repo.machine_info()
     with tempfile.TemporaryDirectory(prefix="charrnn-train-bench-") as scratch_name:
         scratch = Path(scratch_name)
         data = config.data or default_data(scratch, config.quick)
         from charrnn_export.tfsetup import import_tensorflow
 
         import_tensorflow()
-        bench.log(f"fit: {config.warmup_steps} + {config.steps} steps ...")
+        repo.log(f"fit: {config.warmup_steps} + {config.steps} steps ...")
         fit = run_fit(config, data)
-        bench.log(f"project train(): {config.warmup_steps} + {config.steps} steps ...")
+        repo.log(f"project train(): {config.warmup_steps} + {config.steps} steps ...")
         project = run_project(config, data, scratch)
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
     settings["data"] = data
@@ -295,7 +297,7 @@ def plot(results: dict) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charrnn_export.cli import Parser, fail
+    from charrnn_export.commands.common import Parser, fail
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     d = TrainingBenchConfig()
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=None, help=f"left-out first steps (default {d.warmup_steps})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quick", action="store_true", help="tiny dims (16, 32) and 2 + 8 steps: checks the suite")
-    p.add_argument("--out", help=f"results folder (default: {bench.default_out_dir()})")
+    p.add_argument("--out", help=f"results folder (default: {repo.RESULTS_DIR})")
     p.add_argument("--results-md", action="store_true",
                    help="also rewrite RESULTS.md beside the results folder from the latest results there")
     g = p.add_argument_group("--workers: one process against multi-worker runs (see benchmarks/training_workers.py)")
@@ -331,13 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = run_training_bench(config)
         markdown = render_markdown(results)
-        out = Path(config.out) if config.out else bench.default_out_dir()
+        out = Path(config.out) if config.out else repo.RESULTS_DIR
         name = "training-quick" if config.quick else "training"
         paths = bench.write_results(results, out, name, markdown, plot(results))
         print(markdown)
-        bench.log(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
+        repo.log(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
         if args.results_md:
-            bench.log(f"wrote {bench.refresh_results_md(out)}")
+            repo.log(f"wrote {repo.refresh_results_md(out)}")
     except CharRNNError as e:
         return fail(str(e), e.exit_status)
     except KeyboardInterrupt:
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_workers(args) -> int:
     from benchmarks import training_workers
-    from charrnn_export.cli import fail
+    from charrnn_export.commands.common import fail
 
     if min(args.workers) < 1 or args.epochs < 2 or args.chars < 1:
         return fail("--workers must be >= 1, --epochs >= 2 (the first is left out) and --chars >= 1")
@@ -361,12 +363,12 @@ def main_workers(args) -> int:
             results = training_workers.run_workers_bench(args.workers, data, Path(scratch), settings,
                                                          bench.command_line())
         markdown = training_workers.render_markdown(results)
-        out = Path(args.out) if args.out else bench.default_out_dir()
+        out = Path(args.out) if args.out else repo.RESULTS_DIR
         paths = bench.write_results(results, out, "training-workers", markdown, None)
         print(markdown)
-        bench.log(f"wrote {', '.join(str(p) for p in paths.values())} (and training-workers-latest.*)")
+        repo.log(f"wrote {', '.join(str(p) for p in paths.values())} (and training-workers-latest.*)")
         if args.results_md:
-            bench.log(f"wrote {bench.refresh_results_md(out)}")
+            repo.log(f"wrote {repo.refresh_results_md(out)}")
     except CharRNNError as e:
         return fail(str(e), e.exit_status)
     except KeyboardInterrupt:

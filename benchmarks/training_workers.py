@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 
 from charrnn_export import bench
+
+from . import repo
 from charrnn_export.data import load_text
 from charrnn_export.distribute import local_tf_configs
 from charrnn_export.errors import ConfigError
@@ -78,7 +80,7 @@ def measure(run: Path, settings: dict) -> dict:
 def run_contestant(workers: int | None, data: Path, scratch: Path, settings: dict) -> dict:
     """workers=None: one process without --strategy; else that many multi-worker processes."""
     name = "one process" if workers is None else f"{workers} worker{'s' if workers > 1 else ''}"
-    bench.log(f"{name}: {settings['epochs']} epochs ...")
+    repo.log(f"{name}: {settings['epochs']} epochs ...")
     base = f"workers-{workers or 0}"
     cores = os.cpu_count() or 1
     if workers is None:
@@ -104,7 +106,7 @@ def run_workers_bench(worker_counts: list[int], data: str, scratch: Path, settin
     text, _ = load_text(data)
     sliced = scratch / "text.txt"
     sliced.write_text(text[: settings["chars"]], encoding="utf-8")
-    machine = bench.machine_info()
+    machine = repo.machine_info()
     contestants = [run_contestant(None, sliced, scratch, settings)]
     contestants += [run_contestant(n, sliced, scratch, settings) for n in worker_counts]
     machine["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

@@ -157,7 +157,9 @@ def main(argv=None) -> int:
     if not ORT_WEB.is_dir():
         parser.error(f"no {ORT_WEB}: run `npm ci` in web/ first")
 
-    from charrnn_export.bench import command_line, machine_info, refresh_results_md, write_results
+    from charrnn_export.bench import command_line, write_results
+
+    from .repo import machine_info, refresh_results_md
 
     machine = machine_info()
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(),

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import repo
 from charrnn_export import bench
-from charrnn_export.errors import ParityError
+from charrnn_export.commands import bench as bench_command
+from charrnn_export.errors import ConfigError, ParityError
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -82,13 +84,13 @@ def test_cli_bench_subcommand_is_registered():
     from charrnn_export.cli import build_parser
 
     args = build_parser().parse_args(["bench", "--quick", "--batch-sizes", "1", "--contestants", "onnx-fp32"])
-    assert args.func is bench.run_bench
-    config = bench.config_from_args(args)
+    assert args.func is bench_command.run_bench
+    config = bench_command.config_from_args(args)
     assert config.quick and config.batch_sizes == (1,) and config.contestants == ("onnx-fp32",)
 
 
 def test_checkpoint_required_for_the_tensorflow_contestants():
-    with pytest.raises(bench.ConfigError, match="--checkpoint"):
+    with pytest.raises(ConfigError, match="--checkpoint"):
         bench.BenchConfig().validate()
     bench.BenchConfig(model="some/export", contestants=("onnx-fp32", "onnx-int8")).validate()  # no TF: fine
 
@@ -114,7 +116,7 @@ def test_results_md_is_built_from_the_latest_results(quick_generation, tmp_path)
     results_dir = tmp_path / "results"
     results_dir.mkdir()
     (results_dir / "generation-latest.json").write_bytes((out / "generation-quick-latest.json").read_bytes())
-    path = bench.refresh_results_md(results_dir)
+    path = repo.refresh_results_md(results_dir)
     text = path.read_text()
     assert path == tmp_path / "RESULTS.md"
     assert "## Generation benchmark" in text and "### CPU" in text and "results/generation-latest.png" in text
@@ -142,7 +144,41 @@ def test_gpu_table_or_a_line_that_says_why_not(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     devices, notes = bench.available_devices(FakeTensorFlow([]), "auto")
     assert devices == ["cpu"] and notes["cuda"] == bench.NO_GPU
-    with pytest.raises(bench.ConfigError, match="no GPU"):
+    with pytest.raises(ConfigError, match="no GPU"):
         bench.available_devices(FakeTensorFlow([]), "cuda")
     devices, notes = bench.available_devices(FakeTensorFlow(["GPU:0"]), "auto")
     assert devices == ["cpu", "cuda"] and "cuda" not in notes
+
+
+# Runs `charrnn-export bench ARGS` with TensorFlow unimportable, as in a plain `pip install .`.
+WITHOUT_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError
+from charrnn_export.cli import main
+rc = main(sys.argv[1:])
+sys.exit(rc)
+"""
+
+
+def test_bench_of_an_export_runs_without_tensorflow_with_the_engine_contestants(tiny_export, tmp_path):
+    contestants = ("onnx-fp32", "onnx-int8", "decode-fp32", "decode-int8")
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, "bench", "--model", str(tiny_export), "--quick",
+                             "--contestants", *contestants, "--batch-sizes", "1", "8", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "generation-quick-latest.json").read_text())
+    cpu = results["devices"]["cpu"]
+    assert {(r["contestant"], r["batch"]) for r in cpu["rows"]} == {(c, b) for c in contestants for b in (1, 8)}
+    assert cpu["greedy_check"]["results"]["decode-fp32"]["identical"]  # the engine's two samplers agree
+    assert "tensorflow" not in results["machine"]["versions"] or results["settings"]["tf_intra_op_threads"] is None
+    for row in cpu["floors"]["by_batch"].values():
+        assert row["decode-fp32"]["chars_per_s"] > 0 and row["decode-int8"]["chars_per_s"] > 0
+    assert "| decode-fp32 | 8 |" in result.stdout and "Whole-step floors" in result.stdout
+
+
+def test_the_command_leaves_results_md_to_the_repository(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "bench", "--quick", "--results-md",
+                             "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "python -m benchmarks.generation --results-md" in result.stderr
+    assert not any(tmp_path.iterdir())

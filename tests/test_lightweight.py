@@ -94,3 +94,19 @@ def test_the_check_itself_can_fail():
         assert_light(modules_after("import charrnn_export, onnx"), "importing onnx")
     with pytest.raises(AssertionError, match="google"):
         assert_light(modules_after("import charrnn_export, google.protobuf"), "importing protobuf")
+
+
+@pytest.mark.parametrize("entry", ["charrnn_export.cli", "charrnn_export.sample"])
+def test_a_bad_flag_for_the_keras_runtime_is_reported_before_tensorflow_is_imported(entry):
+    # `charrnn-export sample` once imported TensorFlow for every non-onnx runtime before the flags
+    # were checked; both entry points must now fail on --temperature 0 with TensorFlow untouched.
+    args = (["sample"] if entry.endswith("cli") else []) + ["--runtime", "keras", "--model", "x", "--temperature", "0"]
+    code = textwrap.dedent(f"""
+        import sys
+        from {entry} import main
+        status = main({args!r})
+        print(status, "tensorflow" in sys.modules)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["2", "False"], result.stdout + result.stderr
+    assert result.stderr.startswith("charrnn-export: error: --temperature"), result.stderr

@@ -10,14 +10,14 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model import load_any_checkpoint
-from .tensorflow_setup import import_tensorflow
+from ..tfsetup import tensorflow_for
 
 
 class KerasRuntime:
     name = "keras"
 
     def __init__(self, path, threads: int | None = None, device: str = "cpu", vocab_path=None):
-        tf, self.device = import_tensorflow(threads, device)
+        tf, self.device = tensorflow_for(threads, device)
         import keras
 
         loaded = load_any_checkpoint(path)

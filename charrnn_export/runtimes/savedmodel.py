@@ -15,7 +15,7 @@ import numpy as np
 from .. import contract
 from ..data import Vocab
 from ..errors import ModelError
-from .tensorflow_setup import import_tensorflow
+from ..tfsetup import tensorflow_for
 
 
 class SavedModelRuntime:
@@ -27,7 +27,7 @@ class SavedModelRuntime:
             path = path / "saved_model"  # an export directory
         if not (path / "saved_model.pb").is_file():
             raise ModelError(f"no SavedModel at {path}; pass --model with an export's saved_model/ directory")
-        tf, self.device = import_tensorflow(threads, device)
+        tf, self.device = tensorflow_for(threads, device)
         self.tf = tf
         try:
             self.loaded = tf.saved_model.load(str(path))

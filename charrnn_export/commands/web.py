@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConfigError
-from .build import ORT_VERSION, build_site
-from .serve import DEFAULT_PORT, serve
+from ..web.build import ORT_VERSION, build_site
+from ..web.serve import DEFAULT_PORT, serve
 
 
 def add_web_parser(sub) -> None:

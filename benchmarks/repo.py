@@ -1,0 +1,79 @@
+"""What the benchmarks know about this repository: where results go, RESULTS.md, the git commit.
+
+    RESULTS_DIR                   benchmarks/results/ (every suite's default --out)
+    machine_info() -> dict        the package's bench.machine_info() plus the checkout's git commit
+    refresh_results_md(out_dir)   rewrite RESULTS.md beside out_dir from the latest results there
+    log(message)                  a progress line on stderr
+
+The package (charrnn_export) never refers to this folder; these suites import it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from charrnn_export import bench
+from charrnn_export.files import atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (+ '-dirty' with local changes), or None outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info() -> dict:
+    return {**bench.machine_info(), "git_commit": git_commit()}
+
+
+def render_results_md(results_dir) -> str:
+    """benchmarks/RESULTS.md from the latest generation and training results in results_dir."""
+    results_dir = Path(results_dir)
+    parts = ["# Benchmark results", "",
+             "Written by `python -m benchmarks.generation --results-md` / `python -m benchmarks.training "
+             "--results-md` from the latest results in benchmarks/results/; every figure below is measured.", ""]
+    generation = results_dir / "generation-latest.json"
+    if generation.exists():
+        parts += [bench.render_markdown(json.loads(generation.read_text()), level=2),
+                  "![chars/s by contestant and batch size](results/generation-latest.png)", ""]
+    else:
+        parts += ["## Generation", "", "Not measured yet: run `python -m benchmarks.generation --checkpoint RUN_DIR`.",
+                  ""]
+    training = results_dir / "training-latest.md"
+    if training.exists():
+        text = training.read_text()
+        parts += [text.replace("\n# ", "\n## ").replace("# ", "## ", 1) if text.startswith("# ") else text, ""]
+    else:
+        parts += ["## Training", "", "Not measured yet: run `python -m benchmarks.training`.", ""]
+    workers = results_dir / "training-workers-latest.md"  # python -m benchmarks.training --workers 1 2
+    if workers.exists():
+        parts += [workers.read_text().replace("# ", "## ", 1), ""]
+    web = results_dir / "web-latest.md"  # python -m benchmarks.web: the to-web page in a browser
+    if web.exists():
+        parts += [web.read_text(), ""]
+    return "\n".join(parts)
+
+
+def refresh_results_md(out_dir) -> Path:
+    """Rewrite RESULTS.md beside the results folder (benchmarks/RESULTS.md for benchmarks/results)."""
+    path = Path(out_dir).resolve().parent / "RESULTS.md"
+    atomic_write_text(path, render_results_md(out_dir))
+    return path

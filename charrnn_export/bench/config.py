@@ -1,0 +1,113 @@
+"""What a generation benchmark measures: the contestants' names and BenchConfig, checked.
+
+    BenchConfig(...).validate() -> the config, or ConfigError naming the flag
+    BenchConfig.quick_defaults(**overrides)   a tiny model and short runs: seconds, not minutes
+    needs_tensorflow(config) -> bool          only the tutorial's loops, the SavedModel and an export do
+
+The flag names in the messages are the command's (`--chars`), since the command is the usual caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..checks import check_threads
+from ..errors import ConfigError
+
+# The tutorial's loops (TF), the exported step + the numpy sampler through the engine (HostSampler),
+# and the engine over the decode model (OnnxDecoder: sampling inside onnxruntime).
+CONTESTANTS = ("tutorial", "tf-function", "savedmodel", "onnx-fp32", "onnx-int8", "decode-fp32", "decode-int8")
+TF_CONTESTANTS = ("tutorial", "tf-function")  # they need the Keras weights, not the export
+NEEDS_TENSORFLOW = TF_CONTESTANTS + ("savedmodel",)
+INT8 = ("onnx-int8", "decode-int8")
+# The export's file each exported contestant runs.
+EXPORT_FILES = {"savedmodel": "saved_model/saved_model.pb", "onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
+                "decode-fp32": "decode.onnx", "decode-int8": "decode.int8.onnx"}
+DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 4096)  # 4096: what one engine serves at once on a GPU
+# The TensorFlow contestants stop here: the comparison with the tutorial's loops is made up to 256,
+# and a TensorFlow step at batch 4096 on a CPU costs seconds and tells nothing new.
+TF_MAX_BATCH = 256
+START = "ROMEO: "  # the tutorial's start string
+NO_GPU = "no GPU: TensorFlow sees none, onnxruntime has no CUDA provider"
+INT8_CUDA_NOTE = "{name} skipped on CUDA: onnxruntime's int8 (DynamicQuantize) kernels crash there"
+FULL_SIZE = {"embedding_dim": 256, "rnn_units": 1024}  # the tutorial's model; the targets are for it
+QUICK_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny-shakespeare's 65
+
+
+@dataclass
+class BenchConfig:
+    checkpoint: str | None = None  # the Keras weights (run dir, tutorial checkpoint, .weights.h5)
+    model: str | None = None  # an export directory; exported from `checkpoint` when not given
+    text: str | None = None  # rebuilds a tutorial checkpoint's vocabulary
+    vocab: str | None = None
+    chars: int = 500  # steps of a measured run at batch 1
+    min_steps: int = 50  # steps of a measured run at any batch size (at least)
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    contestants: tuple[str, ...] = CONTESTANTS
+    threads: int | None = None
+    repeats: int = 3
+    warmup: int = 20  # steps of the untimed run per contestant and batch size
+    greedy_chars: int = 200
+    temperature: float = 1.0
+    start: str = START
+    seed: int = 0
+    device: str = "auto"  # auto: cpu, and cuda where TensorFlow or onnxruntime has it
+    quick: bool = False
+    out: str | None = None
+    command: str = ""
+
+    @classmethod
+    def quick_defaults(cls, **overrides) -> "BenchConfig":
+        """A tiny model (made here unless a checkpoint is given) and short runs: seconds, not minutes."""
+        base = dict(chars=60, min_steps=20, batch_sizes=(1, 8), repeats=2, warmup=3, greedy_chars=60, quick=True)
+        return cls(**{**base, **overrides})
+
+    def steps(self, batch: int) -> int:
+        """Steps of one measured run at `batch`: the same for every contestant in the row."""
+        return max(self.chars // batch, min(self.min_steps, self.chars), 2)
+
+    def validate(self) -> "BenchConfig":
+        unknown = [c for c in self.contestants if c not in CONTESTANTS]
+        if unknown or not self.contestants:
+            raise ConfigError(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; "
+                              f"choose from {', '.join(CONTESTANTS)}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
+        for name in ("chars", "repeats", "greedy_chars"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.chars < 2:
+            raise ConfigError(f"--chars must be >= 2 (one priming and at least one steady step), got {self.chars}")
+        if self.warmup < 1:
+            raise ConfigError(f"--warmup must be >= 1, got {self.warmup}")
+        check_threads(self.threads, "--threads")  # 1 .. the CPUs this process may use
+        if not self.temperature > 0 or math.isinf(self.temperature):
+            raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device}")
+        if not self.start:
+            raise ConfigError("--start must not be empty")
+        needs_keras = any(c in TF_CONTESTANTS for c in self.contestants)
+        if self.checkpoint is None and not self.makes_tiny_model and (needs_keras or self.model is None):
+            raise ConfigError(
+                "pass --checkpoint (the run directory or checkpoint the model comes from): the tutorial and "
+                "tf-function contestants need the Keras weights, which an export's folded step does not hold "
+                "(or --model EXPORT_DIR with --contestants savedmodel onnx-fp32 onnx-int8; or --quick)")
+        return self
+
+    @property
+    def makes_tiny_model(self) -> bool:
+        """--quick alone: a tiny random model, exported here."""
+        return self.quick and self.model is None and self.checkpoint is None
+
+    @property
+    def exports(self) -> bool:
+        """No --model: the checkpoint is exported to a temporary folder first (which needs TensorFlow)."""
+        return self.model is None
+
+
+def needs_tensorflow(config: BenchConfig) -> bool:
+    """Only the tutorial's loops, the SavedModel contestant and an export need TensorFlow; an
+    existing export measured with the onnx and decode contestants runs on onnxruntime alone."""
+    return config.exports or any(c in NEEDS_TENSORFLOW for c in config.contestants)
