@@ -89,6 +89,18 @@ class HostSampler:
         return ids[:, None]
 
 
+    def decode_one(self, token: int, settings, uniform: float) -> int:
+        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1."""
+        ids = self.decode(1, np.full((1, 1), token, np.int32), self.last_one, Settings(*(a[:1] for a in settings)),
+                          np.full((1, 1), uniform), _NO_RESET)
+        return int(ids[0, 0])
+
+    last_one = np.zeros(1, np.int32)
+
+
+_NO_RESET = np.zeros(1, bool)
+
+
 class Engine:
     def __init__(self, backend, capacity: int | None = None):
         self.backend = backend
@@ -154,6 +166,8 @@ class Engine:
         self._admit(ended)
         if not self.busy_count:
             return _NO_IDS, _NO_IDS, ended
+        if self.high == 1 and self.k == 1 and not self._start and hasattr(self.backend, "decode_one"):
+            return self._step_one(ended)
         rows, k = self.high, self.k
         busy = self.request[:rows] >= 0
         self._feed_start_strings()
@@ -169,6 +183,25 @@ class Engine:
         self.reset[:rows] = False
         self.to_read[:rows] = np.maximum(self.to_read[:rows] - k, 0)
         return self._collect(ids, emit, counts, ended)
+
+    def _step_one(self, ended):
+        """step_arrays for one slot (row 0) that is generating, on a one-step backend: the same
+        numbers and ids as the general path, with a handful of scalar operations instead of
+        thirty array ones (at batch 1 the engine's own cost is what shows next to the model's)."""
+        greedy = bool(self.settings.greedy[0])
+        uniform = 0.0 if greedy else self.random.take_one(0)
+        token = self.backend.decode_one(int(self.last[0]), self.settings, uniform)
+        rid = int(self.request[0])
+        if token < 0:
+            ended.append((rid, NONFINITE))
+            self._free(0)
+            return _NO_IDS, _NO_IDS, ended
+        self.last[0] = token
+        self.left[0] -= 1
+        if self.left[0] == 0:
+            ended.append((rid, LENGTH))
+            self._free(0)
+        return np.array([rid]), np.array([token]), ended
 
     def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(rows, k): each sampled character's number at the sub-step that makes it."""

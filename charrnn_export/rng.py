@@ -102,6 +102,15 @@ class Blocks:
         self.next[rows] += counts
         return values
 
+    def take_one(self, row: int) -> float:
+        """take() for one row and one number, with scalar operations (the batch-1 path)."""
+        offset = int(self.next[row] - self.base[row])
+        if not self.filled[row] or offset >= self.block:
+            self.refill(np.array([row]))
+            offset = 0
+        self.next[row] += 1
+        return float(self.buffer[row, offset])
+
     def refill(self, rows: np.ndarray) -> None:
         self.base[rows] = self.next[rows]
         self.buffer[rows] = uniforms(self.seed[rows], self.base[rows, None] + np.arange(self.block))

@@ -241,3 +241,10 @@ def test_load_errors(tmp_path):
         Generator.load(str(tmp_path / "missing.onnx"), runtime="torch")
     with pytest.raises(ConfigError, match="needs a model path"):
         Generator.load(None, runtime="savedmodel")
+
+
+def test_take_one_reads_the_same_stream_as_take():
+    blocks = Blocks(2, block=4)
+    blocks.start(1, 5)
+    got = [blocks.take_one(1) if i % 2 else float(blocks.take(np.array([1]), np.array([1]), 1)[0, 0]) for i in range(11)]
+    assert got == Stream(5).random(11).tolist()

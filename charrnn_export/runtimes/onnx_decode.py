@@ -59,6 +59,7 @@ class OnnxDecoder:
         self.vocab, self.config = read_metadata(self.session, path)
         self.state = np.zeros((capacity, int(self.config["rnn_units"])), np.float32)
         self.name = f"onnx decode model ({self.path.name}, {device})"
+        self._one = None  # decode_one's inputs, kept while the settings stay the same
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
         from ..engine import tokens_to_feed
@@ -71,6 +72,22 @@ class OnnxDecoder:
         self.state[:rows] = new_state
         ids[np.isnan(check)] = -1
         return ids[:, None]
+
+    def decode_one(self, token: int, settings, uniform: float) -> int:
+        """decode() for row 0 alone, generating: the batch-1 path, with its inputs built once."""
+        if self._one is None or self._one[contract.TEMPERATURE][0] != settings.temperature[0] or \
+                self._one[contract.TOP_K][0] != settings.top_k[0] or self._one[contract.TOP_P][0] != settings.top_p[0] \
+                or self._one[contract.GREEDY][0] != settings.greedy[0]:
+            self._one = {contract.TOKEN: np.zeros(1, np.int32), contract.STATE: self.state[:1],
+                         contract.TEMPERATURE: settings.temperature[:1].copy(), contract.TOP_K: settings.top_k[:1].copy(),
+                         contract.TOP_P: settings.top_p[:1].copy(), contract.GREEDY: settings.greedy[:1].copy(),
+                         contract.UNIFORM: np.zeros(1), contract.RESET: np.zeros(1, bool)}
+        feeds = self._one
+        feeds[contract.TOKEN][0] = token
+        feeds[contract.UNIFORM][0] = uniform
+        ids, new_state, check = self.session.run(OUTPUTS, feeds)
+        self.state[:1] = new_state
+        return -1 if check[0] != check[0] else int(ids[0])  # NaN != NaN: the logits were not finite
 
 
 def buckets(capacity: int) -> list[int]:
