@@ -32,7 +32,7 @@ import os
 import numpy as np
 
 from .errors import ArgumentTypeError, ArgumentValueError, ModelError
-from .runtimes import DEVICES, RUNTIMES
+from .contract import DEVICES, RUNTIMES
 
 SEED_LIMIT = 2**32  # seeds are 32-bit, as rng.py's generator and the web page take them
 UNKNOWN_MODES = ("error", "skip")

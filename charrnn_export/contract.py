@@ -12,8 +12,9 @@ STATE = "state"
 LOGITS = "logits"
 STATE_OUT = "state_out"
 
-TOKEN_DTYPE = "int32"
-STATE_DTYPE = "float32"
+# The runtimes that compute the step (runtimes/), and the devices they run on.
+RUNTIMES = ("onnx", "savedmodel", "keras")
+DEVICES = ("cpu", "cuda")
 
 # The SavedModel serving signature that exposes the step.
 SIGNATURE = "serving_default"

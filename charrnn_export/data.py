@@ -2,7 +2,7 @@
 
 numpy only, so the sampler can use `Vocab` without TensorFlow.
     load_text(source) -> str            a local UTF-8 file or an http(s)/file URL (cached, sha256-checked)
-    Vocab.from_text(text)               ids exactly as the tutorial: sorted(set(text))
+    Vocab.from_text(text)               ids exactly as the tutorial: sorted(set(text)) (vocab.py)
     split_train_val(ids, fraction)      the last `fraction` of the text is validation
     epoch_batches(...)                  (inputs, targets) windows in a seeded, repeatable order
 """
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +22,7 @@ import numpy as np
 
 from .contract import KNOWN_SHA256
 from .errors import DataError
-from .files import atomic_write_bytes, atomic_write_text
+from .files import atomic_write_bytes
 
 
 # ---------------------------------------------------------------- hashing
@@ -110,69 +108,6 @@ def fetch_url(url: str, flag: str = "--data") -> bytes:
         raise DataError(f"cannot write the download cache {target} ({e.strerror or e}); set "
                         f"CHARRNN_EXPORT_CACHE to a writable directory or pass {flag} FILE") from None
     return data
-
-
-# ---------------------------------------------------------------- vocabulary
-
-
-@dataclass(frozen=True)
-class Vocab:
-    """Characters in id order. Built as the tutorial does, so ids match its checkpoints."""
-
-    chars: tuple[str, ...]
-
-    @classmethod
-    def from_text(cls, text: str) -> "Vocab":
-        return cls(tuple(sorted(set(text))))
-
-    @classmethod
-    def from_json(cls, data: str) -> "Vocab":
-        chars = json.loads(data)
-        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-            raise ValueError("a vocabulary is a JSON list of single characters")
-        if len(set(chars)) != len(chars):
-            raise ValueError("the vocabulary repeats a character")
-        return cls(tuple(chars))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
-        try:
-            return cls.from_json(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"vocabulary file not found: {path}") from None
-        except (ValueError, UnicodeDecodeError) as e:
-            raise DataError(f"{path} is not a vocabulary file ({e}); it must be a JSON list of characters") from None
-
-    def to_json(self) -> str:
-        return json.dumps(list(self.chars), ensure_ascii=False)
-
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_json() + "\n")
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    @property
-    def index(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.chars)}
-
-    def unknown(self, text: str) -> list[str]:
-        """The distinct characters of `text` that have no id, in order of appearance."""
-        index = self.index
-        return list(dict.fromkeys(c for c in text if c not in index))
-
-    def encode(self, text: str) -> np.ndarray:
-        missing = self.unknown(text)
-        if missing:
-            raise DataError(
-                f"{len(missing)} character(s) are not in the model's vocabulary: "
-                f"{' '.join(repr(c) for c in missing[:20])}; remove them (or use --unknown skip)"
-            )
-        index = self.index
-        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
-
-    def decode(self, ids) -> str:
-        return "".join(self.chars[int(i)] for i in ids)
 
 
 # ---------------------------------------------------------------- split and batches

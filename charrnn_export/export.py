@@ -30,12 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, contract
-from .data import Vocab, load_text, split_train_val
+from .data import load_text, split_train_val
 from .decode import write_decode_models
-from .errors import ConfigError, DataError, ModelError
+from .errors import ConfigError, DataError
 from .files import (STAGING_PREFIX, FolderLock, Manifest, atomic_write_text, check_writable_dir, current_umask,
                     foreign_entries, make_dirs, move_tree, remove_dirs, tree_entries, write_error)
-from .model import GRUWeights, LoadedWeights, checkpoint_kind, load_any_checkpoint
+from .checkpoints import checkpoint_kind, load_any_checkpoint, resolve_vocab
+from .model import GRUWeights
+from .vocab import Vocab
 
 DEFAULT_OPSET = 18  # the newest opset tf2onnx 1.17 converts to; onnxruntime >= 1.15 runs it
 MIN_OPSET = 13  # the oldest opset tried here (its Split takes `split` as an input); older ones are untested
@@ -224,76 +226,6 @@ def quantize_gather_tables(model) -> int:
 
 
 # ---------------------------------------------------------------- vocabulary for the checkpoint
-
-# The current tutorial maps characters to ids with StringLookup(vocabulary=sorted(set(text)),
-# mask_token=None), which puts "[UNK]" at id 0 and the characters at 1..N: its embedding has
-# N + 1 rows. A vocabulary is a list of single characters, so id 0 gets a character that is
-# not in the text and the config records `unk_id: 0`.
-UNK_PLACEHOLDERS = ("\ufffd", "\x00")
-
-
-def with_unknown_slot(chars) -> Vocab:
-    placeholder = next(c for c in UNK_PLACEHOLDERS if c not in chars)
-    return Vocab((placeholder, *chars))
-
-
-def read_vocab_file(vocab_path: str) -> tuple[Vocab, bool]:
-    """vocab.json: a JSON list of characters in id order; StringLookup's get_vocabulary(),
-    which starts with "[UNK]", is accepted too. Returns the vocabulary and whether id 0 is [UNK]."""
-    try:
-        raw = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"vocabulary file not found: {vocab_path}") from None
-    except (ValueError, UnicodeDecodeError, IsADirectoryError) as e:
-        raise DataError(f"{vocab_path} is not a vocabulary file ({e}); it must be a JSON list of characters") from None
-    if isinstance(raw, list) and raw[:1] == ["[UNK]"]:
-        try:
-            return with_unknown_slot(Vocab.from_json(json.dumps(raw[1:])).chars), True
-        except ValueError as e:
-            raise DataError(f"{vocab_path} is not a vocabulary file ({e})") from None
-    return Vocab.load(vocab_path), False
-
-
-def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | None) -> tuple[Vocab, str, bool]:
-    """The vocabulary in id order, where it came from, and whether id 0 is the tutorial's [UNK];
-    raises unless it fits the checkpoint's embedding."""
-    rows = loaded.weights.vocab_size
-    unk = False
-    if vocab_path is not None:
-        (vocab, unk), source = read_vocab_file(vocab_path), f"--vocab {vocab_path}"
-        if loaded.vocab is not None and vocab != loaded.vocab:
-            raise ConfigError(f"--vocab {vocab_path} differs from the vocabulary stored with {loaded.source}; "
-                              "leave --vocab out")
-    elif loaded.vocab is not None:
-        vocab, source = loaded.vocab, "stored with the checkpoint: its vocab.json"
-    elif text is not None:
-        chars = tuple(sorted(set(text)))
-        if rows == len(chars) + 1:
-            vocab, source, unk = with_unknown_slot(chars), "--text: [UNK] + sorted(set(text)) (StringLookup)", True
-        else:
-            vocab, source = Vocab(chars), "--text: sorted(set(text))"
-    else:
-        raise ConfigError(
-            f"{loaded.source} holds no vocabulary; pass --text FILE (the training text, to rebuild it as "
-            "the tutorial did) or --vocab vocab.json"
-        )
-    if len(vocab) != rows:
-        raise ModelError(
-            f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary "
-            f"{vocab_origin(source)} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
-        )
-    return vocab, source, unk
-
-
-def vocab_origin(source: str) -> str:
-    """How a message names where the vocabulary came from ("from --vocab v.json", "rebuilt from --text")."""
-    kind = source.split(":")[0]
-    if kind == "stored with the checkpoint":
-        return "stored with the checkpoint"
-    if kind == "--text":
-        return "rebuilt from --text"
-    return f"from {kind}"
-
 
 # ---------------------------------------------------------------- export
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import distribute
-from .data import Vocab
+from .vocab import Vocab
 from .errors import ConfigError, DataError
 from .files import (FolderLock, Manifest, atomic_write_text, check_writable_dir, foreign_entries, make_dirs,
                     remove_dirs)
@@ -322,7 +322,8 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     dist = distribute.start(distribution, tf)  # before any other op, as tf.distribute requires
     import keras
 
-    from .model import build_model, read_checkpoint, save_checkpoint, set_model_weights, weights_from_model
+    from .checkpoints import read_checkpoint, save_checkpoint
+    from .model import build_model, set_model_weights, weights_from_model
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)

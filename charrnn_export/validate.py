@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 
-from .data import Vocab
+from .vocab import Vocab
 from .errors import ParityError
-from .model import LoadedWeights, model_from_weights
+from .checkpoints import LoadedWeights
+from .model import model_from_weights
 
 # (batch, length) of the random token sequences stepped through every runtime.
 PARITY_CASES = ((1, 64), (4, 24), (16, 8))

@@ -155,7 +155,7 @@ def test_to_onnx_unknown_text_characters_name_no_sampling_flag(trained_run, tmp_
     text = tmp_path / "other.txt"
     text.write_text(text_file.read_text() + "€€€")
     # A text other than the run's is refused first (by its sha256): use the weights without the run's meta.
-    from charrnn_export.model import read_checkpoint, save_checkpoint
+    from charrnn_export.checkpoints import read_checkpoint, save_checkpoint
 
     bare = tmp_path / "bare"
     save_checkpoint(bare / "w.npz", read_checkpoint(trained_run / "best.npz").weights, {})

@@ -22,7 +22,8 @@ import pytest
 from conftest import ERROR_PREFIX, cli_command, cli_env, make_text, run_cli
 
 from charrnn_export.distribute import local_tf_configs
-from charrnn_export.model import WEIGHT_NAMES, read_checkpoint
+from charrnn_export.checkpoints import read_checkpoint
+from charrnn_export.model import WEIGHT_NAMES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                 reason="TensorFlow is not installed (the train extra)")

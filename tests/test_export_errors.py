@@ -77,8 +77,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     writes it), a Keras 3 .weights.h5, and a tutorial TF checkpoint directory."""
     import tf_keras
 
-    from charrnn_export.data import Vocab
-    from charrnn_export.model import model_from_weights, save_checkpoint
+    from charrnn_export.vocab import Vocab
+    from charrnn_export.checkpoints import save_checkpoint
+    from charrnn_export.model import model_from_weights
 
     root = tmp_path_factory.mktemp("checkpoints")
     weights = random_weights(len(VOCAB))

@@ -160,7 +160,7 @@ def test_exports_a_tutorial_checkpoint_prefix_with_a_vocab_file(tutorial_run, tm
 
 
 def test_a_checkpoint_file_names_its_prefix(tutorial_run):
-    from charrnn_export.model import load_any_checkpoint
+    from charrnn_export.checkpoints import load_any_checkpoint
 
     for name in ("ckpt_1.index", "ckpt_1.data-00000-of-00001"):
         assert load_any_checkpoint(tutorial_run["dir"] / name).source == str(tutorial_run["dir"] / "ckpt_1")
@@ -168,7 +168,7 @@ def test_a_checkpoint_file_names_its_prefix(tutorial_run):
 
 def test_tutorial_legacy_h5_weights_read_the_same(tutorial_run, tmp_path):
     """The tutorial's model.save_weights('x.h5') (tf_keras' h5 format) gives the checkpoint's weights."""
-    from charrnn_export.model import load_any_checkpoint
+    from charrnn_export.checkpoints import load_any_checkpoint
 
     model = tutorial_build_model(len(tutorial_run["vocab"]), EMBEDDING_DIM, RNN_UNITS, batch_size=1)
     model.load_weights(str(tutorial_run["dir"] / "ckpt_2")).expect_partial()
@@ -283,7 +283,8 @@ def test_exports_the_current_tutorials_weights_h5(current_tutorial, tmp_path):
 
 def test_keras3_sequential_weights_h5_reads_the_same(tmp_path):
     """Our own build_model saved by Keras 3 (layers/... paths) reads back exactly."""
-    from charrnn_export.model import build_model, load_any_checkpoint, weights_from_model
+    from charrnn_export.checkpoints import load_any_checkpoint
+    from charrnn_export.model import build_model, weights_from_model
 
     model = build_model(11, 8, 12)
     model.save_weights(str(tmp_path / "seq.weights.h5"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from charrnn_export import Generator, contract
+from charrnn_export.runtimes import Runtime
 
 START = "ROMEO: "
 CASES = {
@@ -33,6 +34,14 @@ def generators(tiny_run, tiny_export):  # noqa: F811 - pytest fixtures
 def first_difference(a: str, b: str) -> str:
     at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return f"first difference at character {at}: {a[at:at + 20]!r} vs {b[at:at + 20]!r}"
+
+
+def test_every_runtime_implements_the_written_interface(generators):
+    for name, g in generators.items():
+        runtime = g.runtime
+        assert isinstance(runtime, Runtime) and runtime.name == name, name
+        assert runtime.config["rnn_units"] == runtime.rnn_units and len(runtime.vocab) == runtime.vocab_size, name
+        assert runtime.zero_state(3).shape == (3, runtime.rnn_units), name
 
 
 @pytest.mark.parametrize("case", list(CASES))

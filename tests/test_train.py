@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 from conftest import TINY_ARGS, cli_command, cli_env, run_cli
 
-from charrnn_export.data import Vocab
-from charrnn_export.model import WEIGHT_NAMES, read_checkpoint, save_checkpoint
+from charrnn_export.vocab import Vocab
+from charrnn_export.checkpoints import read_checkpoint, save_checkpoint
+from charrnn_export.model import WEIGHT_NAMES
 
 EPOCHS = 4
 LOSSES = ("global_step", "train_loss", "val_loss", "val_bpc")

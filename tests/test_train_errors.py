@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import ERROR_PREFIX, TINY_ARGS, run_cli
 
-from charrnn_export.data import Vocab, check_enough_text, split_train_val
+from charrnn_export.data import check_enough_text, split_train_val
+from charrnn_export.vocab import Vocab
 from charrnn_export.errors import DataError
-from charrnn_export.model import read_checkpoint
+from charrnn_export.checkpoints import read_checkpoint
 from charrnn_export.train import RunDir, prepare_run_dir
 
 

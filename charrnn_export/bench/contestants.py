@@ -32,7 +32,7 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from ..data import Vocab
+from ..vocab import Vocab
 from ..errors import ConfigError
 from .config import EXPORT_FILES, INT8, INT8_CUDA_NOTE, NEEDS_TENSORFLOW, NO_GPU, TF_MAX_BATCH, BenchConfig
 

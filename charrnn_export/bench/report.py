@@ -107,7 +107,7 @@ def render_markdown(results: dict, level: int = 1) -> str:
         f"- date: {results['date']}; command: `{results['command']}`",
         f"- machine: {m['cpu']}, {m['cores']} cores ({m.get('cores_usable')} usable), "
         f"load average {fmt_load(m.get('load_average'))} before, {fmt_load(m.get('load_average_after'))} after",
-        f"- libraries: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "- libraries: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- model: embedding {cfg.get('embedding_dim')}, GRU {cfg.get('rnn_units')} units, vocabulary "
         f"{cfg.get('vocab_size')}; weights from {model.get('checkpoint') or model.get('export_dir')}"
         + (" (random, untrained)" if model.get("random_weights") else ""),

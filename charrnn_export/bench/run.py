@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Vocab
+from ..vocab import Vocab
 from ..errors import ParityError
 from .config import BenchConfig, needs_tensorflow
 from .contestants import available_devices, build_contestants, timed_run

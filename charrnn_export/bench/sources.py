@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import Vocab
+from ..vocab import Vocab
 from ..errors import ModelError
 from .config import EXPORT_FILES, FULL_SIZE, QUICK_CHARS, BenchConfig
 
@@ -35,7 +35,8 @@ class Sources:
 
 def tiny_random_checkpoint(folder: Path, seed: int) -> Path:
     """A tiny untrained model as a checkpoint .npz with its vocab.json: --quick without --checkpoint."""
-    from ..model import GRUWeights, save_checkpoint
+    from ..checkpoints import save_checkpoint
+    from ..model import GRUWeights
 
     vocab = Vocab.from_text(QUICK_CHARS)
     rng = np.random.default_rng(seed)
@@ -55,7 +56,7 @@ def tiny_random_checkpoint(folder: Path, seed: int) -> Path:
 
 def prepare_sources(config: BenchConfig, scratch: Path) -> Sources:
     """The Keras weights and an export of the same weights (made here unless --model is given)."""
-    from ..model import load_any_checkpoint
+    from ..checkpoints import load_any_checkpoint
 
     checkpoint = config.checkpoint
     if checkpoint is None and config.quick and config.model is None:

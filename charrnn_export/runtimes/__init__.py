@@ -1,7 +1,7 @@
 """Runtimes compute one step, `step(tokens, state) -> (logits, state)`, and nothing else.
 
-    load_runtime(path, runtime="onnx"|"savedmodel"|"keras", ...) -> a runtime with
-        .vocab (Vocab), .rnn_units, .vocab_size, .zero_state(batch), .step(tokens, state)
+    load_runtime(path, runtime="onnx"|"savedmodel"|"keras", ...) -> a Runtime (base.py):
+        .name, .vocab (Vocab), .config, .rnn_units, .vocab_size, .zero_state(batch), .step(tokens, state)
 
 Sampling lives in charrnn_export.sampling and is the same for every runtime. Only the onnx
 runtime is imported by default: it needs numpy and onnxruntime, never TensorFlow.
@@ -9,13 +9,15 @@ runtime is imported by default: it needs numpy and onnxruntime, never TensorFlow
 
 from __future__ import annotations
 
+from ..contract import DEVICES, RUNTIMES
 from ..errors import ConfigError
+from .base import Runtime
 
-RUNTIMES = ("onnx", "savedmodel", "keras")
-DEVICES = ("cpu", "cuda")
+__all__ = ["DEVICES", "RUNTIMES", "Runtime", "load_runtime"]
 
 
-def load_runtime(path, runtime: str = "onnx", threads: int | None = None, device: str = "cpu", vocab_path=None):
+def load_runtime(path, runtime: str = "onnx", threads: int | None = None, device: str = "cpu",
+                 vocab_path=None) -> Runtime:
     if runtime == "onnx":
         from .onnx import OnnxRuntime
 

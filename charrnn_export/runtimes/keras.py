@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..model import load_any_checkpoint
+from ..checkpoints import load_any_checkpoint, resolve_vocab
 from ..tfsetup import tensorflow_for
 
 
@@ -23,9 +23,7 @@ class KerasRuntime:
         loaded = load_any_checkpoint(path)
         if vocab_path is None and loaded.vocab is None:
             raise ConfigError(f"{path} holds no vocabulary; pass --vocab vocab.json")
-        from ..export import resolve_vocab  # checks the size against the embedding; knows StringLookup's [UNK]
-
-        self.vocab, _, unk = resolve_vocab(loaded, None, vocab_path)
+        self.vocab, _, unk = resolve_vocab(loaded, None, vocab_path)  # checked against the embedding
         w = loaded.weights
         self.rnn_units, self.vocab_size = w.rnn_units, w.vocab_size
         self.config = {**w.config(), **({"unk_id": 0} if unk else {})}

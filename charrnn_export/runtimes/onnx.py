@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
-from ..data import Vocab
+from ..vocab import Vocab
 from ..errors import ModelError, RuntimeUnavailable
 
 

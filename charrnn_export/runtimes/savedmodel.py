@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
-from ..data import Vocab
+from ..vocab import Vocab
 from ..errors import ModelError
 from ..tfsetup import tensorflow_for
 

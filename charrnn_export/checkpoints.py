@@ -1,0 +1,348 @@
+"""Checkpoints of every kind, and the vocabulary that goes with one.
+
+    save_checkpoint / read_checkpoint   this project's .npz checkpoints (weights + optimizer + meta)
+    load_any_checkpoint(path)           a run directory, a tutorial TF checkpoint, or a .weights.h5
+    checkpoint_kind(path)               "run", "keras-h5" or "tutorial-tf", from the path alone
+    resolve_vocab(loaded, text, vocab_path) -> (Vocab, where it came from, whether id 0 is [UNK])
+
+numpy only, except h5py for .h5 files and TensorFlow (imported quietly, tfsetup.py) for the
+tutorial's TF checkpoints.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, ModelError
+from .files import atomic_write_bytes
+from .model import WEIGHT_NAMES, GRUWeights
+from .vocab import Vocab, read_vocab_file, with_unknown_slot
+
+
+# ---------------------------------------------------------------- this project's checkpoints
+
+
+def save_checkpoint(path, weights: GRUWeights, meta: dict, optimizer_state: list[np.ndarray] | None = None) -> None:
+    """One .npz holding the weights, optionally the optimizer's variables, and a JSON meta; atomic."""
+    arrays = {f"weights/{n}": a for n, a in zip(WEIGHT_NAMES, weights.arrays())}
+    for i, a in enumerate(optimizer_state or []):
+        arrays[f"optimizer/{i:04d}"] = np.asarray(a)
+    arrays["meta"] = np.array(json.dumps(meta))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+@dataclass
+class Checkpoint:
+    weights: GRUWeights
+    meta: dict
+    optimizer_state: list[np.ndarray] = field(default_factory=list)
+
+
+def read_checkpoint(path) -> Checkpoint:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            weights = GRUWeights(*(npz[f"weights/{n}"] for n in WEIGHT_NAMES))
+            meta = json.loads(str(npz["meta"]))
+            optimizer = [npz[k] for k in sorted(k for k in npz.files if k.startswith("optimizer/"))]
+    except FileNotFoundError:
+        raise ModelError(f"checkpoint not found: {path}") from None
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        # numpy's own words would advise allow_pickle=True: loading pickles runs code from the file.
+        reason = "it holds Python objects, not arrays" if "allow_pickle" in str(e) else str(e)
+        raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({reason})") from None
+    return Checkpoint(weights.check(str(path)), meta, optimizer)
+
+
+# ---------------------------------------------------------------- any checkpoint kind
+
+CHECKPOINT_KINDS = (
+    "pass a run directory from `charrnn-export train`, a tutorial training_checkpoints directory or "
+    "prefix (e.g. training_checkpoints/ckpt_10), or a Keras .weights.h5 file"
+)
+
+
+@dataclass
+class LoadedWeights:
+    weights: GRUWeights
+    kind: str  # "run", "tutorial-tf", "keras-h5"
+    vocab: Vocab | None
+    meta: dict
+    source: str
+    # How the checkpoint names its layers: "run" (this project), "sequential" (a Sequential model:
+    # the original tutorial's stateful tf_keras model, or build_model's), "subclassed" (the
+    # current tutorial's MyModel). Only a tf_keras "sequential" TF checkpoint can be loaded back
+    # into the original tutorial's model for the parity reference.
+    layout: str = "run"
+
+
+def load_any_checkpoint(path: str | os.PathLike) -> LoadedWeights:
+    """Weights from a run directory, a tutorial TF checkpoint (dir or prefix), or a .weights.h5.
+
+    Needs numpy (and h5py for .h5); TensorFlow only for TF checkpoints, imported quietly.
+    """
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    if kind == "run" and path.is_dir():
+        return load_run_dir(path)
+    if kind == "run":
+        ckpt = read_checkpoint(path)
+        vocab_file = path.parent.parent / "vocab.json" if path.parent.name == "checkpoints" else path.parent / "vocab.json"
+        vocab = Vocab.load(vocab_file) if vocab_file.exists() else None
+        meta = {**ckpt.meta, "run_config": ckpt.meta.get("config", {})}  # train stores its config in each
+        return LoadedWeights(ckpt.weights, "run", vocab, meta, str(path.resolve()))
+    if kind == "keras-h5":
+        weights, layout = read_keras_h5(path)
+        return LoadedWeights(weights, "keras-h5", None, {}, str(path.resolve()), layout)
+    prefix = tf_checkpoint_prefix(path)
+    weights, layout = read_tutorial_checkpoint(prefix)
+    return LoadedWeights(weights, "tutorial-tf", None, {}, str(Path(prefix).resolve()), layout)
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """"run", "keras-h5" or "tutorial-tf" from the path alone (reads no weights); raises ModelError
+    for anything else. Only run checkpoints carry their vocabulary."""
+    path = Path(path)
+    if path.is_dir() and ((path / "config.json").exists() or (path / "best.npz").exists()):
+        return "run"
+    if path.is_file() and path.suffix == ".npz":
+        return "run"
+    if path.is_file() and path.name.endswith((".h5", ".keras")):
+        return "keras-h5"
+    if tf_checkpoint_prefix(path) is not None:
+        return "tutorial-tf"
+    if not path.exists():
+        raise ModelError(f"checkpoint not found: {path}; {CHECKPOINT_KINDS}")
+    raise ModelError(f"{path} is not a checkpoint: {CHECKPOINT_KINDS}")
+
+
+def load_run_dir(run_dir: Path) -> LoadedWeights:
+    best = run_dir / "best.npz"
+    if not best.exists():
+        raise ModelError(f"run directory {run_dir} has no best.npz yet; train at least one epoch first")
+    ckpt = read_checkpoint(best)
+    if not (run_dir / "vocab.json").exists():
+        raise ModelError(f"run directory {run_dir} has no vocab.json; re-create the run")
+    vocab = Vocab.load(run_dir / "vocab.json")
+    meta = dict(ckpt.meta)
+    try:
+        meta["run_config"] = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"run directory {run_dir} has no config.json; re-create the run") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ModelError(f"{run_dir / 'config.json'} is corrupt; re-create the run") from None
+    return LoadedWeights(ckpt.weights, "run", vocab, meta, str(best.resolve()))
+
+
+TF_CHECKPOINT_FILE = re.compile(r"(.+)\.(index|data-\d{5}-of-\d{5})")
+
+
+def tf_checkpoint_prefix(path: Path) -> str | None:
+    """The prefix of a TF checkpoint given its directory (with a `checkpoint` file), its prefix, or
+    one of its files (PREFIX.index, PREFIX.data-00000-of-00001); None when `path` is none of these.
+
+    The `checkpoint` file is read here rather than by tf.train.latest_checkpoint, so that a
+    wrong path fails before TensorFlow is imported and without TensorFlow's log lines.
+    """
+    if path.is_dir():
+        state = path / "checkpoint"
+        if not state.is_file():
+            return None
+        match = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', state.read_text(errors="replace"), re.M)
+        if match is None:
+            raise ModelError(f"{state} names no checkpoint (no model_checkpoint_path line); pass a prefix "
+                             f"such as {path / 'ckpt_1'} instead")
+        name = match.group(1)
+        prefix = Path(name) if Path(name).is_absolute() else path / name
+        if not Path(f"{prefix}.index").is_file():
+            present = sorted(p.name[: -len(".index")] for p in path.glob("*.index"))
+            raise ModelError(f"{state} names {name!r}, but {prefix}.index does not exist"
+                             + (f"; pass one of the prefixes present: {', '.join(present)}" if present else ""))
+        return str(prefix)
+    file_match = TF_CHECKPOINT_FILE.fullmatch(str(path))
+    if path.is_file() and file_match and Path(f"{file_match.group(1)}.index").is_file():
+        return file_match.group(1)
+    if Path(f"{path}.index").is_file():
+        return str(path)
+    return None
+
+
+def read_tutorial_checkpoint(prefix: str) -> tuple[GRUWeights, str]:
+    """Weights saved by the tutorial's `model.save_weights(prefix)` (TF checkpoint format), and the layout.
+
+    The tutorial's Sequential model stores its layers as layer_with_weights-0/1/2; a subclassed
+    model stores them by attribute (embedding, gru, dense). Layers are found by the shapes of
+    their variables (see assign_layers), so the attribute names do not matter.
+    """
+    from .tfsetup import import_tensorflow
+
+    tf = import_tensorflow()
+    suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = [n for n in reader.get_variable_to_shape_map()
+                 if n.endswith(suffix) and not n.startswith(("optimizer/", "save_counter/"))
+                 and "/.OPTIMIZER_SLOT/" not in n]
+        variables = [(n[: -len(suffix)], np.asarray(reader.get_tensor(n))) for n in names]
+    except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as e:
+        # A truncated .data file surfaces as IndexError ("Read less bytes than requested"), a bad
+        # .index as DataLossError; both mean the same thing to the user.
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot read TF checkpoint {prefix}: it is corrupt or truncated ({first_line[:200]})") from None
+    weights = assign_layers(variables, f"TF checkpoint {prefix}")
+    layout = "sequential" if any(n.startswith("layer_with_weights-") for n, _ in variables) else "subclassed"
+    return weights, layout
+
+
+def read_keras_h5(path: Path) -> tuple[GRUWeights, str]:
+    """Weights from a Keras `.weights.h5` (or a `.keras` archive holding one), and the layout.
+
+    Keras 3 stores each layer's variables as vars/0, vars/1, ... under the layer's path:
+    `embedding/vars/0`, `gru/cell/vars/0..2`, `dense/vars/0..1` for the current tutorial's
+    subclassed MyModel, the same under `layers/` for a Sequential model, and the optimizer's
+    variables under `optimizer/`. tf_keras' legacy .h5 names them instead (`gru/gru/gru_cell/kernel:0`).
+    Either way the layers are found by shape (see assign_layers), never by layer name.
+    """
+    import h5py
+
+    path = Path(path)
+    variables: list[tuple[str, np.ndarray]] = []
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in ("optimizer", "optimizer_weights"):
+            variables.append((name, np.asarray(obj[()])))
+
+    try:
+        if zipfile.is_zipfile(path):  # a .keras archive: config.json + model.weights.h5
+            with zipfile.ZipFile(path) as archive:
+                source = io.BytesIO(archive.read("model.weights.h5"))
+        else:
+            source = str(path)
+        with h5py.File(source, "r") as f:
+            f.visititems(visit)
+    except (OSError, KeyError, ValueError, RuntimeError, zipfile.BadZipFile) as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot read {path} as Keras weights: it is corrupt, truncated or not a Keras "
+                         f"weights file ({first_line[:200]})") from None
+    if any(n.startswith("layers/") for n, _ in variables):
+        layout = "sequential"  # Keras 3 Sequential
+    elif any(":" in n for n, _ in variables):
+        layout = "tf_keras-h5"  # tf_keras' legacy format: LAYER/LAYER/kernel:0
+    else:
+        layout = "subclassed"
+    return assign_layers(variables, str(path)), layout
+
+
+def variable_order(leaf: str) -> int:
+    """Position of a variable in its layer: Keras 3 numbers them; older formats name them."""
+    leaf = leaf.split(":")[0]
+    if leaf.isdigit():
+        return int(leaf)
+    return {"embeddings": 0, "kernel": 0, "recurrent_kernel": 1, "bias": 9}.get(leaf, 99)
+
+
+def assign_layers(variables: list[tuple[str, np.ndarray]], source: str) -> GRUWeights:
+    """Map (path, array) pairs to the tutorial's three layers by shape.
+
+    Variables are grouped by their parent path (one group per layer, or per GRU cell), ordered
+    within a group as Keras stores them, and each group must be exactly one of: the embedding
+    (one matrix), the GRU cell (kernel, recurrent kernel, bias with a 3*units width), the dense
+    layer (matrix and vector). Any other weighted layer is an error: silently dropping it would
+    export a different model.
+    """
+    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name, array in variables:
+        parent, _, leaf = name.rpartition("/")
+        if parent.endswith("/vars") or parent == "vars":  # Keras 3: LAYER/vars/N
+            parent = parent[: -len("vars")].rstrip("/")
+        groups.setdefault(parent, []).append((leaf, array))
+    found: dict[str, tuple[str, list[np.ndarray]]] = {}
+    unknown = []
+    for parent, items in sorted(groups.items()):
+        arrays = [a for _, a in sorted(items, key=lambda item: variable_order(item[0]))]
+        if all(a.ndim == 0 for a in arrays):
+            continue  # counters and metric totals
+        ndims = [a.ndim for a in arrays]
+        if ndims == [2]:
+            role = "embedding"
+        elif ndims == [2, 1]:
+            role = "dense"
+        elif len(arrays) == 3 and ndims[:2] == [2, 2] and arrays[0].shape[1] == arrays[1].shape[1]:
+            role = "gru"
+            if arrays[1].shape[1] != 3 * arrays[1].shape[0]:
+                raise ModelError(f"{source}: the recurrent layer at {parent!r} has a recurrent kernel of shape "
+                                 f"{arrays[1].shape}, not (units, 3 * units): it is not a GRU (an LSTM has 4 gates); "
+                                 "only the tutorial's GRU is supported")
+        else:
+            unknown.append(f"{parent or '/'} {[tuple(a.shape) for a in arrays]}")
+            continue
+        if role in found:
+            unknown.append(f"{parent} (a second {role})")
+            continue
+        found[role] = (parent, arrays)
+    missing = [r for r in ("embedding", "gru", "dense") if r not in found]
+    if missing or unknown:
+        seen = ", ".join(f"{p or '/'} {[tuple(a.shape) for a in arrays]}" for p, arrays in found.values())
+        raise ModelError(
+            f"{source} does not hold the tutorial's model (Embedding -> GRU -> Dense): "
+            + (f"no {' or '.join(missing)} layer found" if missing else "")
+            + ("; " if missing and unknown else "")
+            + (f"unexpected weights {'; '.join(unknown)}" if unknown else "")
+            + (f" (recognised: {seen})" if seen else "")
+        )
+    (embedding,), (kernel, recurrent_kernel, bias), (dense_kernel, dense_bias) = (
+        found[r][1] for r in ("embedding", "gru", "dense"))
+    return GRUWeights(embedding, kernel, recurrent_kernel, bias, dense_kernel, dense_bias).check(source)
+
+
+# ---------------------------------------------------------------- the vocabulary of a checkpoint
+
+
+def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | None) -> tuple[Vocab, str, bool]:
+    """The vocabulary in id order, where it came from, and whether id 0 is the tutorial's [UNK];
+    raises unless it fits the checkpoint's embedding."""
+    rows = loaded.weights.vocab_size
+    unk = False
+    if vocab_path is not None:
+        (vocab, unk), source = read_vocab_file(vocab_path), f"--vocab {vocab_path}"
+        if loaded.vocab is not None and vocab != loaded.vocab:
+            raise ConfigError(f"--vocab {vocab_path} differs from the vocabulary stored with {loaded.source}; "
+                              "leave --vocab out")
+    elif loaded.vocab is not None:
+        vocab, source = loaded.vocab, "stored with the checkpoint: its vocab.json"
+    elif text is not None:
+        chars = tuple(sorted(set(text)))
+        if rows == len(chars) + 1:
+            vocab, source, unk = with_unknown_slot(chars), "--text: [UNK] + sorted(set(text)) (StringLookup)", True
+        else:
+            vocab, source = Vocab(chars), "--text: sorted(set(text))"
+    else:
+        raise ConfigError(
+            f"{loaded.source} holds no vocabulary; pass --text FILE (the training text, to rebuild it as "
+            "the tutorial did) or --vocab vocab.json"
+        )
+    if len(vocab) != rows:
+        raise ModelError(
+            f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary "
+            f"{vocab_origin(source)} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
+        )
+    return vocab, source, unk
+
+
+def vocab_origin(source: str) -> str:
+    """How a message names where the vocabulary came from ("from --vocab v.json", "rebuilt from --text")."""
+    kind = source.split(":")[0]
+    if kind == "stored with the checkpoint":
+        return "stored with the checkpoint"
+    if kind == "--text":
+        return "rebuilt from --text"
+    return f"from {kind}"
