@@ -158,10 +158,11 @@ def run_fit(config: TrainingBenchConfig, data: str) -> dict:
     import tensorflow as tf
 
     from charrnn_export import data as data_mod
+    from charrnn_export.vocab import Vocab
     from charrnn_export.model import build_model
 
     text, _ = data_mod.load_text(data)
-    vocab = data_mod.Vocab.from_text(text)
+    vocab = Vocab.from_text(text)
     train_ids, _ = data_mod.split_train_val(vocab.encode(text), config.val_fraction)
     total_steps = config.warmup_steps + config.steps
     xs, ys, epoch = [], [], 0
