@@ -119,7 +119,7 @@ def available_cpus() -> int:
 
 def check_threads(value, name: str = "threads") -> int | None:
     """None (the runtime's own choice) or 1..available_cpus(). More intra-op threads than CPUs only
-    makes them wait for each other (64 on 2 cores ran 17x slower), and a huge number exhausts
+    makes them wait for each other (many times slower), and a huge number exhausts
     memory before the first step, so both are refused with the number this machine has."""
     if value is None:
         return None

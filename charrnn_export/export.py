@@ -3,7 +3,7 @@
     export(checkpoint, out_dir, ...) -> report dict
 
 The step is built as a flat tf.function from the trained weights rather than from the Keras
-GRU layer: tf2onnx turns a Keras 3 GRU into an ONNX Loop that runs about 8x slower, while the
+GRU layer: tf2onnx turns a Keras 3 GRU into an ONNX Loop that runs several times slower, while the
 flat graph (Gather of a folded [vocab, 3*units] input table, two MatMuls, the gates) converts
 to plain ops that onnxruntime fuses, and that can be made int8: the two MatMuls by
 quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8 rows).
@@ -300,8 +300,8 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
 
     from .tfsetup import import_tensorflow
 
-    import_tensorflow()  # quietly, before tf2onnx, keras or validate import it
-    from . import validate
+    import_tensorflow()  # quietly, before tf2onnx, keras or parity import it
+    from .parity import check_parity, compare_int8, stream_loss
 
     weights = loaded.weights
     for stale in out.glob(f"{STAGING_PREFIX}*"):
@@ -329,7 +329,7 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
         onnx_path = staging / "model.onnx"
         onnx_path.write_bytes(model_proto.SerializeToString())
 
-        parity = validate.check_parity(loaded, vocab, staging / "saved_model", onnx_path, atol=atol, seed=seed)
+        parity = check_parity(loaded, vocab, staging / "saved_model", onnx_path, atol=atol, seed=seed)
         report = {
             "source": loaded.source,
             "source_kind": loaded.kind,
@@ -348,12 +348,12 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
         if quantize == "int8":
             int8_path = staging / "model.int8.onnx"
             quantize_int8(onnx_path, int8_path)
-            report["int8"] = validate.compare_int8(onnx_path, int8_path, vocab, val_text, seed=seed)
+            report["int8"] = compare_int8(onnx_path, int8_path, vocab, val_text, seed=seed)
         report["decode"] = write_decode_models(staging, seed=seed)  # sampling in the graph; parity checked
         if val_text is not None:
             # compare_int8 already measured fp32 over the same text: one pass less on a long text.
             fp32 = ({"loss": report["int8"]["val_loss_fp32"], "bpc": report["int8"]["val_bpc_fp32"]}
-                    if "int8" in report else validate.stream_loss(onnx_path, vocab, val_text))
+                    if "int8" in report else stream_loss(onnx_path, vocab, val_text))
             # A run held the last val_fraction out of training; the tutorial trained on all of its text.
             report["validation"] = {"chars": len(val_text), "held_out": loaded.kind == "run", "fp32": fp32}
         report["seconds"] = round(time.perf_counter() - started, 2)
