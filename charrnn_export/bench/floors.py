@@ -169,7 +169,10 @@ def measure_floors(units: int, vocab_size: int, batch_sizes, threads: int | None
     widths = (3 * units, vocab_size)  # the recurrent kernel (z, r, h gates) and the output layer
     methods = matmul_methods(units, widths, threads, device, tf, ort_cuda, scratch)
     rng = np.random.default_rng(0)
-    floors = {"widths": list(widths), "weights": units * sum(widths), "by_batch": {}}
+    floors = {"widths": list(widths), "weights": units * sum(widths), "by_batch": {}, "notes": []}
+    if importlib.util.find_spec("onnx") is None:
+        floors["notes"].append("no int8 floor, and fp32 through numpy alone: the products' ONNX graphs need the "
+                               "onnx package (pip install onnx)")
     for batch in batch_sizes:
         state = rng.standard_normal((batch, units)).astype(np.float32)
         row = {}

@@ -193,7 +193,7 @@ def render_floors(floors: dict, h: str) -> list[str]:
                      f"{fmt(f32.get('gflop_per_s'), '.1f')} | {fmt_ms(i8.get('ms'))} | "
                      f"{fmt(i8.get('weights_gb_per_s'), '.1f')} | {fmt(i8.get('gflop_per_s'), '.1f')} | "
                      f"{libraries} |")
-    return lines + [""]
+    return lines + [""] + [f"- note: {note}" for note in floors.get("notes", [])] + ([""] if floors.get("notes") else [])
 
 
 STEP_FLOORS = {"decode-fp32": "decode model fp32", "decode-int8": "decode model int8",
