@@ -5,7 +5,7 @@ Importing the package is light (numpy only); TensorFlow is imported only by trai
 and the savedmodel/keras runtimes.
 """
 
-__version__ = "0.1.0"
+from .contract import VERSION as __version__
 __all__ = ["Generator", "SamplingConfig", "__version__"]
 
 

@@ -16,6 +16,9 @@ STATE_OUT = "state_out"
 RUNTIMES = ("onnx", "savedmodel", "keras")
 DEVICES = ("cpu", "cuda")
 
+# The package version, recorded in every export (charrnn_export.__version__ is this).
+VERSION = "0.1.0"
+
 # The SavedModel serving signature that exposes the step.
 SIGNATURE = "serving_default"
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, contract
+from . import contract
 from .data import load_text, split_train_val
 from .decode import write_decode_models
 from .errors import ConfigError, DataError
@@ -318,7 +318,7 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
         metadata = {
             contract.META_VOCAB: vocab.to_json(),
             contract.META_CONFIG: json.dumps(config),
-            contract.META_PRODUCER: f"charrnn-export {__version__}",
+            contract.META_PRODUCER: f"charrnn-export {contract.VERSION}",
             "source_kind": loaded.kind,
         }
         if data_sha256:

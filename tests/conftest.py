@@ -1,18 +1,25 @@
-"""Helpers shared by the data and training tests: generated texts, the CLI in a subprocess, a tiny run."""
+"""The tests' one shared module: the tiny models (session fixtures, trained once), generated texts,
+the CLI in a subprocess, the one-line error check, a closed port, and headless Chromium.
+
+    tiny_text / tiny_run / tiny_export   a tiny model trained for real (a few seconds) on a slice of
+                                         tiny-shakespeare when the shared copy is present (else a
+                                         made-up play holding its 65 characters), and its export
+    text_file / trained_run              a made-up play, and a finished 4-epoch `train` run of TINY_ARGS
+                                         on it through the CLI (the runs --resume and --force tests copy)
+    run_cli(...), assert_one_line_error(result, *fragments), closed_port(), chromium_browser()
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-# Session fixtures (a tiny trained run and its export) shared by every module, built once.
-from tiny import made_up_play as make_text  # noqa: F401 - re-exported for the tests
-from tiny import tiny_export, tiny_run, tiny_text  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -50,6 +57,108 @@ def run_cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.
     """`charrnn-export ARGS...` as a user runs it; stdout and stderr captured as text."""
     return subprocess.run(cli_command(*args), capture_output=True, text=True, encoding="utf-8",
                           env=cli_env(**(env or {})), timeout=timeout, cwd=REPO)
+
+
+def assert_one_line_error(result, *fragments: str) -> str:
+    """A command that failed as a user should see it: exit 2, one `charrnn-export: error:` line on
+    stderr holding every fragment, no traceback, nothing on stdout. Returns the line."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX + " "), result.stderr
+    assert result.stdout == "", result.stdout
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def closed_port() -> int:
+    """A local port that nothing listens on (it was free a moment ago)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def missing(reason: str):
+    """Skip for want of a test tool; fail on CI, which installs every one."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; .ci/run installs it, so CI must have it")
+    pytest.skip(reason)
+
+
+@contextmanager
+def chromium_browser():
+    """Headless Chromium (the system's, charrnn_export/web/browser.py) driven by Playwright."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing("the playwright package is not installed (pip install '.[test]')")
+    from charrnn_export.web.browser import find_chromium, launch
+
+    if find_chromium() is None:
+        missing("no Chromium: apt-get install chromium-headless-shell (or chromium)")
+    with sync_playwright() as playwright:
+        browser = launch(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------- texts and tiny models
+
+TINY = dict(embedding_dim=16, rnn_units=32, seq_length=32, batch_size=16, epochs=3, learning_rate=1e-2, seed=0)
+
+
+def make_text(chars: int = 12_000, seed: int = 0) -> str:
+    """A made-up play: speaker names, lines of common words, blank lines (about 40 distinct characters)."""
+    rng = random.Random(seed)
+    names = ["ROMEO", "JULIET", "FIRST CITIZEN", "MENENIUS", "KING RICHARD"]
+    words = "the and my lord of to I you that is in not with me be your this what so but thou shall".split()
+    parts, length = [], 0
+    while length < chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(4, 12)))
+        parts.append(f"{rng.choice(names)}:\n{line.capitalize()}{rng.choice('.,!?;')}\n\n")
+        length += len(parts[-1])
+    return "".join(parts)[:chars]
+
+
+# Opens the made-up play so that its vocabulary is the tutorial's 65 characters, as Shakespeare's is.
+EVERY_TUTORIAL_CHARACTER = ("CHORUS:\nThe quick brown fox jumps over the lazy dog; ABCDEFGHIJKLMNOPQRSTUVWXYZ, "
+                            "3 $ & ' - ! ?.\n\n")
+
+
+def tutorial_text(chars: int = 30_000, seed: int = 0) -> str:
+    """Shakespeare when available (it covers the tutorial's 65 characters), else a made-up play."""
+    if SHAKESPEARE.exists():
+        return SHAKESPEARE.read_text(encoding="utf-8")[:chars]
+    return EVERY_TUTORIAL_CHARACTER + make_text(chars - len(EVERY_TUTORIAL_CHARACTER), seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("text") / "tiny.txt"
+    path.write_text(tutorial_text(), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_text) -> Path:
+    from charrnn_export.train import TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(data=str(tiny_text), **TINY), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_run, tiny_text) -> Path:
+    """An export directory: model.onnx, model.int8.onnx, saved_model/, vocab.json, export_report.json."""
+    from charrnn_export.export import export
+
+    out = tmp_path_factory.mktemp("export") / "export"
+    export(str(tiny_run), str(out), text=str(tiny_text), quantize="int8")
+    return out
 
 
 @pytest.fixture(scope="session")

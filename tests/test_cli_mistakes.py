@@ -12,17 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ERROR_PREFIX, REPO, TINY_ARGS, cli_command, cli_env, run_cli
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX + " "), result.stderr
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+from conftest import ERROR_PREFIX, REPO, TINY_ARGS, assert_one_line_error, cli_command, cli_env, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +25,19 @@ def model(tiny_export) -> Path:
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
 def test_train_seed_outside_32_bits(seed, tmp_path, text_file):
-    one_line_error(run_cli("train", "--data", text_file, "--out", tmp_path / "run", *TINY_ARGS, "--seed", seed),
+    assert_one_line_error(run_cli("train", "--data", text_file, "--out", tmp_path / "run", *TINY_ARGS, "--seed", seed),
                    "--seed must be in [0, 2**32)")
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("seed", ["-1", str(2**32)])
 def test_sample_seed_outside_32_bits(seed, model):
-    one_line_error(run_cli("sample", "--model", model, "--seed", seed), "--seed must be in [0, 2**32)")
+    assert_one_line_error(run_cli("sample", "--model", model, "--seed", seed), "--seed must be in [0, 2**32)")
 
 
 @pytest.mark.parametrize("threads,fragment", [("100000", "more than the"), ("0", "--threads must be >= 1")])
 def test_sample_threads_beyond_the_machine(threads, fragment, model):
-    line = one_line_error(run_cli("sample", "--model", model, "--threads", threads), fragment)
+    line = assert_one_line_error(run_cli("sample", "--model", model, "--threads", threads), fragment)
     if threads == "100000":
         from charrnn_export.checks import available_cpus
 
@@ -57,14 +47,14 @@ def test_sample_threads_beyond_the_machine(threads, fragment, model):
 def test_sample_out_below_a_file_is_refused_before_generating(model, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("keep")
-    one_line_error(run_cli("sample", "--model", model, "--length", "100000000", "--out", blocker / "out.txt"),
+    assert_one_line_error(run_cli("sample", "--model", model, "--length", "100000000", "--out", blocker / "out.txt"),
                    str(blocker), "is a file")
     assert blocker.read_text() == "keep"
 
 
 def test_sample_out_where_nothing_can_be_written_is_refused_before_generating(model):
     # /proc refuses new files whoever asks; --length is far too long to finish if the check came after.
-    one_line_error(run_cli("sample", "--model", model, "--length", "100000000", "--out", "/proc/charrnn/out.txt"),
+    assert_one_line_error(run_cli("sample", "--model", model, "--length", "100000000", "--out", "/proc/charrnn/out.txt"),
                    "/proc")
 
 
@@ -75,7 +65,7 @@ def test_train_out_that_cannot_be_written(where, tmp_path, text_file):
         out = tmp_path / "a-file" / "run"
     else:
         out = Path("/proc/charrnn-export-test/run")
-    one_line_error(run_cli("train", "--data", text_file, "--out", out, *TINY_ARGS), "cannot write")
+    assert_one_line_error(run_cli("train", "--data", text_file, "--out", out, *TINY_ARGS), "cannot write")
 
 
 # ---------------------------------------------------------------- data and models
@@ -85,7 +75,7 @@ def test_a_text_of_one_distinct_character(tmp_path):
     text = tmp_path / "a.txt"
     text.write_text("a" * 5000)
     for flags in ((), ("--resume",), ("--force",)):
-        line = one_line_error(run_cli("train", "--data", text, "--out", tmp_path / "run", *TINY_ARGS, *flags))
+        line = assert_one_line_error(run_cli("train", "--data", text, "--out", tmp_path / "run", *TINY_ARGS, *flags))
         assert "only one distinct character" in line or "holds no run" in line
     assert not (tmp_path / "run").exists()  # nothing left to block the next try
 
@@ -115,13 +105,13 @@ def broken_onnx(tmp_path: Path, model: Path, change: str) -> Path:
 @pytest.mark.parametrize("greedy", [(), ("--greedy",)], ids=["sampled", "greedy"])
 def test_a_model_with_nan_logits_stops_with_a_message(greedy, model, tmp_path):
     # -q: without the log on stderr the error is the only line (the log lines come before it otherwise)
-    one_line_error(run_cli("sample", "-q", "--model", broken_onnx(tmp_path, model, "nan"), "--length", "20",
+    assert_one_line_error(run_cli("sample", "-q", "--model", broken_onnx(tmp_path, model, "nan"), "--length", "20",
                            *greedy), "NaN")
 
 
 @pytest.mark.xfail(reason="wired in by the engine rewrite (runtimes/onnx.py checks input types)", strict=False)
 def test_a_step_model_whose_token_is_float(model, tmp_path):
-    one_line_error(run_cli("sample", "--model", broken_onnx(tmp_path, model, "float"), "--length", "20"),
+    assert_one_line_error(run_cli("sample", "--model", broken_onnx(tmp_path, model, "float"), "--length", "20"),
                    "token")
 
 
@@ -130,7 +120,7 @@ def test_a_saved_model_whose_vocabulary_is_smaller_than_its_logits(tiny_export, 
     shutil.copytree(tiny_export / "saved_model", export / "saved_model")
     vocab_file = export / "saved_model" / "assets" / "vocab.json"
     vocab_file.write_text(json.dumps(json.loads(vocab_file.read_text())[:-3]))
-    one_line_error(run_cli("sample", "--runtime", "savedmodel", "--model", export, "--length", "20"),
+    assert_one_line_error(run_cli("sample", "--runtime", "savedmodel", "--model", export, "--length", "20"),
                    "logits but", "characters")
 
 
@@ -138,7 +128,7 @@ def test_a_checkpoint_holding_python_objects_names_no_numpy_advice(trained_run, 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     np.savez(run / "best.npz", **{"weights/embedding": np.array([{"a": 1}], dtype=object)})
-    line = one_line_error(run_cli("to-onnx", "--checkpoint", run, "--out", tmp_path / "export"), "corrupt")
+    line = assert_one_line_error(run_cli("to-onnx", "--checkpoint", run, "--out", tmp_path / "export"), "corrupt")
     assert "allow_pickle" not in line and "Python objects" in line
 
 
@@ -146,7 +136,7 @@ def test_a_checkpoint_holding_python_objects_names_no_numpy_advice(trained_run, 
 
 
 def test_to_onnx_names_text_not_data(trained_run, tmp_path):
-    line = one_line_error(run_cli("to-onnx", "--checkpoint", trained_run, "--out", tmp_path / "e",
+    line = assert_one_line_error(run_cli("to-onnx", "--checkpoint", trained_run, "--out", tmp_path / "e",
                                   "--text", tmp_path / "missing.txt"), "--text")
     assert "--data" not in line
 
@@ -159,7 +149,7 @@ def test_to_onnx_unknown_text_characters_name_no_sampling_flag(trained_run, tmp_
 
     bare = tmp_path / "bare"
     save_checkpoint(bare / "w.npz", read_checkpoint(trained_run / "best.npz").weights, {})
-    line = one_line_error(run_cli("to-onnx", "--checkpoint", bare / "w.npz", "--vocab", trained_run / "vocab.json",
+    line = assert_one_line_error(run_cli("to-onnx", "--checkpoint", bare / "w.npz", "--vocab", trained_run / "vocab.json",
                                   "--text", text, "--out", tmp_path / "e"), "'€'")
     assert "--unknown" not in line
 
@@ -169,7 +159,7 @@ def test_the_vocabulary_message_reads_as_english(trained_run, tmp_path):
     vocab.write_text(json.dumps(list("abc")))
     bare = tmp_path / "w.npz"
     shutil.copy(trained_run / "best.npz", bare)
-    line = one_line_error(run_cli("to-onnx", "--checkpoint", bare, "--vocab", vocab, "--out", tmp_path / "e"),
+    line = assert_one_line_error(run_cli("to-onnx", "--checkpoint", bare, "--vocab", vocab, "--out", tmp_path / "e"),
                           "from --vocab")
     assert "from stored" not in line
 

@@ -6,19 +6,18 @@ import functools
 import hashlib
 import http.server
 import json
-import socket
 import threading
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE, TINY_ARGS, make_chinese_text, make_text, run_cli
+from conftest import SHAKESPEARE, TINY_ARGS, closed_port, make_chinese_text, make_text, run_cli
 
 from charrnn_export import contract, data
 from charrnn_export.data import (
-    Vocab, check_enough_text, epoch_batches, load_text, min_train_chars, split_train_val,
-    steps_in_epoch, validation_windows,
+    check_enough_text, epoch_batches, load_text, min_train_chars, split_train_val, steps_in_epoch, validation_windows,
 )
 from charrnn_export.errors import DataError
+from charrnn_export.vocab import Vocab
 
 # ---------------------------------------------------------------- loading
 
@@ -120,12 +119,6 @@ def test_cached_copy_with_a_wrong_sha256_is_downloaded_again(served, monkeypatch
     assert text.encode("utf-8") == good
     assert cached.read_bytes() == good
     assert server.requests == ["/corpus.txt", "/corpus.txt"]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_url_names_the_url_and_says_to_pass_data_file(tmp_path, monkeypatch):

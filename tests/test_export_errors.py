@@ -17,19 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ERROR_PREFIX, assert_one_line_error, run_cli
 
 # Keras warns about its own internals (numpy 2 copy semantics) and about fit() on a Dataset.
 pytestmark = [pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
               pytest.mark.filterwarnings("ignore:`shuffle=True` was passed:UserWarning")]
 
-PREFIX = "charrnn-export: error:"
 VOCAB = sorted(set("First Citizen:\nBefore we proceed any further, hear me speak.\n"))
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "charrnn_export.cli", "to-onnx", *map(str, args)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-                          timeout=300)
+def to_onnx(*args: str) -> subprocess.CompletedProcess:
+    return run_cli("to-onnx", *args)
 
 
 def run_main(capfd, *args: str) -> subprocess.CompletedProcess:
@@ -42,17 +40,6 @@ def run_main(capfd, *args: str) -> subprocess.CompletedProcess:
     status = main(["to-onnx", *map(str, args)])
     out, err = capfd.readouterr()
     return subprocess.CompletedProcess(args, status, out, err)
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(PREFIX), result.stderr
-    assert "Traceback" not in result.stderr
-    assert result.stdout == ""
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def listing(folder: Path) -> list[str]:
@@ -132,7 +119,7 @@ def test_a_path_that_is_no_checkpoint(kind, checkpoints, workdir, tmp_path):
     if kind == "directory of other files":
         path.mkdir()
         (path / "notes.txt").write_text("hello")
-    line = assert_one_line_error(run_cli("--checkpoint", path, "--out", workdir / "export"), str(path))
+    line = assert_one_line_error(to_onnx("--checkpoint", path, "--out", workdir / "export"), str(path))
     assert "run directory" in line and ".weights.h5" in line  # says what is accepted
     assert listing(workdir) == []
 
@@ -140,7 +127,7 @@ def test_a_path_that_is_no_checkpoint(kind, checkpoints, workdir, tmp_path):
 def test_a_tutorial_checkpoint_file_naming_a_missing_checkpoint(checkpoints, workdir, tmp_path):
     ckpt = copy_tree(checkpoints["tutorial"], tmp_path / "ckpts")
     (ckpt / "checkpoint").write_text('model_checkpoint_path: "ckpt_9"\nall_model_checkpoint_paths: "ckpt_9"\n')
-    assert_one_line_error(run_cli("--checkpoint", ckpt, "--out", workdir / "export", "--vocab",
+    assert_one_line_error(to_onnx("--checkpoint", ckpt, "--out", workdir / "export", "--vocab",
                                   checkpoints["run"] / "vocab.json"), "ckpt_9", "ckpt_1")
     assert listing(workdir) == []
 
@@ -166,14 +153,14 @@ def test_a_vocabulary_that_does_not_fit_the_checkpoint(case, checkpoints, workdi
         run = copy_tree(checkpoints["run"], tmp_path / "run")
         (run / "vocab.json").write_text(json.dumps(VOCAB[1:]))
         args = ["--checkpoint", run]
-    runner = run_cli if case.startswith(("h5", "run")) else functools.partial(run_main, capfd)
+    runner = to_onnx if case.startswith(("h5", "run")) else functools.partial(run_main, capfd)
     line = assert_one_line_error(runner(*args, "--out", workdir / "export"), f"{len(VOCAB)} rows")
     assert "vocab" in line
     assert listing(workdir) == []
 
 
 def test_a_tutorial_checkpoint_without_text_or_vocab(checkpoints, workdir):
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["tutorial"], "--out", workdir / "export"),
+    assert_one_line_error(to_onnx("--checkpoint", checkpoints["tutorial"], "--out", workdir / "export"),
                           "--text", "--vocab")
     assert listing(workdir) == []
 
@@ -182,7 +169,7 @@ def test_text_that_is_not_the_runs_training_text(checkpoints, workdir, tmp_path)
     run = copy_tree(checkpoints["run"], tmp_path / "run")
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "data_sha256": "0" * 64}))
-    assert_one_line_error(run_cli("--checkpoint", run, "--out", workdir / "export", "--text", checkpoints["text"]),
+    assert_one_line_error(to_onnx("--checkpoint", run, "--out", workdir / "export", "--text", checkpoints["text"]),
                           "is not the text")
     assert listing(workdir) == []
 
@@ -193,7 +180,7 @@ def test_text_that_is_not_the_runs_training_text(checkpoints, workdir, tmp_path)
 def test_out_under_a_regular_file(checkpoints, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", blocker / "sub" / "export"),
+    assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", blocker / "sub" / "export"),
                           str(blocker))
     assert listing(tmp_path) == ["a-file"] and blocker.read_text() == "not a directory"
 
@@ -201,13 +188,13 @@ def test_out_under_a_regular_file(checkpoints, tmp_path):
 def test_out_that_is_a_regular_file(checkpoints, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", blocker, "--force"), str(blocker))
+    assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", blocker, "--force"), str(blocker))
     assert blocker.read_text() == "keep me"
 
 
 def test_out_where_even_root_cannot_write(checkpoints):
     # /proc refuses new files whoever asks, so this fails for root too (unlike chmod 0o555).
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", "/proc/charrnn-export-test/export"),
+    assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", "/proc/charrnn-export-test/export"),
                           "/proc")
 
 
@@ -217,7 +204,7 @@ def test_out_that_is_not_empty_without_force(checkpoints, workdir):
     (out / "keep.txt").write_text("mine")
     # Not even --force writes among a user's files: the message says to choose another folder.
     for flags in ([], ["--force"]):
-        assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", out, *flags),
+        assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", out, *flags),
                               "did not write (keep.txt)", "choose an empty or new directory")
         assert listing(workdir) == ["export"] and listing(out) == ["keep.txt"]
 
@@ -259,7 +246,7 @@ def test_a_corrupt_checkpoint(damage, checkpoints, workdir, tmp_path, capfd):
         (target / name).write_bytes((target / name).read_bytes()[: size // 2] if "truncated" in damage
                                     else os.urandom(size))
     # One TF case runs as a user runs it; the other in this process, where TensorFlow is loaded.
-    runner = functools.partial(run_main, capfd) if damage == "truncated TF checkpoint data" else run_cli
+    runner = functools.partial(run_main, capfd) if damage == "truncated TF checkpoint data" else to_onnx
     line = assert_one_line_error(runner("--checkpoint", target, "--out", workdir / "export", *extra))
     assert "corrupt" in line or "truncated" in line or "missing" in line.lower(), line
     assert listing(workdir) == []
@@ -269,13 +256,13 @@ def test_a_corrupt_checkpoint(damage, checkpoints, workdir, tmp_path, capfd):
 
 
 def test_an_opset_tf2onnx_cannot_write(checkpoints, workdir):
-    assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", workdir / "export", "--opset", "99"),
+    assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", workdir / "export", "--opset", "99"),
                           "--opset")
     assert listing(workdir) == []
 
 
 def test_parity_beyond_atol_fails_with_the_figures_and_writes_nothing(checkpoints, workdir):
-    line = assert_one_line_error(run_cli("--checkpoint", checkpoints["run"], "--out", workdir / "export",
+    line = assert_one_line_error(to_onnx("--checkpoint", checkpoints["run"], "--out", workdir / "export",
                                          "--atol", "1e-12", "--quantize", "int8"), "parity", "atol 1e-12")
     assert "keras_vs_onnx logits max abs diff" in line
     assert listing(workdir) == []  # no export, no .export.* staging directory, no probe
@@ -288,4 +275,4 @@ def test_errors_found_before_tensorflow_do_not_import_it(checkpoints, workdir):
             "print(rc, 'tensorflow' in sys.modules)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.split() == ["2", "False"], result.stderr
-    assert result.stderr.startswith(PREFIX) and "--text" in result.stderr
+    assert result.stderr.startswith(ERROR_PREFIX) and "--text" in result.stderr

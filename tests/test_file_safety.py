@@ -15,22 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ERROR_PREFIX, REPO, TINY_ARGS, cli_env, run_cli
+from conftest import ERROR_PREFIX, REPO, TINY_ARGS, assert_one_line_error, cli_env, run_cli
 
 from charrnn_export.files import LOCK, MANIFEST, FolderLock
 
 
 def snapshot(root: Path) -> dict:
     return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
-
-
-def one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX + " "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 def error_after_progress(result, *fragments: str) -> str:
@@ -78,7 +69,7 @@ def test_to_onnx_into_the_current_folder_of_a_users_files_is_refused(flags, tmp_
     result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "to-onnx", "--checkpoint", str(tiny_run),
                              "--out", ".", *flags], capture_output=True, text=True, cwd=work, env=cli_env(
                                  PYTHONPATH=str(REPO)), timeout=300)
-    one_line_error(result, "did not write", "notes.txt", "even with --force")
+    assert_one_line_error(result, "did not write", "notes.txt", "even with --force")
     assert snapshot(work) == before
 
 
@@ -103,7 +94,7 @@ def test_to_onnx_never_writes_into_a_run_folder(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     before = snapshot(run)
     result = run_cli("to-onnx", "--checkpoint", run, "--out", run, "--force")
-    one_line_error(result, "holds a charrnn-export run, not an export")
+    assert_one_line_error(result, "holds a charrnn-export run, not an export")
     assert snapshot(run) == before
 
 
@@ -117,11 +108,11 @@ def test_a_second_train_on_a_locked_folder_names_the_holder(trained_run, tmp_pat
     with FolderLock(run, "test"):  # this process plays the first `train`
         for flags in ((), ("--resume",), ("--force",)):
             result = run_cli("train", "--data", text_file, "--out", run, *TINY_ARGS, "--epochs", "5", *flags)
-            one_line_error(result, "in use by another charrnn-export process", "pid ")
+            assert_one_line_error(result, "in use by another charrnn-export process", "pid ")
             assert str(__import__("os").getpid()) in result.stderr
         result = run_cli("to-onnx", "--checkpoint", trained_run, "--out", run, "--force")
         # to-onnx sees the run's manifest first: it would never write there anyway.
-        one_line_error(result, "not an export")
+        assert_one_line_error(result, "not an export")
     assert snapshot(run) == {**before, LOCK: (run / LOCK).read_bytes()} if (run / LOCK).exists() else before
 
 
@@ -130,7 +121,7 @@ def test_a_second_to_onnx_on_a_locked_folder_names_the_holder(tiny_run, tmp_path
     out.mkdir()
     with FolderLock(out, "test"):
         result = run_cli("to-onnx", "--checkpoint", tiny_run, "--out", out)
-        one_line_error(result, "in use by another charrnn-export process", f"pid {__import__('os').getpid()}")
+        assert_one_line_error(result, "in use by another charrnn-export process", f"pid {__import__('os').getpid()}")
     assert sorted(p.name for p in out.iterdir()) == []
 
 
@@ -147,7 +138,7 @@ def test_two_trainings_at_once_one_refused_and_the_run_is_whole(tmp_path, text_f
         assert line.startswith("training"), line + first.stderr.read()
         other = [a if a != "32" else "24" for a in TINY_ARGS]
         second = run_cli("train", "--data", text_file, "--out", out, *other, "--epochs", "1", "--force")
-        one_line_error(second, "in use", f"pid {first.pid}")
+        assert_one_line_error(second, "in use", f"pid {first.pid}")
     finally:
         first.stderr.read()
         assert first.wait(timeout=300) == 0
@@ -209,4 +200,4 @@ def test_a_full_disk_in_the_first_epoch_leaves_the_folder_as_it_was(tmp_path, te
 def test_a_full_disk_while_exporting_is_one_line_and_leaves_nothing(tmp_path, tiny_run):
     result = in_a_small_disk(tmp_path, "64k", "to-onnx", "--checkpoint", tiny_run, "--out",
                              tmp_path / "disk" / "export")
-    one_line_error(result, "the disk is full")
+    assert_one_line_error(result, "the disk is full")

@@ -95,7 +95,7 @@ def test_int8_agrees_with_fp32_on_most_greedy_characters(generators, tiny_export
     assert share >= 0.5
 
 
-def run_cli(*args) -> subprocess.CompletedProcess:
+def run_sample_module(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
     result = subprocess.run([sys.executable, "-m", "charrnn_export.sample", "-q", *map(str, args)],
                             capture_output=True, text=True, encoding="utf-8", env=env, timeout=300)
@@ -108,7 +108,7 @@ def test_the_cli_gives_the_same_text_with_every_runtime(tiny_run, tiny_export): 
     sampling = ("--length", 300, "--seed", 7, "--num-samples", 2, "--top-k", 20, "--json")
     texts = {}
     for runtime, model in (("onnx", tiny_export / "model.onnx"), ("savedmodel", tiny_export), ("keras", tiny_run)):
-        lines = run_cli("--runtime", runtime, "--model", model, *sampling).stdout.splitlines()
+        lines = run_sample_module("--runtime", runtime, "--model", model, *sampling).stdout.splitlines()
         texts[runtime] = [json.loads(line)["text"] for line in lines]
     assert len(texts["onnx"]) == 2 and texts["onnx"][0] != texts["onnx"][1]
     assert texts["savedmodel"] == texts["onnx"]

@@ -4,42 +4,25 @@ seeded request's text."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
+from conftest import chromium_browser
 from serve_helpers import ServerProcess
 
 from charrnn_export import Generator
-from charrnn_export.web.browser import find_chromium, launch
 
 MODEL = "tiny"
 WAIT_MS = 120_000  # a hang fails the test; a slow machine does not
 
 
-def missing(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run installs it, so CI must have it")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def page(tiny_export, tmp_path_factory):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("the playwright package is not installed (pip install '.[test]')")
-    if find_chromium() is None:
-        missing("no Chromium: apt-get install chromium-headless-shell (or chromium)")
     log = tmp_path_factory.mktemp("serve-page") / "server.log"
-    with ServerProcess(["--model", f"{MODEL}={tiny_export}", "--slots", "8", "--max-length", "20000"], log) as server, \
-            sync_playwright() as playwright:
-        browser = launch(playwright)
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/", timeout=WAIT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium_browser() as browser, \
+            ServerProcess(["--model", f"{MODEL}={tiny_export}", "--slots", "8", "--max-length", "20000"], log) as server:
+        page = browser.new_page()
+        page.goto(server.url + "/", timeout=WAIT_MS)
+        yield page
 
 
 def test_the_page_streams_the_seeded_text(page, tiny_export):

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-from conftest import ERROR_PREFIX, TINY_ARGS, run_cli
+from conftest import TINY_ARGS, assert_one_line_error, closed_port, run_cli
 
 from charrnn_export.data import check_enough_text, split_train_val
 from charrnn_export.vocab import Vocab
@@ -27,29 +26,12 @@ def snapshot(root: Path) -> dict:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
-def assert_one_line_error(result, *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX + " "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
-    return lines[0]
-
-
 @pytest.fixture
 def run_dir(trained_run, tmp_path) -> Path:
     """A copy of a finished run, to point --out at."""
     out = tmp_path / "run"
     shutil.copytree(trained_run, out)
     return out
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bad_data(kind: str, tmp_path: Path, text_file: Path) -> tuple[str, list[str], str]:

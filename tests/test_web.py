@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import chromium_browser, missing
 
-from charrnn_export.web.browser import find_chromium, launch
 from charrnn_export.web import build
 from charrnn_export.web.build import build_site
 from charrnn_export.web.serve import running
@@ -29,26 +29,12 @@ ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"
 WAIT_MS = 120_000  # Playwright's wait for the page to load or finish: a hang fails, not a slow machine
 
 
-def missing(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; .ci/run installs it, so CI must have it")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("the playwright package is not installed (pip install '.[test]')")
-    if find_chromium() is None:
-        missing("no Chromium: apt-get install chromium-headless-shell (or chromium)")
     if not ORT_WEB.is_dir():
         missing("no local onnxruntime-web: run `npm ci` in web/")
-    with sync_playwright() as playwright:
-        browser = launch(playwright)
+    with chromium_browser() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ERROR_PREFIX, run_cli
+from conftest import assert_one_line_error, run_cli
 
 from charrnn_export.web import build
 from charrnn_export.web.serve import running
@@ -22,13 +22,6 @@ SITE_FILES = {"index.html", "style.css", "app.js", "charrnn.js", "worker.js", "s
 def site_config(folder: Path) -> dict:
     text = (folder / "site-config.js").read_text(encoding="utf-8")
     return json.loads(text[text.index("export default ") + len("export default "):].rstrip().rstrip(";"))
-
-
-def one_line_error(result) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
-    return lines[0]
 
 
 def test_the_default_site_loads_onnxruntime_web_from_the_cdn_with_pinned_hashes(tmp_path, tiny_export):
@@ -70,7 +63,7 @@ def test_a_folder_to_web_did_not_write_is_refused_and_left_alone(tmp_path, tiny_
     out = tmp_path / "mine"
     out.mkdir()
     (out / "index.html").write_text("my own page", encoding="utf-8")
-    line = one_line_error(run_cli("to-web", "--model", tiny_export, "--out", out))
+    line = assert_one_line_error(run_cli("to-web", "--model", tiny_export, "--out", out))
     assert "did not write (index.html)" in line
     assert [p.name for p in out.iterdir()] == ["index.html"]
     assert (out / "index.html").read_text(encoding="utf-8") == "my own page"
@@ -78,7 +71,7 @@ def test_a_folder_to_web_did_not_write_is_refused_and_left_alone(tmp_path, tiny_
     site = tmp_path / "site"
     assert run_cli("to-web", "--model", tiny_export, "--out", site).returncode == 0
     (site / "notes.txt").write_text("keep", encoding="utf-8")
-    assert "notes.txt" in one_line_error(run_cli("to-web", "--model", tiny_export, "--out", site))
+    assert "notes.txt" in assert_one_line_error(run_cli("to-web", "--model", tiny_export, "--out", site))
     assert (site / "notes.txt").read_text(encoding="utf-8") == "keep"
 
 
@@ -91,14 +84,14 @@ def test_a_folder_to_web_did_not_write_is_refused_and_left_alone(tmp_path, tiny_
 def test_bad_options_are_one_line_errors_and_write_nothing(tmp_path, tiny_export, args, expected):
     out = tmp_path / "site"
     model = [] if "--model" in args else ["--model", str(tiny_export)]
-    assert expected in one_line_error(run_cli("to-web", *model, "--out", out, *args))
+    assert expected in assert_one_line_error(run_cli("to-web", *model, "--out", out, *args))
     assert not out.exists()
 
 
 def test_a_file_as_out_is_refused(tmp_path, tiny_export):
     target = tmp_path / "file.txt"
     target.write_text("x", encoding="utf-8")
-    assert "is a file" in one_line_error(run_cli("to-web", "--model", tiny_export, "--out", target))
+    assert "is a file" in assert_one_line_error(run_cli("to-web", "--model", tiny_export, "--out", target))
     assert target.read_text(encoding="utf-8") == "x"
 
 
