@@ -16,9 +16,9 @@ from .commands.bench import add_bench_parser
 from .commands.common import Parser, run_guarded
 from .commands.export import add_export_parser
 from .commands.sample import add_sample_parser
+from .commands.serve import add_serve_parser
 from .commands.train import add_train_parser
 from .commands.web import add_web_parser
-from .serve.command import add_serve_parser
 
 
 def build_parser() -> argparse.ArgumentParser:

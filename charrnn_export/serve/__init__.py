@@ -5,7 +5,7 @@
     scheduler.py  the engine thread: one Engine per model, continuous batching, stop strings
     responses.py  the event stream and the JSON answer, each cancelling its job on a disconnect
     metrics.py    /metrics in Prometheus' text format
-    command.py    the command line (flags, uvicorn, clean stop on SIGINT/SIGTERM)
+    (the command line, flags, uvicorn and the clean stop, is charrnn_export/commands/serve.py)
     page.html     the page at /
 
 Needs the `serve` extra (fastapi, uvicorn); nothing here is imported by `import charrnn_export`.

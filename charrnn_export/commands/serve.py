@@ -1,6 +1,7 @@
-"""`charrnn-export serve`: flags -> create_app -> uvicorn, with a clean stop on SIGINT/SIGTERM.
+"""`charrnn-export serve`: flags -> create_app (charrnn_export/serve/) -> uvicorn, with a clean stop
+on SIGINT/SIGTERM.
 
-The only part of the serve package that parses flags or writes to stderr. fastapi and uvicorn
+The only part of serving that parses flags or writes to stderr. fastapi and uvicorn
 (the `serve` extra) are imported when the command runs, so the rest of the CLI works without them.
 
 A stop signal ends every running request at the engine's next step (streams get a last event
@@ -11,20 +12,19 @@ with 128 + the signal number; the server class below does not record it.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import sys
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
+from .common import stderr_logger
 
 API_KEY_ENV = "CHARRNN_EXPORT_API_KEY"  # the key without putting it on the command line (ps shows that)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def add_serve_parser(sub) -> None:
-    from .schema import Limits
+    from ..serve.schema import Limits
 
     limits = Limits()
     p = sub.add_parser("serve", help="serve models over HTTP: OpenAI's completions API, continuous batching",
@@ -89,8 +89,8 @@ def run_serve(args) -> int:
     try:
         import uvicorn
 
-        from .app import ServeOptions, create_app
-        from .schema import Limits
+        from ..serve.app import ServeOptions, create_app
+        from ..serve.schema import Limits
     except ImportError as e:
         raise ConfigError(f"serving needs the serve extra ({e.name} is missing): pip install \"charrnn-export[serve]\"")
     from ..generate import Generator
@@ -106,7 +106,7 @@ def run_serve(args) -> int:
 
         check_threads(args.threads, "--threads")
     sources = model_sources(args.model)
-    log = _stderr_logger()
+    log = stderr_logger("charrnn_export.serve", "%(asctime)s %(message)s")
     if args.host not in LOOPBACK and not args.api_key:
         log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
 
@@ -125,17 +125,6 @@ def run_serve(args) -> int:
         raise ModelError(f"could not load the model: {failure[0]}")
     log.info("stopped")
     return 0
-
-
-def _stderr_logger() -> logging.Logger:
-    log = logging.getLogger("charrnn_export.serve")
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    return log
 
 
 def _server_class():
