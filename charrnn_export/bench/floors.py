@@ -76,7 +76,7 @@ def matmul_methods(units: int, widths, threads, device: str, tf, ort_cuda: bool,
         fp32_path, int8_path = scratch / "floor.fp32.onnx", scratch / "floor.int8.onnx"
         onnx.save(matmul_graph(units, widths, seed=1), str(fp32_path))
         if device == "cpu":
-            from ..export import quantize_int8
+            from ..step_model import quantize_int8
 
             quantize_int8(fp32_path, int8_path)  # the same dynamic int8 MatMuls as model.int8.onnx
             for precision, path in (("fp32", fp32_path), ("int8", int8_path)):
