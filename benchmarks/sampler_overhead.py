@@ -1,9 +1,11 @@
-"""How much the sampler adds to the bare ONNX step: the Python loop's per-character overhead.
+"""How much the decode engine adds to the bare ONNX step: the Python loop's per-character overhead.
 
     python benchmarks/sampler_overhead.py --model MODEL.onnx [--threads N] [--batch-sizes 1 64]
+    python benchmarks/sampler_overhead.py --model int8 --sampler graph     # against the decode model
 
 For each batch size it times, in alternating repeats (so a busy machine slows both alike):
-    bare       session.run in a loop, fixed tokens, the state fed back: the floor
+    bare       session.run in a loop, fixed tokens, the state fed back: the floor (with
+               --sampler graph, the decode model's session.run: the step and the sampling in the graph)
     generator  Generator.stream (batch 1, consumed one character at a time, as `sample --stream`
                does) or Generator.generate_batch (batch > 1): priming, sampling, decoding included
 and prints the medians (and min-max) per step and the overhead = generator / bare - 1.
@@ -31,13 +33,22 @@ from charrnn_export import Generator, contract  # noqa: E402
 
 
 def bare_step_seconds(session, batch: int, steps: int, rnn_units: int) -> float:
-    """Seconds per session.run, with the state fed back as generation does."""
-    outputs = [contract.LOGITS, contract.STATE_OUT]
+    """Seconds per session.run, with the state fed back as generation does (a step model, or a
+    decode model with fixed sampling settings and random numbers)."""
     tokens = np.zeros(batch, dtype=np.int32)
     state = np.zeros((batch, rnn_units), dtype=np.float32)
+    feeds = {contract.TOKEN: tokens}
+    if contract.UNIFORM in {i.name for i in session.get_inputs()}:
+        outputs = [contract.NEXT_TOKEN, contract.STATE_OUT, contract.LOGIT_CHECK]
+        feeds.update({contract.TEMPERATURE: np.ones(batch, np.float32), contract.TOP_K: np.zeros(batch, np.int64),
+                      contract.TOP_P: np.ones(batch, np.float32), contract.GREEDY: np.zeros(batch, bool),
+                      contract.UNIFORM: np.full(batch, 0.5), contract.RESET: np.zeros(batch, bool)})
+        pick = 1
+    else:
+        outputs, pick = [contract.LOGITS, contract.STATE_OUT], 1
     t0 = time.perf_counter()
     for _ in range(steps):
-        _, state = session.run(outputs, {contract.TOKEN: tokens, contract.STATE: state})
+        state = session.run(outputs, {**feeds, contract.STATE: state})[pick]
     return (time.perf_counter() - t0) / steps
 
 
@@ -67,14 +78,14 @@ def summary(values: list[float]) -> dict:
     return {"median_us": statistics.median(values) * 1e6, "min_us": min(values) * 1e6, "max_us": max(values) * 1e6}
 
 
-def measure(generator, batch: int, length: int, repeats: int, options: dict) -> dict:
+def measure(generator, batch: int, length: int, repeats: int, options: dict, session) -> dict:
     runtime = generator.runtime
     start = "\n" if "\n" in generator.vocab.chars else generator.vocab.chars[0]  # one priming step
-    bare_step_seconds(runtime.session, batch, 50, runtime.rnn_units)  # warm up both
+    bare_step_seconds(session, batch, 50, runtime.rnn_units)  # warm up both
     generator_seconds(generator, start, batch, 50, options)
     bare, per_char, first = [], [], []
     for repeat in range(repeats):
-        bare.append(bare_step_seconds(runtime.session, batch, length, runtime.rnn_units))
+        bare.append(bare_step_seconds(session, batch, length, runtime.rnn_units))
         per, to_first = generator_seconds(generator, start, batch, length, {**options, "seed": repeat})
         per_char.append(per)
         first.append(to_first)
@@ -109,21 +120,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--sampler", choices=("host", "graph"), default="host",
+                   help="host: numpy sampling, against the step model; graph: the decode model, against its own "
+                   "session.run (default %(default)s)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     if args.length < 2 or args.repeats < 1:
         p.error("--length must be >= 2 and --repeats >= 1")
 
-    generator = Generator.load(args.model, runtime="onnx", threads=args.threads)
+    generator = Generator.load(args.model, runtime="onnx", threads=args.threads, sampler=args.sampler)
+    session = generator.runtime.session
+    if args.sampler == "graph":  # the bare decode model, in a session of its own
+        from charrnn_export.runtimes.onnx_decode import OnnxDecoder, find_decode_model
+
+        session = OnnxDecoder(find_decode_model(generator.runtime.path), 1, threads=args.threads).session
     options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
     env = environment(str(generator.runtime.path), args.threads)
+    env["sampler"] = args.sampler
     print(f"model {env['model']}: {generator.runtime.rnn_units} units, vocab {len(generator.vocab)}; "
           f"threads {args.threads or 'default'}; sampling {options}; medians of {args.repeats} x {args.length} steps")
     print(f"{'batch':>5}  {'bare step us':>14}  {'generator us/step':>18}  {'overhead':>9}  "
           f"{'gen chars/s':>12}  {'first char ms':>13}")
     results = []
     for batch in args.batch_sizes:
-        r = measure(generator, batch, args.length, args.repeats, options)
+        r = measure(generator, batch, args.length, args.repeats, options, session)
         results.append(r)
         print(f"{batch:>5}  {r['bare_step']['median_us']:>14.1f}  {r['generator_step']['median_us']:>18.1f}  "
               f"{r['overhead_pct']:>8.1f}%  {r['chars_per_s']:>12,.0f}  "
