@@ -333,19 +333,23 @@ def main(argv: list[str] | None = None) -> int:
                                  command=bench.command_line())
     try:
         results = run_training_bench(config)
-        markdown = render_markdown(results)
-        out = Path(config.out) if config.out else repo.RESULTS_DIR
-        name = "training-quick" if config.quick else "training"
-        paths = bench.write_results(results, out, name, markdown, plot(results))
-        print(markdown)
-        repo.log(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
-        if args.results_md:
-            repo.log(f"wrote {repo.refresh_results_md(out)}")
+        publish(results, render_markdown(results), plot(results), "training-quick" if config.quick else "training",
+                config.out, args.results_md)
     except CharRNNError as e:
         return fail(str(e), e.exit_status)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
     return 0
+
+
+def publish(results: dict, markdown: str, figure, name: str, out: str | None, results_md: bool) -> None:
+    """Write the results (JSON, markdown, plot) and print the markdown; RESULTS.md too if asked."""
+    out = Path(out) if out else repo.RESULTS_DIR
+    paths = bench.write_results(results, out, name, markdown, figure)
+    print(markdown)
+    repo.log(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
+    if results_md:
+        repo.log(f"wrote {repo.refresh_results_md(out)}")
 
 
 def main_workers(args) -> int:
@@ -363,13 +367,8 @@ def main_workers(args) -> int:
             data = args.data or default_data(Path(scratch), False)
             results = training_workers.run_workers_bench(args.workers, data, Path(scratch), settings,
                                                          bench.command_line())
-        markdown = training_workers.render_markdown(results)
-        out = Path(args.out) if args.out else repo.RESULTS_DIR
-        paths = bench.write_results(results, out, "training-workers", markdown, None)
-        print(markdown)
-        repo.log(f"wrote {', '.join(str(p) for p in paths.values())} (and training-workers-latest.*)")
-        if args.results_md:
-            repo.log(f"wrote {repo.refresh_results_md(out)}")
+        publish(results, training_workers.render_markdown(results), None, "training-workers", args.out,
+                args.results_md)
     except CharRNNError as e:
         return fail(str(e), e.exit_status)
     except KeyboardInterrupt:
