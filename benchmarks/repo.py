@@ -48,8 +48,10 @@ def render_results_md(results_dir) -> str:
     """benchmarks/RESULTS.md from the latest generation and training results in results_dir."""
     results_dir = Path(results_dir)
     parts = ["# Benchmark results", "",
-             "Written by `python -m benchmarks.generation --results-md` / `python -m benchmarks.training "
-             "--results-md` from the latest results in benchmarks/results/; every figure below is measured.", ""]
+             "Written from the latest results in benchmarks/results/ by any suite's `--results-md` "
+             "(`python -m benchmarks.generation`, `benchmarks.training`, `benchmarks.serving`, `benchmarks.web`; "
+             "`benchmarks/gpu_engine.py --report` writes the GPU section's file); every figure below is measured, "
+             "and each section names its command, machine and date.", ""]
     generation = results_dir / "generation-latest.json"
     if generation.exists():
         parts += [bench.render_markdown(json.loads(generation.read_text()), level=2),
@@ -66,9 +68,15 @@ def render_results_md(results_dir) -> str:
     workers = results_dir / "training-workers-latest.md"  # python -m benchmarks.training --workers 1 2
     if workers.exists():
         parts += [workers.read_text().replace("# ", "## ", 1), ""]
-    web = results_dir / "web-latest.md"  # python -m benchmarks.web: the to-web page in a browser
-    if web.exists():
-        parts += [web.read_text(), ""]
+    engine = results_dir / "engine-latest.json"  # python -m benchmarks.generation ... --name engine
+    if engine.exists():
+        parts += [bench.render_markdown(json.loads(engine.read_text()), level=2)
+                  .replace("## Generation benchmark", "## The decode engine on the CPU", 1),
+                  "![chars/s by contestant and batch size](results/engine-latest.png)", ""]
+    for name in ("gpu-engine", "serving", "web"):  # benchmarks/gpu_engine.py --report, serving.py, web.py
+        section = results_dir / f"{name}-latest.md"
+        if section.exists():
+            parts += [section.read_text().rstrip("\n"), ""]
     return "\n".join(parts)
 
 

@@ -10,7 +10,7 @@ as soon as one ends, and measures total characters per second, the time to the f
 and the gap between events (p50/p99), and errors. Beside it: the engine alone (same lengths, same
 number of requests in its batch, no HTTP) and a naive server (benchmarks/naive_server.py: a thread
 per request running what Generator.generate runs). Results go to benchmarks/results/serving-*.json,
-.md and .png; --results-md replaces the serving section of benchmarks/RESULTS.md.
+.md and .png; --results-md rewrites benchmarks/RESULTS.md with it (benchmarks/repo.py).
 
 The soak run checks that nothing answers 500 and that the server's resident memory stays flat.
 """
@@ -34,11 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
+from .repo import REPO, RESULTS_DIR as RESULTS, refresh_results_md
+
 PROMPT = "ROMEO:"
-SECTION = ("<!-- serving benchmark: written by python -m benchmarks.serving --results-md -->",
-           "<!-- end of serving benchmark -->")
 
 
 # ---------------------------------------------------------------- processes
@@ -303,19 +301,6 @@ def plot(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_results_md(section: str) -> None:
-    """Replace (or append) the serving section of RESULTS.md, leaving the rest as it is now."""
-    path = REPO / "benchmarks" / "RESULTS.md"
-    text = path.read_text(encoding="utf-8")
-    block = f"{SECTION[0]}\n{section}\n{SECTION[1]}"
-    if SECTION[0] in text and SECTION[1] in text:
-        head, rest = text.split(SECTION[0], 1)
-        text = head + block + rest.split(SECTION[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -366,9 +351,10 @@ def main(argv=None) -> int:
     (RESULTS / f"serving-{stamp}.json").write_text(json.dumps(result, indent=1) + "\n")
     section = markdown(result)
     (RESULTS / f"serving-{stamp}.md").write_text(section)
+    (RESULTS / "serving-latest.md").write_text(section)
     print(section)
     if args.results_md:
-        write_results_md(section)
+        print(f"wrote {refresh_results_md(RESULTS)}", file=sys.stderr)
     return 0
 
 

@@ -90,14 +90,15 @@ def run_bench(args) -> int:
     return 0
 
 
-def measure_and_write(args, default_out, machine: dict | None = None) -> Path:
-    """Run the benchmark the flags describe; write its files; the markdown to stdout."""
+def measure_and_write(args, default_out, machine: dict | None = None, name: str | None = None) -> Path:
+    """Run the benchmark the flags describe; write its files (<name>-<stamp>.*, <name>-latest.*);
+    the markdown to stdout."""
     log = stderr_logger("charrnn_export.bench")
     config = config_from_args(args)
     results = run_generation_bench(config, machine)
     markdown = render_markdown(results)
     out = Path(config.out or default_out)
-    name = "generation-quick" if config.quick else "generation"
+    name = name or ("generation-quick" if config.quick else "generation")
     paths = write_results(results, out, name, markdown, plot(results))
     print(markdown)
     log.info(f"wrote {', '.join(str(p) for p in paths.values())} (and {name}-latest.*)")
