@@ -53,6 +53,15 @@ def cli_command(*args) -> list[str]:
     return [sys.executable, "-m", "charrnn_export.cli", *map(str, args)]
 
 
+def ctrl_c_works() -> None:
+    """preexec_fn for a child that a test interrupts with SIGINT: a job started in the
+    background (`cmd &`, as CI may run) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; a terminal's Ctrl-C reaches a program with SIGINT at its default."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`charrnn-export ARGS...` as a user runs it; stdout and stderr captured as text."""
     return subprocess.run(cli_command(*args), capture_output=True, text=True, encoding="utf-8",

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from conftest import ctrl_c_works
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (http://127\.0\.0\.1:\d+)")
@@ -30,7 +31,8 @@ class ServerProcess:
         self._log = open(self.log_path, "w", encoding="utf-8")
         command = [sys.executable, "-m", "charrnn_export.cli", "serve", "--host", "127.0.0.1", "--port", "0", *args]
         self.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self._log,
-                                        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})})
+                                        env={**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})},
+                                        preexec_fn=ctrl_c_works)
         self.url = None
         try:
             self._wait_ready(ready_timeout)

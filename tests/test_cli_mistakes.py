@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ERROR_PREFIX, REPO, TINY_ARGS, assert_one_line_error, cli_command, cli_env, run_cli
+from conftest import ERROR_PREFIX, REPO, TINY_ARGS, assert_one_line_error, cli_command, cli_env, ctrl_c_works, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def interrupted_sample(model, *args) -> tuple[subprocess.CompletedProcess, str]:
     """Start a sample far too long to finish, send SIGINT once it is generating, return what it left."""
     process = subprocess.Popen(cli_command("sample", "--model", model, "--start", "ROMEO:", "--length", "100000000",
                                            "--seed", "1", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=cli_env(), cwd=REPO)
+                               text=True, env=cli_env(), cwd=REPO, preexec_fn=ctrl_c_works)
     lines = []
     while not lines or not lines[-1].startswith("generating"):
         lines.append(process.stderr.readline())

@@ -111,11 +111,12 @@ def test_serve_serves_the_site_until_interrupted(tmp_path, tiny_export):
     import signal
     import subprocess
 
-    from conftest import cli_command, cli_env
+    from conftest import cli_command, cli_env, ctrl_c_works
 
     out = tmp_path / "site"
     process = subprocess.Popen(cli_command("to-web", "--model", tiny_export, "--out", out, "--serve", "--port", "0"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO,
+                               preexec_fn=ctrl_c_works)
     try:
         line = process.stderr.readline()  # the server's first line names its URL
         url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
