@@ -173,14 +173,19 @@ def interrupted_sample(model, *args) -> tuple[subprocess.CompletedProcess, str]:
                                            "--seed", "1", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=cli_env(), cwd=REPO, preexec_fn=ctrl_c_works)
     lines = []
-    while not lines or not lines[-1].startswith("generating"):
-        lines.append(process.stderr.readline())
-        assert lines[-1], "".join(lines)
-    import time
+    try:
+        while not lines or not lines[-1].startswith("generating"):
+            lines.append(process.stderr.readline())
+            assert lines[-1], "".join(lines)
+        import time
 
-    time.sleep(1.0)  # let some characters be made (the test does not depend on how many)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+        time.sleep(1.0)  # let some characters be made (the test does not depend on how many)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:  # a failed test must not leave a sample of 10**8 characters running
+            process.kill()
+            process.wait()
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, "".join(lines) + stderr), stderr
 
 

@@ -124,6 +124,11 @@ def test_serve_serves_the_site_until_interrupted(tmp_path, tiny_export):
             assert b"charrnn" in response.read() and response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
     finally:
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
+        try:
+            stdout, stderr = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:  # never leave the server running
+                process.kill()
+                process.wait()
     assert process.returncode == 0, stderr
     assert stdout.startswith(f"wrote {out}")
