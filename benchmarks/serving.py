@@ -91,16 +91,23 @@ def engine_alone(model: str, streams: int, duration: float, max_tokens: int, sam
     generator = Generator.load(model, sampler=sampler, threads=threads)
     engine = Engine(generator.backend(256), streams)
     ids = generator.vocab.encode(PROMPT)
+    lengths = random.Random(0)
     for i in range(streams):
-        engine.submit(ids, max_tokens, SamplingConfig(0.8), i)
+        engine.submit(ids, request_length(lengths, max_tokens), SamplingConfig(0.8), i)
     chars, began, seed = 0, time.perf_counter(), streams
     while time.perf_counter() - began < duration:
         rids, _, ended = engine.step_arrays()
         chars += len(rids)
         for _ in ended:
-            engine.submit(ids, max_tokens, SamplingConfig(0.8), seed)
+            engine.submit(ids, request_length(lengths, max_tokens), SamplingConfig(0.8), seed)
             seed += 1
     return {"streams": streams, "chars_per_s": chars / (time.perf_counter() - began)}
+
+
+def request_length(rng: random.Random, mean: int) -> int:
+    """A request's max_tokens: uniform in [mean/2, 3*mean/2], as real requests differ (equal
+    lengths would start and end every stream at once, in waves, which no real load does)."""
+    return rng.randint(max(1, mean // 2), mean * 3 // 2)
 
 
 # ---------------------------------------------------------------- the load generator
@@ -118,9 +125,10 @@ async def load(url: str, streams: int, duration: float, max_tokens: int) -> dict
 
         async def worker(index: int) -> None:
             seed = index * 100_000
+            lengths = random.Random(index)
             while time.perf_counter() < stop_at:
                 seed += 1
-                body = {"prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0.8,
+                body = {"prompt": PROMPT, "max_tokens": request_length(lengths, max_tokens), "temperature": 0.8,
                         "seed": seed, "stream": True}
                 try:
                     await one_stream(client, url, body, ttfc, gaps, chars, errors)
@@ -236,7 +244,7 @@ def markdown(result: dict) -> str:
              f"{'/'.join(f'{x:.2f}' for x in m['load_before'])} before; Python {m['python']}, onnxruntime "
              f"{m['onnxruntime']}, fastapi {m['fastapi']}, uvicorn {m['uvicorn']}",
              f"- model: shipped {result['model']}; server `charrnn-export serve --model {result['model']} --slots 256` "
-             f"(sampler {result['sampler']}, onnxruntime threads {result['threads'] or 'default'}); each stream: prompt {PROMPT!r}, max_tokens {result['max_tokens']}, "
+             f"(sampler {result['sampler']}, onnxruntime threads {result['threads'] or 'default'}); each stream: prompt {PROMPT!r}, max_tokens drawn from [{result['max_tokens'] // 2}, {result['max_tokens'] * 3 // 2}] (mean {result['max_tokens']}), "
              f"temperature 0.8, a new request as soon as one ends, for {result['duration']} s per row; the load "
              "generator (async httpx) runs on the same machine", "",
              "| streams | server chars/s | engine alone chars/s | naive chars/s | server / engine | server / naive "
@@ -309,7 +317,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="int8", help="int8, fp32 or a path (default %(default)s)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 16, 64, 256])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per row (default %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--max-tokens", type=int, default=1000,
+                        help="mean characters per request; each draws from [mean/2, 3 mean/2] (default %(default)s)")
     parser.add_argument("--sampler", default="auto", choices=("auto", "graph", "host"))
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads (server and engine alone)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive server")

@@ -89,7 +89,7 @@ class HostSampler:
         return ids[:, None]
 
 
-    def decode_one(self, token: int, settings, uniform: float) -> int:
+    def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
         """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1."""
         ids = self.decode(1, np.full((1, 1), token, np.int32), self.last_one, Settings(*(a[:1] for a in settings)),
                           np.full((1, 1), uniform), _NO_RESET)
@@ -124,6 +124,7 @@ class Engine:
         self._start: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (start ids, next index)
         self.busy_count = 0
         self.high = 0  # rows [0, high) hold every busy slot
+        self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
 
     # ------------------------------------------------------------ any thread
 
@@ -188,10 +189,12 @@ class Engine:
         """step_arrays for one slot (row 0) that is generating, on a one-step backend: the same
         numbers and ids as the general path, with a handful of scalar operations instead of
         thirty array ones (at batch 1 the engine's own cost is what shows next to the model's)."""
-        greedy = bool(self.settings.greedy[0])
-        uniform = 0.0 if greedy else self.random.take_one(0)
-        token = self.backend.decode_one(int(self.last[0]), self.settings, uniform)
         rid = int(self.request[0])
+        fresh, self._one_rid = rid != self._one_rid, rid
+        if fresh:
+            self._one_greedy = bool(self.settings.greedy[0])
+        uniform = 0.0 if self._one_greedy else self.random.take_one(0)
+        token = self.backend.decode_one(int(self.last[0]), self.settings, uniform, fresh)
         if token < 0:
             ended.append((rid, NONFINITE))
             self._free(0)

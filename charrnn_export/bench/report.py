@@ -90,6 +90,11 @@ def fmt(value, spec: str = ",.0f", missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
 
+def times(value, spec: str) -> str:
+    """A ratio as '2.5x', or '-' when there is nothing to divide by (no tutorial contestant)."""
+    return "-" if value is None else f"{format(value, spec)}x"
+
+
 def fmt_ms(ms: float | None) -> str:
     if ms is None:
         return "n/a"
@@ -143,7 +148,7 @@ def render_device(d: dict, device: str, h: str) -> list[str]:
         lines.append(
             f"| {r['contestant']} | {r['batch']} | {r['steps']} | {fmt_ms(r['ms_per_step'])} | "
             f"{fmt_ms(r['ms_median'])} ({fmt_ms(r['ms_p10'])}-{fmt_ms(r['ms_p90'])}) | {fmt(r['chars_per_s'])} | "
-            f"{fmt(r['speedup'], '.1f')}x | {fmt(r['floor_ratio'], '.2f')}x | {fmt_ms(r['priming_ms_median'])} |")
+            f"{times(r['speedup'], '.1f')} | {times(r['floor_ratio'], '.2f')} | {fmt_ms(r['priming_ms_median'])} |")
     lines += [""]
     lines += render_floors(d["floors"], h)
     lines += render_step_floors(d["floors"])

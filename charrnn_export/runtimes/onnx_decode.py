@@ -64,6 +64,7 @@ class OnnxDecoder:
     def decode(self, rows, forced, last, settings, uniforms, reset):
         from ..engine import tokens_to_feed
 
+        self._sync_state()
         feeds = {contract.TOKEN: tokens_to_feed(forced, last), contract.STATE: self.state[:rows],
                  contract.TEMPERATURE: settings.temperature, contract.TOP_K: settings.top_k,
                  contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
@@ -73,21 +74,26 @@ class OnnxDecoder:
         ids[np.isnan(check)] = -1
         return ids[:, None]
 
-    def decode_one(self, token: int, settings, uniform: float) -> int:
-        """decode() for row 0 alone, generating: the batch-1 path, with its inputs built once."""
-        if self._one is None or self._one[contract.TEMPERATURE][0] != settings.temperature[0] or \
-                self._one[contract.TOP_K][0] != settings.top_k[0] or self._one[contract.TOP_P][0] != settings.top_p[0] \
-                or self._one[contract.GREEDY][0] != settings.greedy[0]:
-            self._one = {contract.TOKEN: np.zeros(1, np.int32), contract.STATE: self.state[:1],
+    def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
+        """decode() for row 0 alone, generating: the batch-1 path. Its inputs are built when
+        `fresh` (a new request in row 0) and then reused, the state fed back without a copy."""
+        if fresh or self._one is None:
+            self._sync_state()
+            self._one = {contract.TOKEN: np.zeros(1, np.int32), contract.STATE: self.state[:1].copy(),
                          contract.TEMPERATURE: settings.temperature[:1].copy(), contract.TOP_K: settings.top_k[:1].copy(),
                          contract.TOP_P: settings.top_p[:1].copy(), contract.GREEDY: settings.greedy[:1].copy(),
                          contract.UNIFORM: np.zeros(1), contract.RESET: np.zeros(1, bool)}
         feeds = self._one
         feeds[contract.TOKEN][0] = token
         feeds[contract.UNIFORM][0] = uniform
-        ids, new_state, check = self.session.run(OUTPUTS, feeds)
-        self.state[:1] = new_state
+        ids, feeds[contract.STATE], check = self.session.run(OUTPUTS, feeds)
         return -1 if check[0] != check[0] else int(ids[0])  # NaN != NaN: the logits were not finite
+
+    def _sync_state(self) -> None:
+        """Row 0's state back from decode_one's inputs, before the batch path reads it."""
+        if self._one is not None:
+            self.state[:1] = self._one[contract.STATE]
+            self._one = None
 
 
 def buckets(capacity: int) -> list[int]:

@@ -165,6 +165,10 @@ class Scheduler:
                 if self._dirty and (self._urgent or now - last_flush >= interval):
                     self._flush()
                     last_flush = now
+                # Hand the GIL to the event loop between steps: a thread that only waits for the
+                # GIL gets it back late (the switch interval), and a starved event loop admits
+                # no new requests, so the batch stays nearly empty.
+                time.sleep(0)
         except BaseException as e:  # noqa: BLE001 - any failure must end every request, not hang them
             self.failure = f"the engine stopped: {type(e).__name__}: {e}"
             log.exception("engine thread failed; ending every request")
