@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
-from ..errors import ModelError, RuntimeUnavailable
+from ..errors import ModelError
 from .onnx import load_session, parse_metadata, read_metadata
 
 log = logging.getLogger("charrnn_export")
@@ -246,10 +246,3 @@ class _Buffers:
 def _bind_rows(bind, name, value, device, dtype, shape) -> None:
     """Bind the first shape[0] rows of a device buffer (a prefix shares the buffer's address)."""
     bind(name, device, 0, dtype, shape, value.data_ptr())
-
-
-def check_cuda_available():
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        raise RuntimeUnavailable("device 'cuda' needs onnxruntime-gpu on a machine with an NVIDIA GPU; use device 'cpu'")
