@@ -172,7 +172,8 @@ def render_targets(targets: list[dict], h: str) -> list[str]:
         if t.get("at_floor") and t["unit"] != "floor":
             ceiling = (f" (a step at the floor would give {fmt(t['at_floor'], ',.0f' if t['unit'] == 'chars/s' else '.1f')}"
                        f"{unit} here)")
-        lines.append(f"- {t['name']} {t['target']}: {value}{unit} -> **{verdict}**{ceiling}")
+        shown = "-" if t["value"] is None else f"{value}{unit}"  # nothing measured: no unit after "n/a"
+        lines.append(f"- {t['name']} {t['target']}: {shown} -> **{verdict}**{ceiling}")
     lines.append("")
     return lines
 
