@@ -109,7 +109,6 @@ def test_a_model_with_nan_logits_stops_with_a_message(greedy, model, tmp_path):
                            *greedy), "NaN")
 
 
-@pytest.mark.xfail(reason="wired in by the engine rewrite (runtimes/onnx.py checks input types)", strict=False)
 def test_a_step_model_whose_token_is_float(model, tmp_path):
     assert_one_line_error(run_cli("sample", "--model", broken_onnx(tmp_path, model, "float"), "--length", "20"),
                    "token")

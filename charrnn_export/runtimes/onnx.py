@@ -96,6 +96,10 @@ class OnnxRuntime:
         if (set(inputs), set(outputs)) != ({contract.TOKEN, contract.STATE}, {contract.LOGITS, contract.STATE_OUT}):
             raise ModelError(f"{path} is not a charrnn-export step model (inputs {sorted(inputs)}, outputs "
                              f"{sorted(outputs)}); export it again")
+        for name, wanted in ((contract.TOKEN, "tensor(int32)"), (contract.STATE, "tensor(float)")):
+            if inputs[name].type != wanted:  # a float token would be cast silently, or fail mid-generation
+                raise ModelError(f"{path}: input `{name}` is {inputs[name].type}, a charrnn-export step model takes "
+                                 f"{wanted}; export it again with `charrnn-export to-onnx`")
         self.path = path
         self.vocab, self.config = read_metadata(self.session, path)
         self.vocab_size = len(self.vocab)
