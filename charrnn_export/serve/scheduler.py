@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -167,8 +168,9 @@ class Scheduler:
                     last_flush = now
                 # Hand the GIL to the event loop between steps: a thread that only waits for the
                 # GIL gets it back late (the switch interval), and a starved event loop admits
-                # no new requests, so the batch stays nearly empty.
-                time.sleep(0)
+                # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
+                # and costs 0.5 us; time.sleep(0) costs 70 us (the kernel's timer slack).
+                os.sched_yield()
         except BaseException as e:  # noqa: BLE001 - any failure must end every request, not hang them
             self.failure = f"the engine stopped: {type(e).__name__}: {e}"
             log.exception("engine thread failed; ending every request")
