@@ -29,6 +29,14 @@ ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"
 WAIT_MS = 120_000  # Playwright's wait for the page to load or finish: a hang fails, not a slow machine
 
 
+def generate_in_form(page, **fields: str) -> None:
+    """Fill the page's form as a person would (field id -> text), press Generate, wait until done."""
+    for field, text in fields.items():
+        page.fill(f"#{field}", text)
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=WAIT_MS)
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not ORT_WEB.is_dir():
@@ -138,14 +146,8 @@ def test_a_reader_that_breaks_early_stops_the_generation(page, python):
 
 def test_the_form_generates_pythons_text_and_shows_the_rate(page, python):
     start = start_of(python)
-    page.fill("#start", start)
-    page.fill("#length", "500")
-    page.fill("#temperature", "0.8")
-    page.fill("#top-k", "8")
-    page.fill("#top-p", "0.95")
-    page.fill("#seed", "2024")
-    page.click("#generate")
-    page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=WAIT_MS)
+    generate_in_form(page, start=start, length="500", temperature="0.8", **{"top-k": "8", "top-p": "0.95"},
+                     seed="2024")
     assert page.inner_text("#shown-start") == start
     expected = python.generate(start, 500, temperature=0.8, top_k=8, top_p=0.95, seed=2024)
     assert page.text_content("#generated") == expected
@@ -294,13 +296,7 @@ def test_the_shipped_model_in_the_page(browser, tmp_path):
     with running(tmp_path / "site") as url:
         page = open_page(browser, url)
         page.set_viewport_size({"width": 1000, "height": 760})
-        page.fill("#start", "ROMEO:")
-        page.fill("#length", "600")
-        page.fill("#temperature", "0.8")
-        page.fill("#top-k", "20")
-        page.fill("#seed", "1")
-        page.click("#generate")
-        page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=WAIT_MS)
+        generate_in_form(page, start="ROMEO:", length="600", temperature="0.8", **{"top-k": "20"}, seed="1")
         expected = Generator.load("fp32").generate("ROMEO:", 600, temperature=0.8, top_k=20, seed=1)
         assert page.text_content("#generated") == expected
         page.screenshot(path=str(os.environ.get("CHARRNN_EXPORT_WEB_SCREENSHOT") or tmp_path / "web.png"),
