@@ -1,0 +1,93 @@
+"""The exported step as a LiteRT (TFLite) model: the same contract, fp32 or dynamic-range int8.
+
+    convert_saved_model(saved_model_dir, precision="fp32"|"int8") -> the .tflite flatbuffer (bytes)
+    write_litert_model(saved_model_dir, path, precision)            the same, written atomically
+    saved_model_from_onnx(onnx_path, out_dir)                       a step SavedModel from a flat model.onnx
+
+The source is the SavedModel that `to-onnx` writes (saved_model/, signature `serving_default`:
+token int32 [batch], state float32 [batch, units] -> logits, state_out). The batch stays dynamic
+(shape signature -1): the interpreter resizes its inputs per batch (runtimes/litert.py).
+int8 is TFLiteConverter's dynamic-range quantization (Optimize.DEFAULT with no representative
+data): int8 weights with a scale per output channel, the activations quantized per step inside
+the kernels; inputs and outputs stay float32 and int32, so both files run the same loop.
+
+An export that has no SavedModel (the shipped artifacts/ hold the ONNX files only) gets one from
+its model.onnx: the flat step's weights (step_variants.flat_weights) are the trained weights with
+the embedding folded into the input table, and an identity embedding with that table as the
+input kernel (and a zero input bias) rebuilds the same tf.function exactly (1 * x + 0 * ... = x).
+TensorFlow is imported inside the functions (tfsetup.py), onnx inside saved_model_from_onnx.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import contract
+from .errors import ConfigError, ModelError
+from .files import atomic_write_bytes
+from .model import GRUWeights
+
+PRECISIONS = ("fp32", "int8")
+# File names beside model.onnx / model.int8.onnx in an export directory.
+LITERT_FILES = {"fp32": "model.tflite", "int8": "model.int8.tflite"}
+
+
+def convert_saved_model(saved_model_dir, precision: str = "fp32") -> bytes:
+    """The step SavedModel's `serving_default` signature as a .tflite flatbuffer."""
+    from .tfsetup import import_tensorflow
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown LiteRT precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+    saved_model_dir = Path(saved_model_dir)
+    if not (saved_model_dir / "saved_model.pb").is_file():
+        raise ModelError(f"no SavedModel at {saved_model_dir}; pass an export's saved_model/ directory")
+    tf = import_tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[contract.SIGNATURE])
+    if precision == "int8":
+        # No representative dataset: dynamic-range quantization (int8 weights, float in and out).
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    try:
+        return converter.convert()
+    except Exception as e:  # the converter raises ConverterError and others for graphs it cannot lower
+        raise ModelError(f"cannot convert {saved_model_dir} to LiteRT ({str(e).splitlines()[0][:200]})") from None
+
+
+def write_litert_model(saved_model_dir, path, precision: str = "fp32") -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, convert_saved_model(saved_model_dir, precision))
+    return path
+
+
+def weights_from_flat(arrays: dict[str, np.ndarray]) -> GRUWeights:
+    """GRUWeights whose folded input table (embedding @ kernel + bias[0]) is `input_table` exactly."""
+    table = arrays["input_table"].astype(np.float32)  # (vocab, 3u)
+    vocab_size, gates = table.shape
+    return GRUWeights(
+        embedding=np.eye(vocab_size, dtype=np.float32),  # (vocab, vocab): row t picks table row t
+        kernel=table,
+        recurrent_kernel=arrays["recurrent_kernel"].astype(np.float32),
+        bias=np.stack([np.zeros(gates, np.float32), arrays["recurrent_bias"].astype(np.float32)]),
+        dense_kernel=arrays["dense_kernel"].astype(np.float32),
+        dense_bias=arrays["dense_bias"].astype(np.float32),
+    ).check("flat step model")
+
+
+def saved_model_from_onnx(onnx_path, out_dir) -> Path:
+    """A step SavedModel (the `to-onnx` signature, vocabulary and config) from a flat fp32 model.onnx."""
+    import onnx
+
+    from .runtimes.onnx import parse_metadata
+    from .step_model import build_step_module, save_saved_model
+    from .step_variants import flat_weights
+
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    if not onnx_path.is_file():
+        raise ModelError(f"model file not found: {onnx_path}; pass an exported fp32 model.onnx")
+    model = onnx.load(str(onnx_path))
+    vocab, config = parse_metadata({p.key: p.value for p in model.metadata_props}, onnx_path)
+    weights = weights_from_flat(flat_weights(model))
+    module = build_step_module(weights, vocab, config)
+    save_saved_model(module, out_dir)
+    return out_dir
