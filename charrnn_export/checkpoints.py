@@ -30,15 +30,17 @@ from .vocab import Vocab, read_vocab_file, with_unknown_slot
 # ---------------------------------------------------------------- this project's checkpoints
 
 
-def save_checkpoint(path, weights: GRUWeights, meta: dict, optimizer_state: list[np.ndarray] | None = None) -> None:
-    """One .npz holding the weights, optionally the optimizer's variables, and a JSON meta; atomic."""
+def save_checkpoint(path, weights: GRUWeights, meta: dict, optimizer_state: list[np.ndarray] | None = None,
+                    root=None) -> None:
+    """One .npz holding the weights, optionally the optimizer's variables, and a JSON meta; atomic
+    (`root`: the run folder, which no link on the way may lead out of)."""
     arrays = {f"weights/{n}": a for n, a in zip(WEIGHT_NAMES, weights.arrays())}
     for i, a in enumerate(optimizer_state or []):
         arrays[f"optimizer/{i:04d}"] = np.asarray(a)
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), root)
 
 
 @dataclass

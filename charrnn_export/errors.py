@@ -43,6 +43,10 @@ class FolderInUse(ConfigError):
     """Another process is writing the same run or export folder (it holds the folder's lock)."""
 
 
+class LinkOutside(ConfigError):
+    """A symbolic link inside an output folder leads out of it; nothing is written through it."""
+
+
 class WriteError(CharRNNError, OSError):
     """A file could not be written (disk full, read-only, below a file); one line, no traceback.
 

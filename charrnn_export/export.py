@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,9 +29,9 @@ import numpy as np
 from . import contract
 from .data import load_text, split_train_val
 from .decode import write_decode_models
-from .errors import ConfigError, DataError
-from .files import (STAGING_PREFIX, FolderLock, Manifest, atomic_write_text, check_writable_dir, current_umask,
-                    foreign_entries, make_dirs, move_tree, remove_dirs, tree_entries, write_error)
+from .errors import ConfigError, DataError, WriteError
+from .files import (FolderLock, Manifest, atomic_write_text, check_no_link_out, check_writable_dir, foreign_entries,
+                    make_dirs, move_tree, remove_dirs, staging_dir, tree_entries, write_error)
 from .checkpoints import LoadedWeights, checkpoint_kind, load_any_checkpoint, resolve_vocab
 from .step_model import (DEFAULT_OPSET, MIN_OPSET, build_step_module, convert_to_onnx, gru_step_arrays,
                          name_initializers, quantize_int8, save_saved_model, set_metadata)
@@ -144,20 +142,17 @@ def read_inputs(checkpoint: str, text: str | None, vocab_path: str | None) -> Ex
 def staging_folder(out: Path):
     """A hidden folder inside `out` to build the export in, removed afterwards whatever happens;
     a write that fails (a full disk, a folder made read-only meanwhile) becomes one line."""
-    for stale in out.glob(f"{STAGING_PREFIX}*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed export (ours by name, and we hold the lock)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
-    os.chmod(staging, 0o777 & ~current_umask())
-    try:
-        yield staging
-    except OSError as e:
-        raise write_error(out, e) from None
-    except Exception as e:
-        if "tensorflow" in sys.modules and isinstance(e, sys.modules["tensorflow"].errors.OpError):
-            raise write_error(out, OSError(0, first_line(e))) from None  # tf.saved_model.save failing to write
-        raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_dir(out) as staging:
+        try:
+            yield staging
+        except WriteError:
+            raise  # already one line naming the file
+        except OSError as e:
+            raise write_error(out, e) from None
+        except Exception as e:
+            if "tensorflow" in sys.modules and isinstance(e, sys.modules["tensorflow"].errors.OpError):
+                raise write_error(out, OSError(0, first_line(e))) from None  # tf.saved_model.save failing to write
+            raise
 
 
 def write_step_models(inputs: ExportInputs, staging: Path, opset: int):
@@ -258,7 +253,19 @@ def check_out_dir(out: Path, force: bool) -> Manifest | None:
                           "them nor deletes them, even with --force: choose an empty or new directory")
     if manifest is not None and manifest.files and not force:
         raise ConfigError(f"--out {out} holds an earlier export; pass --force to replace it or choose another directory")
+    earlier = (manifest.files | manifest.dirs) if manifest is not None else set()
+    check_links(out, earlier | set(EXPORT_NAMES))
     return manifest
+
+
+# What an export writes at the top of its folder (decode models aside), checked for links early.
+EXPORT_NAMES = ("model.onnx", "model.int8.onnx", "saved_model", "vocab.json", "export_report.json")
+
+
+def check_links(out: Path, names) -> None:
+    """Refuse a link in `out` that leads out of it where the export writes or deletes (files.py)."""
+    for name in sorted(names):
+        check_no_link_out(out / name, out)
 
 
 def move_into_place(staging: Path, out: Path, earlier: Manifest | None) -> None:
@@ -270,6 +277,7 @@ def move_into_place(staging: Path, out: Path, earlier: Manifest | None) -> None:
     """
     files, dirs = tree_entries(staging)
     old_files, old_dirs = (earlier.files, earlier.dirs) if earlier is not None else (set(), set())
+    check_links(out, files | dirs | old_files | old_dirs)  # before anything moves or is deleted
     Manifest(out, "export", files | old_files, dirs | old_dirs).save()
     if earlier is not None:
         Manifest(out, "export", old_files - files, old_dirs - dirs).remove_files()

@@ -10,8 +10,19 @@
     FolderLock(folder).acquire()        fcntl.flock on `.charrnn-export.lock`, held while a run or
         export writes; the kernel drops it when the process dies, so a killed run never blocks
         its own --resume. A second writer gets FolderInUse naming the holder's pid.
-    make_dirs(path) / remove_dirs(created)   mkdir -p that remembers what it made, to undo it
+    make_dirs(path, root=None) / remove_dirs(created)   mkdir -p that remembers what it made, to undo it
+    check_no_link_out(path, root)       refuse a symbolic link between `root` and `path` that leads out
+        of `root`
+
+Links: every writer here takes `root`, the output folder it writes in (a run, an export, a site,
+bench's --out). A symbolic link below `root`, on the way to the file or the file itself, that
+leads out of `root` is refused (LinkOutside, one line) and nothing is written or made through it:
+replacing the link instead would silently drop what the user linked in, and following it writes
+outside --out. Links that stay inside `root` are followed. Without `root` (a file the user names
+himself, `sample --out FILE`), the path is the user's choice and a link there is followed.
     check_writable_dir(path, what)      fail before any work unless files can be made there
+    staging_dir(folder)                 a hidden folder inside `folder` to build in, removed afterwards
+        (a stale one a killed process left is removed first: call it holding the folder's lock)
 
 Standard library only: the sampler (numpy + onnxruntime) writes --out through this module.
 """
@@ -22,10 +33,12 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from .errors import ConfigError, FolderInUse, WriteError
+from .errors import ConfigError, FolderInUse, LinkOutside, WriteError
 
 MANIFEST = ".charrnn-export.json"
 LOCK = ".charrnn-export.lock"
@@ -54,8 +67,11 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, root: str | os.PathLike | None = None) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
+    With `root` (the output folder), a link on the way that leads out of it is refused."""
+    if root is not None:
+        check_no_link_out(path, root)
     # Replace what a symlink points at, not the link; never rename over a device or a pipe.
     path = Path(os.path.realpath(path))
     if path.exists() and not path.is_file():
@@ -78,8 +94,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, root: str | os.PathLike | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), root)
+
+
+def check_no_link_out(path: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Raise LinkOutside when a symbolic link below `root` on the way to `path` (or `path` itself)
+    leads out of `root`: writing there would write outside the output folder. `root` itself may
+    be a link (the user named it)."""
+    root, path = Path(os.path.abspath(root)), Path(os.path.abspath(path))
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        raise LinkOutside(f"{path} is not inside {root}; charrnn-export writes only inside its output folder") from None
+    current = root
+    for part in parts:
+        current = current / part
+        if current.is_symlink() and not inside(current, root):
+            raise LinkOutside(f"{current} is a symbolic link to {os.path.realpath(current)}, outside {root}; "
+                              "charrnn-export never writes through it: remove the link or choose another folder")
+        if not current.exists():
+            return  # nothing further down exists yet, so no link either
 
 
 def is_partial_write(name: str) -> bool:
@@ -90,8 +125,11 @@ def is_partial_write(name: str) -> bool:
 # ---------------------------------------------------------------- folders
 
 
-def make_dirs(directory: str | os.PathLike) -> list[Path]:
-    """mkdir -p, returning the directories it created (deepest last) so a failure can remove them."""
+def make_dirs(directory: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
+    """mkdir -p, returning the directories it created (deepest last) so a failure can remove them.
+    With `root`, a link on the way that leads out of it is refused."""
+    if root is not None:
+        check_no_link_out(directory, root)
     directory = Path(os.path.abspath(directory))
     missing = []
     while not directory.exists():
@@ -153,6 +191,23 @@ def check_writable_file(path: str | os.PathLike, what: str) -> None:
     check_writable_dir(target.parent, what)
 
 
+@contextmanager
+def staging_dir(folder: Path):
+    """FOLDER/.charrnn-export-staging-XXXX: what is built there moves into place by renames only
+    (no new space needed), so a failure half-way (a full disk) leaves FOLDER as it was."""
+    for stale in Path(folder).glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(stale, ignore_errors=True)  # ours by name, and the caller holds the lock
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    except OSError as e:
+        raise write_error(folder, e) from None
+    os.chmod(staging, 0o777 & ~current_umask())
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- the manifest
 
 
@@ -200,7 +255,7 @@ class Manifest:
 
     def save(self) -> None:
         record = {"tool": TOOL, "kind": self.kind, "files": sorted(self.files), "dirs": sorted(self.dirs)}
-        atomic_write_text(self.path, json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+        atomic_write_text(self.path, json.dumps(record, indent=1, ensure_ascii=False) + "\n", self.folder)
 
     def add(self, *names: str, dirs: tuple[str, ...] = ()) -> None:
         """Record files (and folders) about to be written; saves only when something is new."""

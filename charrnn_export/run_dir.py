@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
-from .files import Manifest, atomic_write_text, foreign_entries
+from .files import MANIFEST, Manifest, atomic_write_text, check_no_link_out, foreign_entries
 
 class RunDir:
     def __init__(self, path: str | Path):
@@ -43,7 +43,7 @@ class RunDir:
 
     def write_metrics(self, rows: list[dict]) -> None:
         self.record(self.metrics)
-        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in rows), self.path)
 
     def record(self, *paths: Path) -> None:
         """Add files about to be written (and the folders they are in) to the run's manifest."""
@@ -53,6 +53,12 @@ class RunDir:
 
     def holds_run(self) -> bool:
         return self.config.exists()
+
+    def check_links(self) -> None:
+        """Refuse, before any work, a run whose files or checkpoints/ are links out of the folder:
+        training (and --force) would write or delete there (files.check_no_link_out)."""
+        for path in (self.config, self.vocab, self.checkpoints, self.best, self.metrics, self.path / MANIFEST):
+            check_no_link_out(path, self.path)
 
 
 def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool, resumable=()) -> bool:
@@ -64,6 +70,7 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool, resuma
     """
     if run.path.exists() and not run.path.is_dir():
         raise ConfigError(f"--out {run.path} is a file; pass a directory")
+    run.check_links()
     run.manifest = Manifest.read(run.path)
     if run.manifest is not None and run.manifest.kind != "run":
         raise ConfigError(f"--out {run.path} holds a charrnn-export {run.manifest.kind}, not a run; choose another --out")

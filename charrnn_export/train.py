@@ -141,6 +141,9 @@ def train(config: TrainConfig, out_dir: str | Path, resume: bool = False, force:
     Holds the folder's lock the whole time (a second process gets FolderInUse naming this one),
     and a run that fails before its first checkpoint leaves no trace of itself.
     """
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other: --resume continues the run in --out, "
+                          "--force deletes it and starts over; pass one of them")
     config.validate()
     if distribution is not None:
         distribution.validate()
@@ -205,8 +208,8 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
     run.record(run.vocab, run.config)
-    vocab.save(run.vocab)
-    atomic_write_text(run.config, json.dumps(stored, indent=2, ensure_ascii=False) + "\n")
+    vocab.save(run.vocab, root=run.path)
+    atomic_write_text(run.config, json.dumps(stored, indent=2, ensure_ascii=False) + "\n", run.path)
 
     with dist.scope():  # under --strategy, variables made here are mirrored on every replica
         model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
@@ -285,7 +288,7 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
             metrics.append(ckpt.meta["metrics"])
         if ckpt.meta["metrics"]["val_loss"] == best_val:
             run.record(run.best)
-            save_checkpoint(run.best, ckpt.weights, ckpt.meta)
+            save_checkpoint(run.best, ckpt.weights, ckpt.meta, root=run.path)
         run.write_metrics(metrics)
         if batch_in_epoch >= steps_per_epoch[min(epoch, config.epochs - 1)]:
             epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
@@ -348,9 +351,9 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
         # resume trusts only the checkpoint and drops metric rows beyond it.
         checkpoint = run.checkpoint_path(epoch + 1, global_step)
         run.record(checkpoint, run.best)
-        save_checkpoint(checkpoint, weights, meta, [np.asarray(v) for v in optimizer.variables])
+        save_checkpoint(checkpoint, weights, meta, [np.asarray(v) for v in optimizer.variables], root=run.path)
         if is_best:
-            save_checkpoint(run.best, weights, meta)
+            save_checkpoint(run.best, weights, meta, root=run.path)
         metrics.append(row)
         run.write_metrics(metrics)
         log(f"epoch {epoch + 1}: train {row['train_loss']:.4f}  val {val_loss:.4f} nats/char "

@@ -47,8 +47,8 @@ class Vocab:
     def to_json(self) -> str:
         return json.dumps(list(self.chars), ensure_ascii=False)
 
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, self.to_json() + "\n")
+    def save(self, path: str | os.PathLike, root: str | os.PathLike | None = None) -> None:
+        atomic_write_text(path, self.to_json() + "\n", root)
 
     def __len__(self) -> int:
         return len(self.chars)

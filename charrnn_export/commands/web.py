@@ -7,7 +7,7 @@ import sys
 
 from ..errors import ConfigError
 from ..web.build import ORT_VERSION, build_site
-from ..web.serve import DEFAULT_PORT, serve
+from ..web.serve import DEFAULT_PORT, bind, serve_site
 
 
 def add_web_parser(sub) -> None:
@@ -36,9 +36,16 @@ def run_web(args) -> int:
     port = DEFAULT_PORT if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {port}")  # before the build, not after
-    summary = build_site(args.model, args.out, ort_web=args.ort_web)
+    # The port first: taken or not allowed, that is one line before the site is built.
+    server = bind(args.out, port) if args.serve else None
+    try:
+        summary = build_site(args.model, args.out, ort_web=args.ort_web)
+    except BaseException:
+        if server is not None:
+            server.server_close()
+        raise
     print(f"wrote {summary['out']}: {summary['model']}, {summary['ort']}")
     sys.stdout.flush()
-    if args.serve:
-        serve(args.out, port, log=lambda line: print(line, file=sys.stderr, flush=True))
+    if server is not None:
+        serve_site(server, args.out, log=lambda line: print(line, file=sys.stderr, flush=True))
     return 0

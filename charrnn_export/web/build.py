@@ -17,7 +17,10 @@ with subresource-integrity hashes, from the CDN by default or from ort/ when ort
 local copy (an npm install's node_modules/onnxruntime-web/dist), which must be byte-identical.
 
 The folder's files are listed in SITE_MANIFEST, so building again replaces exactly what an
-earlier build wrote; a non-empty folder that to-web did not write is refused.
+earlier build wrote; a non-empty folder that to-web did not write is refused. The site is
+built in a hidden staging folder inside `out` and then moved into place by renames, so a build
+that fails (a full disk) leaves `out` as it was. A link in `out` that leads out of it, where the
+site writes or deletes, is refused (files.check_no_link_out): a rebuild never writes through it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from pathlib import Path
 
 from .. import contract
 from ..errors import ConfigError, ModelError
-from ..files import FolderLock, atomic_write_bytes, atomic_write_text, check_relative, is_partial_write, make_dirs
+from ..errors import WriteError
+from ..files import (STAGING_PREFIX, FolderLock, atomic_write_bytes, atomic_write_text, check_no_link_out,
+                     check_relative, inside, is_partial_write, make_dirs, remove_dirs, staging_dir, write_error)
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = ("index.html", "style.css", "app.js", "charrnn.js", "worker.js", "sampling.js", "onnx-metadata.js")
@@ -102,7 +107,7 @@ def read_manifest(out: Path) -> set[str] | None:
 
 def write_manifest(out: Path, files: set[str]) -> None:
     record = {"tool": "charrnn-export", "kind": "site", "ort_web": ORT_VERSION, "files": sorted(files)}
-    atomic_write_text(out / SITE_MANIFEST, json.dumps(record, indent=1) + "\n")
+    atomic_write_text(out / SITE_MANIFEST, json.dumps(record, indent=1) + "\n", out)
 
 
 def check_out(out: Path) -> set[str]:
@@ -113,7 +118,8 @@ def check_out(out: Path) -> set[str]:
         return set()
     earlier = read_manifest(out) or set()
     tops = {Path(name).parts[0] for name in earlier} | {SITE_MANIFEST, LOCK}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in tops and not is_partial_write(p.name))
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in tops and not is_partial_write(p.name)
+                     and not p.name.startswith(STAGING_PREFIX))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise ConfigError(f"--out {out} holds files that to-web did not write ({shown}); it never overwrites "
@@ -143,7 +149,7 @@ def build_site(model: str | None, out: str | os.PathLike, ort_web: str | None = 
     """Write the site into `out`; returns {out, model, files, ort}. Checks everything before writing."""
     model_path, runtime = resolve_model(model)
     ort_files = read_ort_web(ort_web) if ort_web is not None else {}
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     earlier = check_out(out)
 
     contents: dict[str, bytes] = {name: (STATIC / name).read_bytes() for name in STATIC_FILES}
@@ -154,21 +160,50 @@ def build_site(model: str | None, out: str | os.PathLike, ort_web: str | None = 
         contents[f"{ORT_DIR}/{name}"] = data
     if len(contents) != len(STATIC_FILES) + 3 + len(ort_files):
         raise ConfigError(f"--model {model_path}: its file name clashes with one of the site's files; rename it")
+    check_links(out, earlier | set(contents))
 
-    make_dirs(out)
-    with FolderLock(out, f"--out {out}"):
-        earlier = check_out(out)  # again, now that no other to-web can be writing here
-        # Write-ahead: the manifest names every file before it exists, so a kill mid-way leaves
-        # nothing that a later build would not recognise as its own.
-        write_manifest(out, earlier | set(contents))
-        for name, data in contents.items():
-            atomic_write_bytes(out / name, data)
-        for name in sorted(earlier - set(contents)):  # an earlier build's model or ort/ files
-            path = out / name
-            if path.is_file() and not path.is_symlink():
-                path.unlink()
-        if not ort_files and (out / ORT_DIR).is_dir() and not any((out / ORT_DIR).iterdir()):
-            (out / ORT_DIR).rmdir()
-        write_manifest(out, set(contents))
+    created = make_dirs(out)
+    try:
+        with FolderLock(out, f"--out {out}"):
+            earlier = check_out(out)  # again, now that no other to-web can be writing here
+            check_links(out, earlier | set(contents))
+            with staging_dir(out) as staging:
+                try:
+                    for name, data in contents.items():
+                        atomic_write_bytes(staging / name, data, staging)
+                    move_site_into_place(staging, out, earlier, set(contents))
+                except WriteError:
+                    raise
+                except OSError as e:
+                    raise write_error(out, e) from None
+    finally:
+        remove_dirs(created)  # only while empty: a failed build into a new folder leaves no folder
     return {"out": str(out), "model": str(model_path), "files": sorted(contents),
             "ort": f"onnxruntime-web {ORT_VERSION} " + (f"from {ort_web} (copied)" if ort_files else "from the CDN")}
+
+
+def check_links(out: Path, names) -> None:
+    """Refuse a link in `out` leading out of it where the site writes or deletes."""
+    for name in sorted(names):
+        check_no_link_out(out / name, out)
+
+
+def move_site_into_place(staging: Path, out: Path, earlier: set[str], names: set[str]) -> None:
+    """Rename the staged files into `out` (a rename replaces a file, never writes into it), then
+    remove what an earlier build wrote that this one does not. Write-ahead: the manifest names
+    old and new files before anything moves, so a kill mid-way leaves nothing a later build
+    would not recognise as its own."""
+    write_manifest(out, earlier | names)
+    for name in sorted(names):
+        target = out / name
+        make_dirs(target.parent, root=out)
+        os.replace(staging / name, target)
+    for name in sorted(earlier - names):  # an earlier build's model or ort/ files
+        path = out / name
+        if inside(path.parent, out) and (path.is_symlink() or path.is_file()):
+            path.unlink()  # a link itself, never its target
+    ort = out / ORT_DIR
+    if not any(n.startswith(f"{ORT_DIR}/") for n in names) and ort.is_dir() and not ort.is_symlink() \
+            and not any(ort.iterdir()):
+        ort.rmdir()
+    write_manifest(out, names)

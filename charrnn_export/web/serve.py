@@ -3,7 +3,9 @@ cross-origin isolated (COOP same-origin + COEP require-corp): only then may onnx
 WebAssembly use threads (SharedArrayBuffer). Standard library only.
 
     with running(folder, port=0) as url: ...    a server in a background thread (tests, benchmarks)
-    serve(folder, port, log)                    until Ctrl-C (`charrnn-export to-web --serve`)
+    serve(folder, port, log)                    until Ctrl-C or SIGTERM (exit 0)
+    bind(folder, port) -> server; serve_site(server, folder, log)   the same in two steps, so that
+                                                `to-web --serve` takes its port before it builds the site
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import signal
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -44,10 +47,18 @@ class SiteHandler(SimpleHTTPRequestHandler):
 
 
 def make_server(folder: str | Path, port: int = 0) -> ThreadingHTTPServer:
-    """A server bound to 127.0.0.1:port (0: a free port, read it from server.server_port)."""
-    folder = Path(folder)
-    if not (folder / "index.html").is_file():
+    """A server for a built site bound to 127.0.0.1:port (0: a free port, read it from server.server_port)."""
+    check_site(folder)
+    return bind(folder, port)
+
+
+def check_site(folder: str | Path) -> None:
+    if not (Path(folder) / "index.html").is_file():
         raise ConfigError(f"{folder} has no index.html; build the site first with `charrnn-export to-web --out`")
+
+
+def bind(folder: str | Path, port: int = 0) -> ThreadingHTTPServer:
+    """Take the port now; the site in `folder` is read only when a request comes (it may not be built yet)."""
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {port}")
     handler = functools.partial(SiteHandler, directory=str(folder))
@@ -79,13 +90,32 @@ def running(folder: str | Path, port: int = 0) -> Iterator[str]:
         thread.join()
 
 
+class Stopped(Exception):
+    """SIGTERM arrived: stop serving as Ctrl-C does (a service manager's stop is not a failure)."""
+
+
+def raise_stopped(signum, frame):
+    raise Stopped
+
+
 def serve(folder: str | Path, port: int = DEFAULT_PORT, log: Callable[[str], None] = print) -> None:
-    """Serve until interrupted (Ctrl-C), then close the socket."""
-    server = make_server(folder, port)
-    log(f"serving {folder} at {url_of(server)} (cross-origin isolated: threads allowed); Ctrl-C stops")
+    """Serve until interrupted (Ctrl-C or SIGTERM), then close the socket."""
+    serve_site(make_server(folder, port), folder, log)
+
+
+def serve_site(server: ThreadingHTTPServer, folder: str | Path, log: Callable[[str], None] = print) -> None:
+    """Serve with a server from bind() until Ctrl-C or SIGTERM, then close it; returns normally."""
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        log("stopped")
+        check_site(folder)
+        log(f"serving {folder} at {url_of(server)} (cross-origin isolated: threads allowed); Ctrl-C stops")
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, raise_stopped) if in_main else None
+        try:
+            server.serve_forever()
+        except (KeyboardInterrupt, Stopped):
+            log("stopped")
+        finally:
+            if in_main:
+                signal.signal(signal.SIGTERM, previous)
     finally:
         server.server_close()
