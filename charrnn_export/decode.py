@@ -103,8 +103,10 @@ def add_sampling(step_model, vocab_size: int, unk_id: int | None = None, cuts: b
         logits = g.one("Add", logits, g.const("unk_mask", mask))
     greedy_ids = g.one("Cast", g.one("ArgMax", logits, axis=1, keepdims=0, select_last_index=0), to=TensorProto.INT32)
 
-    # 2-3: temperature, then the top-k cut (k = 0 or >= vocab: the k-th largest is the smallest).
-    scaled = g.one("Div", logits, column(contract.TEMPERATURE))  # (batch, vocab) float32
+    # 2-3: (logits - max) / temperature (at most 0: never +inf or NaN), then the top-k cut
+    # (k = 0 or >= vocab: the k-th largest is the smallest).
+    scaled = g.one("Div", g.one("Sub", logits, g.reduce("ReduceMax", logits, axis1)),
+                   column(contract.TEMPERATURE))  # (batch, vocab) float32
     last = g.const("last", np.array([vocab_size - 1], np.int64))
     if cuts:
         vocab_k = g.const("vocab", np.array([vocab_size], np.int64))
@@ -141,7 +143,10 @@ def add_sampling(step_model, vocab_size: int, unk_id: int | None = None, cuts: b
     below = g.one("Cast", g.one("LessOrEqual", g.one("Cast", cdf, to=TensorProto.DOUBLE), threshold), to=TensorProto.FLOAT)
     sampled = g.one("Cast", g.one("ReduceSum", below, g.const("axis1_sum", np.array([1], np.int64)), keepdims=0),
                     to=TensorProto.INT32)
-    graph.node.append(helper.make_node("Where", [contract.GREEDY, greedy_ids, sampled], [contract.NEXT_TOKEN],
+    # 1: greedy rows, and rows whose top_p is not above 0 (a top_p below float32's smallest rounds to 0).
+    as_greedy = g.one("Or", contract.GREEDY,
+                      g.one("Not", g.one("Greater", contract.TOP_P, g.const("p0", np.array(0.0, np.float32)))))
+    graph.node.append(helper.make_node("Where", [as_greedy, greedy_ids, sampled], [contract.NEXT_TOKEN],
                                        name=f"{PREFIX}choose"))
     # 0 for a row whose logits are all finite; inf - inf and NaN - NaN are NaN.
     graph.node.append(helper.make_node(

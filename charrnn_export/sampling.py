@@ -8,18 +8,27 @@ This is the project's one sampling rule. The decode model (decode.py) computes t
 ONNX and the web page (web/static/sampling.js) in JavaScript; the three agree id for id because every
 step is defined so that each side can do exactly the same float arithmetic:
 
-  1. greedy rows: the first index of the largest logit (no random number is used).
-  2. scaled = logits / temperature, in float32.
+  1. greedy rows, and rows whose top_p is not above 0 in float32 (a top_p below the smallest
+     float32 probability, about 1.4e-45, rounds to 0): the first index of the largest logit (no
+     random number is used).
+  2. scaled = (logits - max) / temperature, in float32: at most 0, exactly 0 at the largest
+     logit, so no temperature in checks' range (1e-6 .. 1e30, also a subnormal float32) and no
+     finite logits can make it +inf or NaN (a tiny temperature only sends the others to -inf).
   3. top-k (0 = off): ids whose scaled logit is below the k-th largest are removed (ties kept).
   4. weights = float32(exp(float64(scaled - max))): exp in float64 rounded to float32, because
      float32 exp differs in the last bit between numpy, onnxruntime and JavaScript, and float64
-     exp rounded to float32 does not (in practice).
+     exp rounded to float32 does not (in practice). (max is 0 here, so the subtraction is exact.)
   5. top-p (1 = off): probs = weights / total (total = the sequential float32 sum, as in 6); in
      descending order of probability (ties: lower id first), an id is kept while the probability
      of the ids before it is below top_p, so the first is always kept.
   6. cdf = the sequential float32 running sum of the kept weights; the id is the count of
      cdf entries <= uniform * cdf[-1], compared in float64. uniform is in [0, 1), so the id found
-     always has positive weight.
+     always has positive weight (the largest logit's weight is exp(0) = 1).
+
+The rule is total: for any finite logits (with -inf for masked ids, at least one finite) and any
+settings that pass SamplingConfig.validate it returns an id in range, never NaN and never an
+exception (tests/test_sampler_total.py checks numpy, the decode graph and the web page on extreme
+floats).
 
 Sums are sequential (np.add.accumulate), not numpy's pairwise sum, because ONNX CumSum and a
 JavaScript loop add in that order.
@@ -27,13 +36,12 @@ JavaScript loop add in that order.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import ConfigError
+from . import checks
 
 
 @dataclass(frozen=True)
@@ -44,12 +52,11 @@ class SamplingConfig:
     greedy: bool = False  # argmax; ignores temperature, top-k and top-p
 
     def validate(self) -> "SamplingConfig":
-        if not self.temperature > 0 or math.isinf(self.temperature):  # `not >` also rejects NaN
-            raise ConfigError(f"temperature must be a positive number, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        """The settings, or the project's argument error naming the field (checks.py's ranges)."""
+        checks.check_temperature(self.temperature)
+        checks.check_top_k(self.top_k)
+        checks.check_top_p(self.top_p)
+        checks.check_bool(self.greedy, "greedy")
         return self
 
 
@@ -88,12 +95,13 @@ def choose(logits: np.ndarray, settings: Settings, uniforms: np.ndarray) -> np.n
     logits = np.asarray(logits, dtype=np.float32)
     rows, vocab = logits.shape
     ids = np.argmax(logits, axis=1).astype(np.int32)  # greedy rows keep this
-    sampled = ~settings.greedy
+    sampled = ~settings.greedy & (settings.top_p > 0)  # rule 1: a top_p that rounds to 0 is greedy
     if not sampled.any():
         return ids
     if not sampled.all():
         logits, settings, uniforms = logits[sampled], settings.take(sampled), uniforms[sampled]
-    scaled = logits / settings.temperature[:, None]  # (rows, vocab) float32
+    with np.errstate(over="ignore"):  # a tiny temperature sends differences to -inf: meant (rule 2)
+        scaled = (logits - logits.max(axis=1, keepdims=True)) / settings.temperature[:, None]  # (rows, vocab) float32
     scaled = cut_top_k(scaled, settings.top_k)
     weights = np.exp((scaled - scaled.max(axis=1, keepdims=True)).astype(np.float64)).astype(np.float32)
     if (settings.top_p < 1).any():
@@ -132,7 +140,8 @@ def cut_top_p(weights: np.ndarray, top_p: np.ndarray) -> np.ndarray:
 def softmax_reference(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
     """The distribution the rule samples from, in float64, written independently of choose():
     for the statistical tests. (vocab,) logits -> (vocab,) probabilities."""
-    x = np.asarray(logits, dtype=np.float64) / config.temperature
+    x = np.asarray(logits, dtype=np.float64)
+    x = (x - x.max()) / config.temperature
     if config.top_k is not None and config.top_k < len(x):
         x = np.where(x < np.sort(x)[::-1][config.top_k - 1], -np.inf, x)
     p = np.exp(x - x.max())

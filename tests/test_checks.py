@@ -68,6 +68,13 @@ WRONG_VALUES = [
     (checks.check_unknown, "drop", "unknown must be one of error, skip"),
     (checks.check_runtime, "bogus", "runtime must be one of onnx, savedmodel, keras"),
     (checks.check_device, "tpu", "device must be one of cpu, cuda"),
+    # Every number is bounded where it enters (issue 18): one message naming the range.
+    (checks.check_length, 2**63, "length must be <= 2**40 (in [0, 2**40])"),
+    (checks.check_top_k, 10**20, "top_k must be <= 2**31 - 1 (in [1, 2**31 - 1])"),
+    (checks.check_temperature, 1e-38, "temperature must be in [1e-06, 1e+30], got 1e-38: below 1e-06"),
+    (checks.check_temperature, 1e-40, "ask for greedy decoding instead"),
+    (checks.check_temperature, 1e31, "temperature must be in [1e-06, 1e+30]"),
+    (checks.check_top_p, -1e-46, "top_p must be in (0, 1]"),
 ]
 
 
@@ -77,6 +84,42 @@ def test_a_wrong_value_is_an_argument_value_error_naming_the_argument(check, val
         check(value)
     assert isinstance(caught.value, ValueError) and isinstance(caught.value, CharRNNError)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("check,value,message", WRONG_VALUES + [(c, v, "") for c, v, _ in WRONG_TYPES],
+                         ids=[f"{c.__name__}-{v!r}" for c, v, _ in WRONG_VALUES + WRONG_TYPES])
+def test_an_argument_error_carries_the_argument_name_as_param(check, value, message):
+    args = (value, "greedy") if check is checks.check_bool else (value,)
+    with pytest.raises(ConfigError) as caught:
+        check(*args)
+    assert str(caught.value).startswith(caught.value.param), (caught.value.param, str(caught.value))
+    with pytest.raises(ConfigError) as caught:
+        check(value, "--flag")
+    assert caught.value.param.startswith("--flag")  # an element of a list: "--flag[1]"
+
+
+def test_the_edges_of_every_range_are_accepted():
+    assert checks.check_length(2**40) == 2**40 and checks.check_length(0) == 0
+    assert checks.check_top_k(2**31 - 1) == 2**31 - 1
+    assert checks.check_temperature(1e-6) == 1e-6 and checks.check_temperature(1e30) == 1e30
+    assert checks.check_top_p(1e-46) == 1e-46 and checks.check_top_p(1 - 1e-16) == 1 - 1e-16
+    assert checks.check_count(5, "--num-samples", 10) == 5
+
+
+@pytest.mark.parametrize("value", [0, 11, 10**30])
+def test_a_count_outside_its_range_names_it(value):
+    with pytest.raises(ArgumentValueError, match=r"^--num-samples must be in \[1, 10\]"):
+        checks.check_count(value, "--num-samples", 10)
+
+
+def test_rows_that_cannot_fit_in_memory_are_refused_naming_the_largest_that_fits():
+    free = checks.available_memory()
+    if free is None:
+        pytest.skip("this system does not say how much memory is free")
+    assert checks.check_fits_memory(10, 1024, "--num-samples") == 10
+    with pytest.raises(ArgumentValueError, match=r"^--num-samples 100,000,000 needs about .* GiB.*use at most") as e:
+        checks.check_fits_memory(100_000_000, free, "--num-samples")
+    assert e.value.param == "--num-samples"
 
 
 def test_good_values_come_back_normalised():

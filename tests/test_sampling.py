@@ -30,6 +30,8 @@ def random_logits(rng, batch, vocab=VOCAB, spread=4.0):
     (SamplingConfig(top_k=0), "top_k"),
     (SamplingConfig(top_p=0.0), "top_p"),
     (SamplingConfig(top_p=1.5), "top_p"),
+    (SamplingConfig(temperature=1e-38), "temperature"),
+    (SamplingConfig(top_k=10**20), "top_k"),
 ])
 def test_invalid_sampling_settings_are_refused(config, name):
     with pytest.raises(ConfigError, match=name):
@@ -38,6 +40,8 @@ def test_invalid_sampling_settings_are_refused(config, name):
 
 def test_extreme_but_valid_settings_are_accepted():
     SamplingConfig(temperature=1e-3, top_k=1, top_p=1.0).validate()
+    SamplingConfig(temperature=1e-6, top_k=2**31 - 1, top_p=1e-46).validate()
+    SamplingConfig(temperature=1e30, top_p=1 - 1e-16).validate()
 
 
 # ---------------------------------------------------------------- choose
@@ -51,6 +55,22 @@ def pick(logits, config, u):
 def test_greedy_ignores_temperature_top_k_and_the_uniforms():
     logits = random_logits(np.random.default_rng(0), 5)
     ids = pick(logits, SamplingConfig(greedy=True, temperature=5.0, top_k=3), 0.99)
+    np.testing.assert_array_equal(ids, np.argmax(logits, axis=1))
+
+
+@pytest.mark.parametrize("top_p", [1e-46, 1e-300, 5e-324])
+def test_a_top_p_below_the_smallest_float32_is_greedy(top_p):
+    """It rounds to 0 in float32, where the rule would keep nothing: greedy instead (rule 1)."""
+    logits = random_logits(np.random.default_rng(2), 8)
+    ids = pick(logits, SamplingConfig(top_p=top_p), 0.999)
+    np.testing.assert_array_equal(ids, np.argmax(logits, axis=1))
+
+
+def test_the_smallest_temperature_is_near_greedy_and_never_nan():
+    """(logits - max) / 1e-6 sends every other id to -inf or near it: no overflow warning, no NaN."""
+    logits = random_logits(np.random.default_rng(3), 8, spread=1e30)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # numpy warns of these by default
+        ids = pick(logits, SamplingConfig(temperature=1e-6), 0.999)
     np.testing.assert_array_equal(ids, np.argmax(logits, axis=1))
 
 

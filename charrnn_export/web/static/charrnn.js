@@ -6,7 +6,7 @@
 //   for await (const ch of charrnn.stream("ROMEO:", 200, { seed: 1 })) ...         // char by char
 //   charrnn.stop()   // ends the running generation: generate() resolves with the text so far
 //
-// Options: temperature (> 0, default 1), topK (integer >= 1, null = off), topP ((0, 1], null =
+// Options: temperature ([1e-6, 1e30], default 1), topK (integer in [1, 2**31 - 1], null = off), topP ((0, 1], null =
 // off), greedy (ignores the others), seed (integer in [0, 2**32); default a random one, read it
 // back from charrnn.lastRun.seed). The same seed and settings give the same text as Python.
 // Bad arguments raise CharRNNError: stream() throws at once, generate() rejects.
@@ -14,6 +14,12 @@
 
 import site from "./site-config.js";
 import { SEED_LIMIT } from "./sampling.js";
+
+// checks.py's bounds: MIN_TEMPERATURE, MAX_TEMPERATURE, TOP_K_LIMIT, LENGTH_LIMIT.
+const MIN_TEMPERATURE = 1e-6;
+const MAX_TEMPERATURE = 1e30;
+const TOP_K_LIMIT = 2 ** 31 - 1;
+const LENGTH_LIMIT = 2 ** 40;
 
 export class CharRNNError extends Error {
   constructor(message, unknown = []) {
@@ -106,13 +112,21 @@ class CharRNN {
   }
 
   #prepare(start, length, { temperature = 1, topK = null, topP = null, greedy = false, seed = null } = {}) {
-    // The checks of Python's SamplingConfig.validate and check_length, with its messages.
+    // The checks of Python's checks.py (SamplingConfig.validate, check_length), with its ranges.
     if (!(typeof temperature === "number" && temperature > 0 && Number.isFinite(temperature))) {
       throw new CharRNNError(`temperature must be a positive number, got ${temperature}`);
     }
-    if (topK !== null && !(Number.isInteger(topK) && topK >= 1)) throw new CharRNNError(`topK must be an integer >= 1, got ${topK}`);
+    if (temperature < MIN_TEMPERATURE || temperature > MAX_TEMPERATURE) {
+      throw new CharRNNError(`temperature must be in [1e-06, 1e+30], got ${temperature}` +
+        (temperature < MIN_TEMPERATURE ? ": below 1e-06 sampling is greedy in all but name; ask for greedy decoding instead" : ""));
+    }
+    if (topK !== null && !(Number.isInteger(topK) && topK >= 1 && topK <= TOP_K_LIMIT)) {
+      throw new CharRNNError(`topK must be an integer >= 1 and <= 2**31 - 1, got ${topK}`);
+    }
     if (topP !== null && !(typeof topP === "number" && topP > 0 && topP <= 1)) throw new CharRNNError(`topP must be in (0, 1], got ${topP}`);
-    if (!(Number.isInteger(length) && length >= 0)) throw new CharRNNError(`length must be an integer >= 0, got ${length}`);
+    if (!(Number.isInteger(length) && length >= 0 && length <= LENGTH_LIMIT)) {
+      throw new CharRNNError(`length must be an integer >= 0 and <= 2**40, got ${length}`);
+    }
     if (seed === null || seed === undefined) seed = crypto.getRandomValues(new Uint32Array(1))[0];
     if (!(Number.isInteger(seed) && seed >= 0 && seed < SEED_LIMIT)) throw new CharRNNError(`seed must be an integer in [0, 2**32), got ${seed}`);
     const startIds = this.encode(start);

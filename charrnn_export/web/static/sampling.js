@@ -53,18 +53,22 @@ export function argmax(logits) {
 // settings: {temperature, topK (0 = off), topP (1 = off), greedy}; rng: a Stream, used
 // (one uniform) only when the row is sampled. logits: Float32Array, not modified.
 export function choose(logits, settings, rng) {
-  if (settings.greedy) return argmax(logits);
+  const topP = f32(settings.topP ?? 1);
+  // Rule 1: greedy, also for a topP that is not above 0 in float32 (below about 1.4e-45).
+  if (settings.greedy || !(topP > 0)) return argmax(logits);
   const vocab = logits.length;
   const temperature = f32(settings.temperature);
+  let top = -Infinity;
+  for (let i = 0; i < vocab; i++) if (logits[i] > top) top = logits[i];
   const scaled = new Float32Array(vocab); // stores round to float32, like numpy's float32 ops
-  for (let i = 0; i < vocab; i++) scaled[i] = logits[i] / temperature;
+  // Rule 2: (logits - max) / temperature, each operation rounded to float32: at most 0, never NaN.
+  for (let i = 0; i < vocab; i++) scaled[i] = f32(logits[i] - top) / temperature;
   cutTopK(scaled, settings.topK | 0);
   let max = -Infinity;
   for (let i = 0; i < vocab; i++) if (scaled[i] > max) max = scaled[i];
   const weights = new Float32Array(vocab);
   // exp in float64 of the float32 difference, rounded to float32 (step 4 of sampling.py).
   for (let i = 0; i < vocab; i++) weights[i] = Math.exp(f32(scaled[i] - max));
-  const topP = f32(settings.topP ?? 1);
   if (topP < 1) cutTopP(weights, topP);
   const cdf = new Float32Array(vocab);
   let running = 0;
