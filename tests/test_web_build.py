@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_env, run_cli
 
 from charrnn_export.web import build
 from charrnn_export.web.serve import running
@@ -132,3 +135,105 @@ def test_serve_serves_the_site_until_interrupted(tmp_path, tiny_export):
                 process.wait()
     assert process.returncode == 0, stderr
     assert stdout.startswith(f"wrote {out}")
+
+
+# ---------------------------------------------------------------- links, a full disk, --serve
+
+
+def tree(root: Path) -> dict:
+    return {p.relative_to(root).as_posix(): (str(p.readlink()) if p.is_symlink() else
+                                             p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("link", ["model", "ort"])
+def test_a_rebuild_never_writes_through_a_link_out_of_the_site(tmp_path, tiny_export, link):
+    """A link in the site to another export's model (or to a folder as ort/) is refused, and
+    what it leads to is untouched."""
+    site, other = tmp_path / "site", tmp_path / "other"
+    other.mkdir()
+    (other / "model.onnx").write_bytes(b"another export's model")
+    args = ["to-web", "--model", tiny_export, "--out", site] + (["--ort-web", ORT_WEB] if link == "ort" else [])
+    if link == "ort" and not ORT_WEB.is_dir():
+        pytest.skip("web/node_modules/onnxruntime-web is not installed (cd web && npm ci)")
+    assert run_cli(*args).returncode == 0
+    name = "model.onnx" if link == "model" else "ort"
+    if link == "model":
+        (site / name).unlink()
+        (site / name).symlink_to(other / "model.onnx")
+    else:
+        shutil.rmtree(site / name)
+        (site / name).symlink_to(other)
+    before = tree(tmp_path)
+    assert_one_line_error(run_cli(*args), f"{site / name}", "symbolic link", "outside")
+    assert tree(tmp_path) == before
+
+
+def in_a_small_disk(tmp_path: Path, size: str, script: str) -> subprocess.CompletedProcess:
+    """Run `script` (sh; $CLI is the command line, $DISK the mount) with a fresh tmpfs of `size`."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    command = f'DISK="{disk}"; CLI="{sys.executable} -m charrnn_export.cli"; ' \
+              f'mount -t tmpfs -o size={size} tmpfs "$DISK" || exit 77; {script}'
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", command], capture_output=True, text=True,
+                            env=cli_env(), cwd=REPO, timeout=300)
+    if result.returncode == 77:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    return result
+
+
+def test_a_full_disk_leaves_no_half_made_site_and_the_retry_works(tmp_path, tiny_export):
+    """On a new folder, nothing stays; over an earlier site, that site stays whole; with space
+    again, the same command succeeds."""
+    script = (f'$CLI to-web --model "{tiny_export}" --out "$DISK/site" >/dev/null || exit 10; '
+              'sha256sum "$DISK"/site/* "$DISK"/site/.c* > "$DISK/../before"; '
+              'cat /dev/zero > "$DISK/filler" 2>/dev/null; '
+              f'$CLI to-web --model "{tiny_export}" --out "$DISK/site" 2>"$DISK/../error" && exit 11; '
+              'sha256sum "$DISK"/site/* "$DISK"/site/.c* | cmp - "$DISK/../before" || exit 12; '
+              'ls -A "$DISK/site" > "$DISK/../listing"; '
+              f'$CLI to-web --model "{tiny_export}" --out "$DISK/new" 2>>"$DISK/../error" && exit 13; '
+              'test -e "$DISK/new" && exit 14; '
+              'rm "$DISK/filler"; '
+              f'$CLI to-web --model "{tiny_export}" --out "$DISK/site" || exit 15')
+    result = in_a_small_disk(tmp_path, "1m", script)
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    errors = (tmp_path / "error").read_text().splitlines()
+    assert len(errors) == 2 and all("the disk is full" in line for line in errors), errors
+    listing = set((tmp_path / "listing").read_text().split())
+    assert listing == SITE_FILES | {"model.onnx", build.SITE_MANIFEST}, listing
+
+
+def test_serve_with_the_port_taken_fails_before_building(tmp_path, tiny_export):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("to-web", "--model", tiny_export, "--out", tmp_path / "site", "--serve", "--port", port)
+    assert_one_line_error(result, f"port {port}", "in use")
+    assert not (tmp_path / "site").exists()
+
+
+def test_serve_stopped_by_sigterm_exits_0(tmp_path, tiny_export):
+    import re
+    import signal
+
+    from conftest import cli_command, cli_env
+
+    process = subprocess.Popen(cli_command("to-web", "--model", tiny_export, "--out", tmp_path / "site", "--serve",
+                                           "--port", "0"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=cli_env(), cwd=REPO)
+    try:
+        line = process.stderr.readline()
+        assert re.search(r"http://127\.0\.0\.1:\d+/", line), line
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:  # never leave the server running
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert stderr.strip() == "stopped"
