@@ -1,0 +1,121 @@
+"""A model's weights, any architecture: numpy arrays in Keras' own layout.
+
+    LayerWeights(spec, kernel, recurrent_kernel, bias)   one recurrent layer
+    ModelWeights(embedding, layers, dense_kernel, dense_bias)
+        .architecture() / .check(source)                  the description; one-line ModelError
+        .named_arrays() / from_named_arrays(...)          flat {name: array} for .npz checkpoints
+        from_gru_weights(w) / .to_gru_weights()           to and from model.py's GRUWeights, so the
+                                                          single-GRU path can move over step by step
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ModelError
+from .architecture import Architecture, LayerSpec
+
+
+@dataclass
+class LayerWeights:
+    spec: LayerSpec
+    kernel: np.ndarray  # (input_dim, gates * units)
+    recurrent_kernel: np.ndarray  # (units, gates * units)
+    bias: np.ndarray  # (gates * units,); a reset_after GRU's is (2, 3 * units): input, recurrent
+
+    def arrays(self) -> list[np.ndarray]:
+        return [self.kernel, self.recurrent_kernel, self.bias]
+
+
+LAYER_ARRAYS = ("kernel", "recurrent_kernel", "bias")
+
+
+@dataclass
+class ModelWeights:
+    embedding: np.ndarray  # (vocab, embedding_dim)
+    layers: tuple[LayerWeights, ...]
+    dense_kernel: np.ndarray  # (last layer's units, vocab)
+    dense_bias: np.ndarray  # (vocab,)
+
+    def __post_init__(self):
+        self.layers = tuple(self.layers)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embedding.shape[0])
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.embedding.shape[1])
+
+    def architecture(self) -> Architecture:
+        return Architecture(self.vocab_size, self.embedding_dim, tuple(layer.spec for layer in self.layers))
+
+    def check(self, source: str = "checkpoint") -> "ModelWeights":
+        """Raise ModelError (one line, naming the array) unless every shape fits the description."""
+        if self.embedding.ndim != 2 or 0 in self.embedding.shape:
+            raise ModelError(f"{source}: the embedding has shape {tuple(self.embedding.shape)}, "
+                             "expected (vocab_size, embedding_dim)")
+        if not self.layers:
+            raise ModelError(f"{source}: the model has no recurrent layer")
+        input_dim = self.embedding_dim
+        for i, layer in enumerate(self.layers):
+            expected = layer.spec.cell.weight_shapes(layer.spec, input_dim)
+            for name, shape in expected.items():
+                actual = tuple(getattr(layer, name).shape)
+                if actual != shape:
+                    raise ModelError(f"{source}: layer {i} ({layer.spec.describe()}) {name} has shape {actual}, "
+                                     f"expected {shape}")
+            input_dim = layer.spec.units
+        for name, shape in (("dense_kernel", (input_dim, self.vocab_size)), ("dense_bias", (self.vocab_size,))):
+            actual = tuple(getattr(self, name).shape)
+            if actual != shape:
+                raise ModelError(f"{source}: {name} has shape {actual}, expected {shape}")
+        return self
+
+    # ---------------------------------------------------------------- flat forms
+
+    def named_arrays(self) -> dict[str, np.ndarray]:
+        """{"embedding", "layers/0/kernel", ..., "dense_kernel", "dense_bias"}: a checkpoint's arrays;
+        the architecture (its JSON) travels beside them."""
+        arrays = {"embedding": self.embedding}
+        for i, layer in enumerate(self.layers):
+            arrays.update({f"layers/{i}/{name}": getattr(layer, name) for name in LAYER_ARRAYS})
+        arrays.update(dense_kernel=self.dense_kernel, dense_bias=self.dense_bias)
+        return arrays
+
+    @classmethod
+    def from_named_arrays(cls, architecture: Architecture, arrays: dict, source: str = "checkpoint") -> "ModelWeights":
+        try:
+            layers = tuple(LayerWeights(spec, *(np.asarray(arrays[f"layers/{i}/{n}"]) for n in LAYER_ARRAYS))
+                           for i, spec in enumerate(architecture.layers))
+            weights = cls(np.asarray(arrays["embedding"]), layers, np.asarray(arrays["dense_kernel"]),
+                          np.asarray(arrays["dense_bias"]))
+        except KeyError as e:
+            raise ModelError(f"{source}: weight {e.args[0]} is missing") from None
+        weights.check(source)
+        if weights.architecture() != architecture:
+            raise ModelError(f"{source}: the weights are {weights.architecture().describe()}, "
+                             f"the description says {architecture.describe()}")
+        return weights
+
+    # ---------------------------------------------------------------- the single-GRU path
+
+    @classmethod
+    def from_gru_weights(cls, weights) -> "ModelWeights":
+        """From model.py's GRUWeights (one GRU, reset_after=True)."""
+        spec = LayerSpec("gru", int(weights.recurrent_kernel.shape[0]), {"reset_after": True})
+        layer = LayerWeights(spec, weights.kernel, weights.recurrent_kernel, weights.bias)
+        return cls(weights.embedding, (layer,), weights.dense_kernel, weights.dense_bias)
+
+    def to_gru_weights(self):
+        """model.py's GRUWeights; ModelError unless this is the one architecture it can hold."""
+        from ..model import GRUWeights
+
+        if len(self.layers) != 1 or self.layers[0].spec != LayerSpec("gru", self.layers[0].spec.units):
+            raise ModelError(f"a {self.architecture().describe()} model is not a single GRU with reset_after=True")
+        layer = self.layers[0]
+        return GRUWeights(self.embedding, layer.kernel, layer.recurrent_kernel, layer.bias, self.dense_kernel,
+                          self.dense_bias)
