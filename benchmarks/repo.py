@@ -49,7 +49,8 @@ def render_results_md(results_dir) -> str:
     results_dir = Path(results_dir)
     parts = ["# Benchmark results", "",
              "Written from the latest results in benchmarks/results/ by any suite's `--results-md` "
-             "(`python -m benchmarks.generation`, `benchmarks.training`, `benchmarks.serving`, `benchmarks.web`; "
+             "(`python -m benchmarks.generation`, `benchmarks.training`, `benchmarks.serving`, `benchmarks.web`, "
+             "`benchmarks.peers`; "
              "`benchmarks/gpu_engine.py --report` writes the GPU section's file); every figure below is measured, "
              "and each section names its command, machine and date.", ""]
     generation = results_dir / "generation-latest.json"
@@ -73,7 +74,7 @@ def render_results_md(results_dir) -> str:
         parts += [bench.render_markdown(json.loads(engine.read_text()), level=2)
                   .replace("## Generation benchmark", "## The decode engine on the CPU", 1),
                   "![chars/s by contestant and batch size](results/engine-latest.png)", ""]
-    for name in ("gpu-engine", "serving", "web"):  # benchmarks/gpu_engine.py --report, serving.py, web.py
+    for name in ("gpu-engine", "serving", "web", "peers"):  # gpu_engine.py --report, serving.py, web.py, peers.py
         section = results_dir / f"{name}-latest.md"
         if section.exists():
             parts += [section.read_text().rstrip("\n"), ""]
