@@ -110,7 +110,8 @@ class CellKind:
         """The constants of the flat step for this layer, float32. "kernel" and "input_bias" make the
         input projection x = input @ kernel + input_bias (the stack folds the first layer's into a
         (vocab, gates * units) table); the others are what tf_cell and onnx_cell read."""
-        return {"kernel": f32(layer.kernel), "input_bias": f32(layer.bias), "recurrent_kernel": f32(layer.recurrent_kernel)}
+        return {"kernel": f32(layer.kernel), "input_bias": f32(layer.bias),
+                "recurrent_kernel": f32(layer.recurrent_kernel)}
 
     def tf_cell(self, tf, spec, x, state, arrays):
         """One step on tensors: x (batch, gates * units) the input projection, state (batch, width)

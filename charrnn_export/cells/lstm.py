@@ -57,9 +57,9 @@ class LSTM(CellKind):
                              ["", f"{prefix}h1", f"{prefix}c1"], hidden_size=units),
             helper.make_node("Squeeze", [f"{prefix}h1", "axis0"], [f"{prefix}h"]),
             helper.make_node("Squeeze", [f"{prefix}c1", "axis0"], [f"{prefix}c"]),
-            helper.make_node("Concat", [f"{prefix}h", f"{prefix}c"], [f"{prefix}state"], axis=1),
+            helper.make_node("Concat", [f"{prefix}h", f"{prefix}c"], [f"{prefix}state_out"], axis=1),
         ]
-        cell.h, cell.state_out = f"{prefix}h", f"{prefix}state"
+        cell.h, cell.state_out = f"{prefix}h", f"{prefix}state_out"
         return cell
 
     def reference_cell(self, spec, layer, x, state):

@@ -31,7 +31,7 @@ def native_step_model(architecture: Architecture, constants: dict[str, np.ndarra
     slots = architecture.state_layout()
     if len(slots) > 1:
         initializers["state_split"] = np.array([slot.width for slot in slots], np.int64)
-        slices = [f"layer{i}_state" for i in range(len(slots))]
+        slices = [f"layer{i}_state_in" for i in range(len(slots))]
         nodes.append(helper.make_node("Split", [contract.STATE, "state_split"], slices, axis=1))
     else:
         slices = [contract.STATE]

@@ -23,7 +23,8 @@ def reference_step(weights: ModelWeights, tokens, state) -> tuple[np.ndarray, np
     x = np.asarray(weights.embedding, np.float64)[tokens]  # (batch, embedding_dim)
     slices = []
     for layer, slot in zip(weights.layers, weights.architecture().state_layout()):
-        x, new_slice = layer.spec.cell.reference_cell(layer.spec, layer, x, state[:, slot.offset: slot.offset + slot.width])
+        state_slice = state[:, slot.offset: slot.offset + slot.width]
+        x, new_slice = layer.spec.cell.reference_cell(layer.spec, layer, x, state_slice)
         slices.append(new_slice)
     logits = x @ np.asarray(weights.dense_kernel, np.float64) + np.asarray(weights.dense_bias, np.float64)
     return logits, np.concatenate(slices, axis=1)

@@ -39,8 +39,8 @@ def natural_key(path: str) -> list:
 
 
 def is_bidirectional(path: str) -> bool:
-    return any(part in ("forward_layer", "backward_layer") or part.startswith(("forward_", "backward_", "bidirectional"))
-               for part in path.split("/"))
+    """Keras names a Bidirectional's cells forward_layer / backward_layer, tf_keras' .h5 forward_gru ..."""
+    return any(part.startswith(("forward_", "backward_", "bidirectional")) for part in path.split("/"))
 
 
 def shapes(items) -> list[tuple[int, ...]]:
