@@ -437,3 +437,41 @@ def test_weights_of_no_char_model_are_refused_naming_what_was_found():
     two_denses = variables + [("dense_1/vars/0", weights.dense_kernel), ("dense_1/vars/1", weights.dense_bias)]
     with pytest.raises(ModelError, match=r"2 dense layers \(dense, dense_1\)"):
         weights_from_variables(two_denses, "x")
+
+
+def test_the_current_tutorials_subclassed_model_with_two_layers_is_recognised(tmp_path):
+    """The current tutorial's MyModel (Keras 3) with an LSTM and a GRU, saved as .weights.h5: its
+    paths are attribute names (lstm/cell/vars/0, gru/cell/vars/0), alphabetical, not model order."""
+    import keras
+
+    class MyModel(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.embedding = keras.layers.Embedding(VOCAB, EMBEDDING_DIM)
+            self.lstm = keras.layers.LSTM(10, return_sequences=True)
+            self.gru = keras.layers.GRU(6, return_sequences=True)
+            self.dense = keras.layers.Dense(VOCAB)
+
+        def call(self, inputs):
+            return self.dense(self.gru(self.lstm(self.embedding(inputs))))
+
+    model = MyModel()
+    model(np.zeros((1, 2), np.int32))
+    expected = weights_from_keras_model(model)
+    assert expected.architecture().describe() == "lstm(10) -> gru(6)"
+    model.save_weights(str(tmp_path / "tutorial.weights.h5"))
+    assert_same_weights(weights_from_variables(h5_variables(tmp_path / "tutorial.weights.h5"), "h5"), expected)
+
+
+def test_a_keras_layer_the_step_does_not_compute_is_refused():
+    import keras
+
+    model = keras.Sequential([keras.layers.Input((None,), dtype="int32"), keras.layers.Embedding(VOCAB, 4),
+                              keras.layers.GRU(6, activation="relu", return_sequences=True), keras.layers.Dense(VOCAB)])
+    with pytest.raises(ModelError, match=r"the GRU layer 'gru\w*' has activation='relu'; only activation='tanh'"):
+        weights_from_keras_model(model)
+
+
+def test_every_registered_kind_is_tested_here():
+    """A new kind's file registers it; this file's cases must then cover it."""
+    assert sorted({spec.kind for layers in ARCHITECTURES.values() for spec in layers}) == kind_names()
