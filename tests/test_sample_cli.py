@@ -186,7 +186,16 @@ ERROR_CASES = {
     "top-p zero": (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
     "top-p above one": (["--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
     "top-k zero": (["--top-k", "0"], ["--top-k must be >= 1"]),
+    "top-k beyond int64": (["--top-k", str(10**20)], ["--top-k must be <= 2**31 - 1"]),
+    "length beyond int64": (["--length", str(2**63)], ["--length must be <= 2**40"]),
+    "length beyond memory": (["--length", str(2**40)], ["--length 1,099,511,627,776 needs about", "use at most"]),
+    "tiny temperature": (["--temperature", "1e-38"], ["--temperature must be in [1e-06, 1e+30]", "greedy"]),
+    "huge temperature": (["--temperature", "1e31"], ["--temperature must be in [1e-06, 1e+30]"]),
+    "negative seed": (["--seed", "-1"], ["--seed must be in [0, 2**32)"]),
+    "seed too large": (["--seed", str(2**32)], ["--seed must be in [0, 2**32)"]),
     "num-samples zero": (["--num-samples", "0"], ["--num-samples"]),
+    "num-samples huge": (["--num-samples", "100000000"], ["--num-samples must be in [1, 1,000,000]"]),
+    "num-samples beyond memory": (["--num-samples", "1000000", "--length", "100000"], ["--num-samples", "GiB"]),
     "stream and json": (["--stream", "--json"], ["--json"]),
     "vocab with onnx": (["--vocab", "vocab.json"], ["--vocab is for --runtime keras"]),
     "threads zero": (["--threads", "0"], ["--threads"]),
@@ -260,3 +269,54 @@ def test_keras_checkpoint_without_vocab_needs_vocab(tiny_run, model, tmp_path): 
     # The same text as the exported model gives (test_runtimes_agree shows the runtimes agree).
     exported = run("--model", model, "--length", 50, "--seed", 1)
     assert with_vocab.stdout == exported.stdout
+
+
+def test_a_top_p_below_float32s_smallest_is_greedy(model):
+    """1e-46 rounds to 0 in float32: greedy (it was an IndexError)."""
+    tiny = run("--model", model, "--length", 200, "--top-p", "1e-46", "--seed", 4)
+    assert tiny.stdout == run("--model", model, "--length", 200, "--greedy").stdout
+
+
+def test_stream_to_stdout_alone_keeps_nothing_so_any_length_is_allowed(model):
+    """--stream without --out writes to the terminal only: the memory bound on --length does not apply."""
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn_export.sample", "--model", str(model), "--stream",
+                             "--length", str(2**40), "--seed", "1", "-q"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert len(proc.stdout.read(2000)) == 2000  # it runs and streams
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (mounting needs root; skipped where it is refused)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_full_disk_loses_nothing_generated(model, small_disk, stream):
+    """200,000 characters do not fit on 64 KiB: one line, exit 2, the text on stdout, the old file kept."""
+    out = small_disk / "out.txt"
+    out.write_text("the user's old text\n", encoding="utf-8")
+    args = ["--model", model, "--length", 200_000, "--seed", 5, "--out", out] + (["--stream"] if stream else [])
+    result = run(*args, check_rc=2)
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(PREFIX) and "the disk is full" in lines[-1], result.stderr
+    assert "200,000 character(s)" in lines[-1] and "stdout" in lines[-1]
+    assert "Traceback" not in result.stderr
+    expected = run("--model", model, "--length", 200_000, "--seed", 5).stdout
+    assert result.stdout == expected  # every character made, on stdout
+    assert out.read_text(encoding="utf-8") == "the user's old text\n"  # atomic: the old file stands
+    assert sorted(p.name for p in small_disk.iterdir()) == ["out.txt"]  # no partial file left behind

@@ -22,8 +22,8 @@ import secrets
 import sys
 import time
 
-from ..checks import check_seed, check_threads
-from ..errors import ConfigError
+from ..checks import check_count, check_fits_memory, check_seed, check_threads
+from ..errors import ConfigError, WriteError
 from ..files import atomic_write_text, check_writable_file
 from ..generate import SHIPPED, Generator, check_length
 from ..runtimes import RUNTIMES
@@ -31,6 +31,12 @@ from ..sampling import SamplingConfig
 from .common import ERROR_PREFIX, Parser, run_guarded
 
 SEPARATOR = "-" * 40  # between samples in text output
+MAX_SAMPLES = 1_000_000  # --num-samples: rows of one batch; memory decides well below this for long texts
+# Memory a sample costs while it is generated: the engine's row (state, logits, random numbers;
+# generous for 1024 units) and, for each kept character, its slot in a list and the copies the
+# output is made of (joined text, formatted output, its encoding: up to 4 bytes each).
+ROW_BYTES = 64 * 1024
+KEPT_CHAR_BYTES = 24
 
 
 # ---------------------------------------------------------------- flags
@@ -108,8 +114,7 @@ def check_options(args) -> SamplingConfig:
     sampling = SamplingConfig(check_temperature(args.temperature, "--temperature"), check_top_k(args.top_k, "--top-k"),
                               check_top_p(args.top_p, "--top-p"), args.greedy)
     check_length(args.length, "--length")
-    if args.num_samples < 1:
-        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_count(args.num_samples, "--num-samples", MAX_SAMPLES)
     if args.stream and args.num_samples > 1:
         raise ConfigError("--stream prints one sample as it is generated; use --num-samples 1, or drop --stream "
                           "to generate the samples together and print them at the end")
@@ -117,6 +122,7 @@ def check_options(args) -> SamplingConfig:
         raise ConfigError("--stream prints plain characters; drop --json (or --stream)")
     check_threads(args.threads, "--threads")  # also refuses more threads than the machine has CPUs
     check_seed(args.seed, "--seed")
+    check_memory(args)
     if args.vocab is not None and args.runtime != "keras":
         raise ConfigError(f"--vocab is for --runtime keras; a {args.runtime} model carries its own vocabulary")
     if args.out is not None:
@@ -125,6 +131,22 @@ def check_options(args) -> SamplingConfig:
     if args.runtime != "onnx" and args.model in SHIPPED:
         raise ConfigError(f"--model {args.model} names a shipped ONNX model; use it with --runtime onnx")
     return sampling
+
+
+def keeps_text(args) -> bool:
+    """Whether the generated text is held until the end: all but --stream to stdout alone."""
+    return not args.stream or args.out is not None
+
+
+def check_memory(args) -> None:
+    """The samples and the text they keep must fit in memory: refused now, naming the flag, not a
+    MemoryError (or the kernel's OOM killer) after minutes of work."""
+    kept = keeps_text(args)
+    if args.num_samples > 1:  # the rows, each with the text it keeps
+        check_fits_memory(args.num_samples, ROW_BYTES + kept * (args.length + len(args.start)) * KEPT_CHAR_BYTES,
+                          "--num-samples")
+    if kept:  # the text held until it is written: --length characters per sample
+        check_fits_memory(args.length, KEPT_CHAR_BYTES * args.num_samples, "--length")
 
 
 # ---------------------------------------------------------------- the command
@@ -155,7 +177,9 @@ def run_sample(args) -> int:
     log(f"generating {args.num_samples} x {args.length} characters, seed {seed}")
 
     t0 = time.perf_counter()
-    made: list[list[str]] = [[] for _ in range(args.num_samples)]  # characters so far, kept on Ctrl-C
+    made: list = [[] for _ in range(args.num_samples)]  # characters so far, kept on Ctrl-C
+    if not keeps_text(args):
+        made[0] = Counted()  # --stream to stdout alone: the text is on the terminal, not in memory
     interrupted = False
     try:
         try:
@@ -174,7 +198,10 @@ def run_sample(args) -> int:
         else:
             output = format_text(texts, start)
         if args.out is not None:
-            write_out(args.out, output)
+            try:
+                write_out(args.out, output)
+            except WriteError as e:
+                return keep_unwritten(e, output, texts, args.stream)
         elif not args.stream:
             sys.stdout.write(output)
             sys.stdout.flush()
@@ -183,7 +210,7 @@ def run_sample(args) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what the shell reports for a tool killed by the broken pipe
     if interrupted:
-        chars = sum(len(t) for t in texts)
+        chars = sum(len(t) for t in made)
         print(f"{ERROR_PREFIX} interrupted after {chars} character(s); the text made so far was "
               + (f"written to {args.out}" if args.out is not None else "printed"), file=sys.stderr)
         return 130
@@ -194,16 +221,53 @@ def run_sample(args) -> int:
 
 
 def write_out(path: str, output: str) -> None:
+    """Write --out atomically (a reader never sees half a file, even if we are killed); WriteError
+    (one line, a full disk named as such) when it cannot be written. realpath: through a
+    symlink, replace the file it points to, not the link."""
     try:
-        # A reader never sees half a file, even if we are killed. realpath: through a symlink,
-        # replace the file it points to, not the link.
         atomic_write_text(os.path.realpath(path), output)
+    except WriteError:
+        raise
     except OSError as e:
-        raise ConfigError(f"cannot write --out {path} ({e.strerror or e}); choose a writable file path") from None
+        raise WriteError(f"cannot write --out {path} ({e.strerror or e}); choose a writable file path") from None
 
 
-def stream_to_stdout(generator: Generator, start: str, length: int, options: dict, generated: list[str]) -> None:
-    """Print the start, then each character as soon as it is made, appending it to `generated`."""
+def keep_unwritten(error: WriteError, output: str, texts: list[str], streamed: bool) -> int:
+    """--out could not be written (a full disk): nothing generated is lost. The text goes to
+    stdout (unless --stream already printed it there) and one line says where it is; exit 2.
+    The old --out, if any, is left as it was (the write is atomic)."""
+    chars = sum(len(t) for t in texts)
+    if not streamed:
+        try:
+            sys.stdout.write(output)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    where = "was printed on stdout as it was made" if streamed else "is on stdout instead"
+    print(f"{ERROR_PREFIX} {error}; the text generated ({chars:,} character(s)) {where}", file=sys.stderr)
+    return error.exit_status
+
+
+class Counted:
+    """Stands for the list of characters made when only their number is needed (--stream to
+    stdout alone keeps nothing, however long the text): it counts, and joins to nothing."""
+
+    def __init__(self):
+        self.count = 0
+
+    def append(self, char: str) -> None:
+        self.count += 1
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        return iter(())
+
+
+def stream_to_stdout(generator: Generator, start: str, length: int, options: dict, generated) -> None:
+    """Print the start, then each character as soon as it is made, appending it to `generated`
+    (a list, or Counted)."""
     out = sys.stdout
     out.write(start)
     out.flush()
