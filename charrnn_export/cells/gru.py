@@ -71,8 +71,8 @@ class GRU(CellKind):
             f"{prefix}R": f32(recurrent_kernel.T[None]),  # (1, 3u, units)
             f"{prefix}B": f32(np.concatenate([input_bias, recurrent_bias])[None]),  # (1, 6u): Wb, Rb
         })
-        x_node, x_seq = onnx_sequence_of_one(prefix, x, "axis0")
-        h_node, h_seq = onnx_sequence_of_one(prefix, state, "axis0")
+        x_node, x_seq = onnx_sequence_of_one(prefix, x)
+        h_node, h_seq = onnx_sequence_of_one(prefix, state)
         cell.nodes = [
             x_node, h_node,
             helper.make_node("GRU", [x_seq, f"{prefix}W", f"{prefix}R", f"{prefix}B", "", h_seq], ["", f"{prefix}h1"],

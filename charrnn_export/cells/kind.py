@@ -154,9 +154,10 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def onnx_sequence_of_one(prefix: str, name: str, axes: str) -> tuple[object, str]:
-    """Unsqueeze (batch, n) to (1, batch, n): the native ops take a sequence; this is one step."""
+def onnx_sequence_of_one(prefix: str, name: str) -> tuple[object, str]:
+    """Unsqueeze (batch, n) to (1, batch, n): the native ops take a sequence; this is one step.
+    "axis0" is the graph's [0] initializer (onnx_step.py adds it)."""
     from onnx import helper
 
-    out = f"{prefix}{name}_seq"
-    return helper.make_node("Unsqueeze", [name, axes], [out]), out
+    out = f"{name}_seq" if name.startswith(prefix) else f"{prefix}{name}_seq"
+    return helper.make_node("Unsqueeze", [name, "axis0"], [out]), out

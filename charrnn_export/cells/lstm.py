@@ -47,9 +47,9 @@ class LSTM(CellKind):
             f"{prefix}B": f32(np.concatenate([onnx_gate_order(input_bias, units), np.zeros(4 * units)])[None]),
             f"{prefix}split": np.array([units, units], np.int64),
         })
-        x_node, x_seq = onnx_sequence_of_one(prefix, x, "axis0")
-        h0_node, h0_seq = onnx_sequence_of_one(prefix, f"{prefix}h0", "axis0")
-        c0_node, c0_seq = onnx_sequence_of_one(prefix, f"{prefix}c0", "axis0")
+        x_node, x_seq = onnx_sequence_of_one(prefix, x)
+        h0_node, h0_seq = onnx_sequence_of_one(prefix, f"{prefix}h0")
+        c0_node, c0_seq = onnx_sequence_of_one(prefix, f"{prefix}c0")
         cell.nodes = [
             helper.make_node("Split", [state, f"{prefix}split"], [f"{prefix}h0", f"{prefix}c0"], axis=1),
             x_node, h0_node, c0_node,

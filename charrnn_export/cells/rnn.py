@@ -29,8 +29,8 @@ class SimpleRNN(CellKind):
             f"{prefix}R": f32(arrays["recurrent_kernel"].T[None]),  # (1, units, units)
             f"{prefix}B": f32(np.concatenate([input_bias, np.zeros(spec.units)])[None]),  # (1, 2u)
         })
-        x_node, x_seq = onnx_sequence_of_one(prefix, x, "axis0")
-        h_node, h_seq = onnx_sequence_of_one(prefix, state, "axis0")
+        x_node, x_seq = onnx_sequence_of_one(prefix, x)
+        h_node, h_seq = onnx_sequence_of_one(prefix, state)
         cell.nodes = [
             x_node, h_node,
             helper.make_node("RNN", [x_seq, f"{prefix}W", f"{prefix}R", f"{prefix}B", "", h_seq], ["", f"{prefix}h1"],
