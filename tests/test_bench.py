@@ -182,3 +182,47 @@ def test_the_command_leaves_results_md_to_the_repository(tmp_path):
                              "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "python -m benchmarks.generation --results-md" in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+BAD_FLAGS = {
+    "batch beyond the bound": (["--batch-sizes", "100000000"], "--batch-sizes must be in [1, 65,536]"),
+    "batch zero": (["--batch-sizes", "1", "0"], "--batch-sizes must be in [1, 65,536], got 0"),
+    "negative seed": (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    "seed whose repeats pass 2**32": (["--seed", str(2**32 - 1)], "use --seed <= 4294967294"),
+    "chars beyond int64": (["--chars", str(10**20)], "--chars must be in [1, 1,099,511,627,776]"),
+    "repeats": (["--repeats", "100000"], "--repeats must be in [1, 1,000]"),
+    "tiny temperature": (["--temperature", "1e-38"], "--temperature must be in [1e-06, 1e+30]"),
+    "out under a file": (["--out", "README.md/results"], "README.md"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FLAGS))
+def test_every_flag_is_checked_before_anything_is_measured(case, tmp_path):
+    """One line, exit 2, before the tiny model is even made (nothing on stdout, nothing written)."""
+    args, fragment = BAD_FLAGS[case]
+    out = [] if "--out" in args else ["--out", str(tmp_path / "results")]
+    result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "bench", "--quick", *args, *out], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("charrnn-export: error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_start_outside_the_vocabulary_is_refused_before_measuring(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "charrnn_export.cli", "bench", "--quick", "--start", "€",
+                             "--contestants", "onnx-fp32", "--out", str(tmp_path / "results")], cwd=REPO,
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1].startswith(
+        "charrnn-export: error: --start '€'"), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / "results").exists()
+
+
+def test_batch_sizes_that_do_not_fit_in_memory_are_refused(monkeypatch):
+    from charrnn_export import checks
+
+    monkeypatch.setattr(checks, "available_memory", lambda: 64 * 2**20)  # a 64 MiB machine
+    with pytest.raises(ConfigError, match=r"^--batch-sizes 4,096 needs about .*use at most 128"):
+        bench.BenchConfig.quick_defaults(batch_sizes=(1, 4096)).validate()

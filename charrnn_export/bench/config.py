@@ -9,11 +9,12 @@ The flag names in the messages are the command's (`--chars`), since the command 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from ..checks import check_threads
+from ..checks import (LENGTH_LIMIT, check_count, check_fits_memory, check_seed, check_start,
+                      check_temperature, check_threads)
 from ..errors import ConfigError
+from ..files import check_writable_dir
 
 # The tutorial's loops (TF), the exported step + the numpy sampler through the engine (HostSampler),
 # and the engine over the decode model (OnnxDecoder: sampling inside onnxruntime).
@@ -32,6 +33,12 @@ START = "ROMEO: "  # the tutorial's start string
 NO_GPU = "no GPU: TensorFlow sees none, onnxruntime has no CUDA provider"
 INT8_CUDA_NOTE = "{name} skipped on CUDA: onnxruntime's int8 (DynamicQuantize) kernels crash there"
 FULL_SIZE = {"embedding_dim": 256, "rnn_units": 1024}  # the tutorial's model; the targets are for it
+MAX_BATCH = 65_536  # --batch-sizes: 16 times what one engine serves on a GPU
+# Memory one batch row may take across the contestants (the state, logits and buffers of each
+# runtime, TensorFlow's among them, for the tutorial's 1024 units): bounds --batch-sizes by the
+# memory free, before anything is measured (the kernel's OOM killer, not an error, otherwise).
+BATCH_ROW_BYTES = 256 * 1024
+MAX_REPEATS = 1_000
 QUICK_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny-shakespeare's 65
 
 
@@ -68,26 +75,35 @@ class BenchConfig:
         return max(self.chars // batch, min(self.min_steps, self.chars), 2)
 
     def validate(self) -> "BenchConfig":
+        """Every flag, before anything is loaded or measured: a bad one found after minutes of
+        measuring would throw them away."""
         unknown = [c for c in self.contestants if c not in CONTESTANTS]
         if unknown or not self.contestants:
             raise ConfigError(f"--contestants: unknown {', '.join(unknown) or '(none given)'}; "
                               f"choose from {', '.join(CONTESTANTS)}")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise ConfigError(f"--batch-sizes must be positive integers, got {list(self.batch_sizes)}")
-        for name in ("chars", "repeats", "greedy_chars"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.batch_sizes:
+            raise ConfigError("--batch-sizes must be positive integers, got []")
+        for batch in self.batch_sizes:
+            check_count(batch, "--batch-sizes", MAX_BATCH)
+        check_fits_memory(max(self.batch_sizes), BATCH_ROW_BYTES, "--batch-sizes")
+        for name in ("chars", "min_steps", "warmup", "greedy_chars"):
+            check_count(getattr(self, name), f"--{name.replace('_', '-')}", LENGTH_LIMIT)
+        check_count(self.repeats, "--repeats", MAX_REPEATS)
         if self.chars < 2:
             raise ConfigError(f"--chars must be >= 2 (one priming and at least one steady step), got {self.chars}")
-        if self.warmup < 1:
-            raise ConfigError(f"--warmup must be >= 1, got {self.warmup}")
         check_threads(self.threads, "--threads")  # 1 .. the CPUs this process may use
-        if not self.temperature > 0 or math.isinf(self.temperature):
-            raise ConfigError(f"--temperature must be a positive number, got {self.temperature}")
+        check_temperature(self.temperature, "--temperature")
+        # Run r of a contestant is seeded seed + r: every one of them must be a seed.
+        last_seed = check_seed(self.seed, "--seed") + self.repeats - 1
+        if last_seed >= 2**32:
+            raise ConfigError(f"--seed {self.seed} with --repeats {self.repeats} seeds runs up to {last_seed}, past "
+                              f"2**32 - 1; use --seed <= {2**32 - self.repeats}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device}")
-        if not self.start:
+        if not check_start(self.start, "--start"):
             raise ConfigError("--start must not be empty")
+        if self.out is not None:
+            check_writable_dir(self.out, f"--out {self.out}")
         needs_keras = any(c in TF_CONTESTANTS for c in self.contestants)
         if self.checkpoint is None and not self.makes_tiny_model and (needs_keras or self.model is None):
             raise ConfigError(

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..vocab import Vocab
-from ..errors import ParityError
+from ..errors import DataError, ParityError
 from .config import BenchConfig, needs_tensorflow
 from .contestants import available_devices, build_contestants, timed_run
 from .floors import measure_floors
@@ -94,6 +94,13 @@ def greedy_check(config: BenchConfig, contestants: list, vocab: Vocab) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+def check_start_in_vocab(start: str, vocab: Vocab) -> None:
+    try:
+        vocab.encode(start)
+    except DataError as e:
+        raise DataError(f"--start {start!r}: {e}") from None
+
+
 def run_generation_bench(config: BenchConfig, machine: dict | None = None) -> dict:
     """Measure every contestant on every device; `machine`: more facts about it to record
     (benchmarks/ adds the git commit)."""
@@ -104,6 +111,7 @@ def run_generation_bench(config: BenchConfig, machine: dict | None = None) -> di
     with tempfile.TemporaryDirectory(prefix="charrnn-bench-") as scratch_name:
         scratch = Path(scratch_name)
         sources = prepare_sources(config, scratch)
+        check_start_in_vocab(config.start, sources.vocab)  # before measuring, not in the greedy check after
         devices, device_notes = available_devices(tf, config.device)
         tf_gpu, ort_cuda = device_notes.pop("_tf_gpu") == "True", device_notes.pop("_ort_cuda") == "True"
         if tf_gpu:

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..bench import CONTESTANTS, BenchConfig, command_line, plot, render_markdown, run_generation_bench, write_results
 from ..bench.config import START
 from ..errors import ConfigError
+from ..files import check_writable_dir
 from .common import stderr_logger
 
 DEFAULT_OUT = "benchmark-results"  # in the working folder
@@ -94,10 +95,11 @@ def measure_and_write(args, default_out, machine: dict | None = None, name: str 
     """Run the benchmark the flags describe; write its files (<name>-<stamp>.*, <name>-latest.*);
     the markdown to stdout."""
     log = stderr_logger("charrnn_export.bench")
-    config = config_from_args(args)
+    config = config_from_args(args).validate()
+    out = Path(config.out or default_out)
+    check_writable_dir(out, f"--out {out}")  # now: results that cannot be written are lost work
     results = run_generation_bench(config, machine)
     markdown = render_markdown(results)
-    out = Path(config.out or default_out)
     name = name or ("generation-quick" if config.quick else "generation")
     paths = write_results(results, out, name, markdown, plot(results))
     print(markdown)
