@@ -35,6 +35,34 @@ def test_sample_seed_outside_32_bits(seed, model):
     assert_one_line_error(run_cli("sample", "--model", model, "--seed", seed), "--seed must be in [0, 2**32)")
 
 
+@pytest.mark.parametrize("flags,fragment", [
+    (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+    (["--seed", str(2**32)], "--seed must be in [0, 2**32)"),
+    (["--opset", "99"], "--opset must be between 13 and 18"),
+    (["--atol", "nan"], "--atol must be a positive finite number"),
+])
+def test_to_onnx_numbers_are_checked_before_tensorflow_loads(flags, fragment, tiny_run, tmp_path):
+    """A number out of range is one line before TensorFlow is imported (a second or more): the
+    child is told to fail if it imports TensorFlow at all."""
+    probe = ("import sys, runpy; sys.argv = ['charrnn-export'] + sys.argv[1:]; "
+             "sys.modules['tensorflow'] = None; runpy.run_module('charrnn_export.cli', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", probe, "to-onnx", "--checkpoint", str(tiny_run), "--out",
+                             str(tmp_path / "export"), *flags], capture_output=True, text=True, env=cli_env(),
+                            cwd=REPO, timeout=120)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "export").exists()
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--top-k", str(10**20)], "--top-k must be <= 2**31 - 1"),
+    (["--length", str(2**63)], "--length must be <= 2**40"),
+    (["--num-samples", "100000000"], "--num-samples must be in [1, 1,000,000]"),
+    (["--temperature", "1e-38"], "--temperature must be in [1e-06, 1e+30]"),
+])
+def test_sample_numbers_beyond_their_range(flags, fragment, model):
+    assert_one_line_error(run_cli("sample", "--model", model, *flags), fragment)
+
+
 @pytest.mark.parametrize("threads,fragment", [("100000", "more than the"), ("0", "--threads must be >= 1")])
 def test_sample_threads_beyond_the_machine(threads, fragment, model):
     line = assert_one_line_error(run_cli("sample", "--model", model, "--threads", threads), fragment)

@@ -27,7 +27,23 @@ def add_export_parser(sub) -> None:
     p.set_defaults(func=run_export)
 
 
+def check_numbers(args) -> None:
+    """The numeric flags, before TensorFlow loads (seconds) and before anything is read or written."""
+    import math
+
+    from ..checks import check_int, check_seed
+    from ..errors import ConfigError
+    from ..step_model import DEFAULT_OPSET, MIN_OPSET
+
+    check_seed(args.seed, "--seed")
+    if args.opset is not None and not MIN_OPSET <= check_int(args.opset, "--opset") <= DEFAULT_OPSET:
+        raise ConfigError(f"--opset must be between {MIN_OPSET} and {DEFAULT_OPSET} (tf2onnx's newest), got {args.opset}")
+    if not (args.atol > 0 and math.isfinite(args.atol)):  # `not >` also refuses NaN
+        raise ConfigError(f"--atol must be a positive finite number, got {args.atol}")
+
+
 def run_export(args) -> int:
+    check_numbers(args)
     from ..export import export
 
     report = export(args.checkpoint, args.out, text=args.text, vocab_path=args.vocab, atol=args.atol,
