@@ -19,8 +19,16 @@ random number for each character it will sample. With K = 1 (the CPU backends) a
 character.
 
 step() returns events (request id, token id, None) for each new character and (request id, -1,
-reason) when a request ends: reason is "length", "cancelled" or "nonfinite" (the model's logits
-were NaN or infinite). Each slot draws its random numbers from its request's own seeded stream
+reason) when a request ends: reason is "length", "cancelled", "nonfinite" (the model's logits
+were NaN or infinite) or "failed" (only with isolate_failures=True: see below).
+
+A server must outlive whatever one request does to the backend. With `isolate_failures=True`
+(the server's engine) nothing raised while admitting a request or calling the backend escapes
+step(): a request whose settings the backend cannot take ends alone, a backend call that raises
+ends the requests that were in that call (their state inside the backend is unknown; waiting
+requests and later ones run as usual), and an id outside the vocabulary ends its own request.
+Each such request ends with "failed" and `engine.causes[request id]` says why. Without it (the
+Python API's engines) a backend error propagates to the caller, as any exception does. Each slot draws its random numbers from its request's own seeded stream
 (rng.py), so a request's text does not depend on what else is in the batch, nor on K.
 
 Backends: `decode(rows, forced (rows, K) int32, last (rows,) int32, settings, uniforms (rows, K),
@@ -42,7 +50,7 @@ import numpy as np
 from .rng import Blocks
 from .sampling import SamplingConfig, Settings, choose
 
-LENGTH, CANCELLED, NONFINITE = "length", "cancelled", "nonfinite"
+LENGTH, CANCELLED, NONFINITE, FAILED = "length", "cancelled", "nonfinite", "failed"
 _NO_IDS = np.zeros(0, np.int64)
 
 
@@ -101,12 +109,19 @@ class HostSampler:
 _NO_RESET = np.zeros(1, bool)
 
 
+class BackendFault(RuntimeError):
+    """The backend gave an id outside the vocabulary: a fault of the backend or its sampler."""
+
+
 class Engine:
-    def __init__(self, backend, capacity: int | None = None):
+    def __init__(self, backend, capacity: int | None = None, isolate_failures: bool = False):
         self.backend = backend
+        self.isolate_failures = isolate_failures
+        self.causes: dict[int, str] = {}  # request id -> why it ended "failed" (the caller pops it)
         self.capacity = capacity = capacity or backend.capacity
         assert capacity <= backend.capacity, "the backend holds fewer rows than the engine's slots"
         self.vocab = backend.vocab
+        self.vocab_size = len(backend.vocab)
         self.k = k = backend.steps
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
@@ -167,6 +182,16 @@ class Engine:
         self._admit(ended)
         if not self.busy_count:
             return _NO_IDS, _NO_IDS, ended
+        if not self.isolate_failures:
+            return self._advance(ended)
+        try:
+            return self._advance(ended)
+        except Exception as e:  # noqa: BLE001 - the backend call failed: its requests end, the engine runs on
+            self._fail_busy(ended, f"{type(e).__name__}: {e}")
+            return _NO_IDS, _NO_IDS, ended
+
+    def _advance(self, ended):
+        """One backend call for every busy slot, and its characters."""
         if self.high == 1 and self.k == 1 and not self._start and hasattr(self.backend, "decode_one"):
             return self._step_one(ended)
         rows, k = self.high, self.k
@@ -195,9 +220,8 @@ class Engine:
             self._one_greedy = bool(self.settings.greedy[0])
         uniform = 0.0 if self._one_greedy else self.random.take_one(0)
         token = self.backend.decode_one(int(self.last[0]), self.settings, uniform, fresh)
-        if token < 0:
-            ended.append((rid, NONFINITE))
-            self._free(0)
+        if token < 0 or token >= self.vocab_size:
+            self._end_broken(0, token, ended)
             return _NO_IDS, _NO_IDS, ended
         self.last[0] = token
         self.left[0] -= 1
@@ -235,12 +259,19 @@ class Engine:
                 ended.append((request.id, LENGTH))
                 continue
             slot = int(np.argmax(self.request < 0))  # the lowest free slot
+            try:  # first, so that a request the rows cannot take leaves its slot free
+                self.settings.set_row(slot, request.sampling)
+                self.random.start(slot, request.seed)
+            except Exception as e:  # noqa: BLE001 - only this request's settings failed
+                if not self.isolate_failures:
+                    raise
+                self.causes[request.id] = f"{type(e).__name__}: {e}"
+                ended.append((request.id, FAILED))
+                continue
             self.request[slot] = request.id
             self.left[slot] = request.length
             self.to_read[slot] = len(request.start_ids)
             self.reset[slot] = True
-            self.settings.set_row(slot, request.sampling)
-            self.random.start(slot, request.seed)
             self._start[slot] = (request.start_ids, 0)
             self.busy_count += 1
             self.high = max(self.high, slot + 1)
@@ -266,10 +297,11 @@ class Engine:
         else:
             sub, row = np.nonzero(emit.T)  # in the order made: sub-step by sub-step
             order_rows, order_tokens = row, ids[row, sub]
-        broken = np.unique(order_rows[order_tokens < 0])
+        bad = (order_tokens < 0) | (order_tokens >= self.vocab_size)
+        broken = np.unique(order_rows[bad])
         for slot in broken.tolist():
-            ended.append((int(self.request[slot]), NONFINITE))
-            self._free(slot)
+            its = order_tokens[(order_rows == slot) & bad]
+            self._end_broken(slot, -1 if (its < 0).any() else int(its[0]), ended)
         if broken.size:
             good = np.isin(order_rows, broken, invert=True)
             order_rows, order_tokens = order_rows[good], order_tokens[good]
@@ -283,6 +315,29 @@ class Engine:
             self._free(slot)
         self.forced[:rows] = -1
         return rids, order_tokens, ended
+
+    def _end_broken(self, slot: int, token: int, ended) -> None:
+        """A slot's id was -1 (its logits were not finite) or outside the vocabulary."""
+        rid = int(self.request[slot])
+        if token < 0:
+            ended.append((rid, NONFINITE))
+        else:
+            cause = f"the backend gave id {token}, outside the vocabulary of {self.vocab_size}"
+            if not self.isolate_failures:
+                raise BackendFault(cause)
+            self.causes[rid] = cause
+            ended.append((rid, FAILED))
+        self._free(slot)
+
+    def _fail_busy(self, ended, cause: str) -> None:
+        """A backend call raised: end every request it held, and leave every slot free and clean."""
+        for slot in np.flatnonzero(self.request[:self.high] >= 0).tolist():
+            rid = int(self.request[slot])
+            self.causes[rid] = cause
+            ended.append((rid, FAILED))
+            self._free(slot)
+        self.forced[:] = -1
+        self._one_rid = -1
 
     def _free(self, slot: int) -> None:
         self.request[slot] = -1

@@ -1,6 +1,7 @@
 """`charrnn-export serve` under pressure: a client that leaves frees its slot, requests beyond
-the queue get 429, SIGTERM/SIGINT end every stream with a last event and exit 0, and a model
-that cannot be loaded stops the command with a one-line error."""
+the queue get 429, SIGTERM/SIGINT drain (running requests finish, new ones get 503) and past
+--grace-period end every stream with a last event, then exit 0; a model that cannot be loaded
+stops the command with a one-line error before it listens."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import httpx
 import pytest
 from serve_helpers import ServerProcess
 
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 MODEL = "tiny"
 LONG = {"model": MODEL, "prompt": "ROMEO:", "max_tokens": 1_000_000, "stream": True, "seed": 3}
@@ -87,9 +88,31 @@ def test_requests_beyond_the_queue_get_429_with_retry_after(one_slot):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_ends_every_stream_with_a_last_event_and_exits_0(tiny_export, tmp_path, sig):
-    server = ServerProcess(["--model", f"{MODEL}={tiny_export}", "--slots", "4", "--max-length", "1000000"],
-                           tmp_path / "log")
+def test_a_stop_signal_drains_running_requests_finish_and_new_ones_get_503(tiny_export, tmp_path, sig):
+    server = ServerProcess(["--model", f"{MODEL}={tiny_export}", "--slots", "4", "--max-length", "1000000",
+                            "--grace-period", "600"], tmp_path / "log")
+    try:
+        with httpx.Client(timeout=60) as a:
+            with a.stream("POST", f"{server.url}/v1/completions", json={**LONG, "max_tokens": 3000}) as running:
+                first_event(running)
+                server.process.send_signal(sig)
+                wait_for(lambda: "stopping" in server.log())
+                refused = httpx.post(f"{server.url}/v1/completions", json={**LONG, "stream": False}, timeout=60)
+                assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+                assert httpx.get(f"{server.url}/health").json()["status"] == "stopping"
+                payloads = [line[len("data: "):] for line in running.lines if line.startswith("data: ")]
+        assert payloads[-1] == "[DONE]"
+        assert json.loads(payloads[-2])["choices"][0]["finish_reason"] == "length"  # finished, not aborted
+        assert server.process.wait(60) == 0
+    finally:
+        status = server.stop(signal.SIGKILL)
+    assert status == 0 and "Traceback" not in server.log()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_past_the_grace_period_ends_every_stream_with_a_last_event_and_exits_0(tiny_export, tmp_path, sig):
+    server = ServerProcess(["--model", f"{MODEL}={tiny_export}", "--slots", "4", "--max-length", "1000000",
+                            "--grace-period", "0.5"], tmp_path / "log")
     try:
         with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
             with a.stream("POST", f"{server.url}/v1/completions", json=LONG) as one, \
@@ -111,11 +134,11 @@ def test_a_stop_signal_ends_every_stream_with_a_last_event_and_exits_0(tiny_expo
     assert "stopped" in server.log()
 
 
-def test_a_model_that_cannot_be_loaded_stops_the_command(tmp_path):
+def test_a_model_that_cannot_be_loaded_stops_the_command_before_it_listens(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
     result = run_cli("serve", "--model", str(broken), "--port", "0", timeout=120)
-    assert result.returncode == 2
-    assert "charrnn-export: error: could not load the model" in result.stderr
+    line = assert_one_line_error(result, str(broken))
+    assert "listening" not in result.stderr and "load" in line
     missing = run_cli("serve", "--model", str(tmp_path / "nothing.onnx"), "--port", "0", timeout=60)
-    assert missing.returncode == 2 and "no file or folder" in missing.stderr
+    assert_one_line_error(missing, "no file or folder")

@@ -1,19 +1,31 @@
-"""`charrnn-export serve`: flags -> create_app (charrnn_export/serve/) -> uvicorn, with a clean stop
+"""`charrnn-export serve`: flags -> create_app (charrnn_export/serve/) -> uvicorn, with a drain
 on SIGINT/SIGTERM.
 
 The only part of serving that parses flags or writes to stderr. fastapi and uvicorn
 (the `serve` extra) are imported when the command runs, so the rest of the CLI works without them.
 
-A stop signal ends every running request at the engine's next step (streams get a last event
-with finish_reason "abort" and [DONE]), lets uvicorn close the connections, and exits 0. uvicorn
-on its own would raise the captured signal again after its clean stop, so the process would end
-with 128 + the signal number; the server class below does not record it.
+Start-up, in an order that lets every mistake end in one line and exit 2 before anything says
+"listening": the flags (each bounded), the socket bound here (a port in use or a host that is
+not this machine's), every model loaded, --slots/--queue/--max-length sized against the memory
+this machine has for those models, the engines started; only then is the bound socket handed to
+uvicorn, which listens and logs "listening on ...".
+
+A stop signal drains: new requests get 503 (and /health "stopping") while the running ones go
+on, for up to --grace-period seconds; then whatever still runs ends at its engine's next step
+(streams get a last event with finish_reason "abort" and [DONE]), uvicorn closes the
+connections, and the command exits 0. A second signal stops at once. uvicorn on its own would
+raise the captured signal again after its clean stop (exit 128 + the signal); the server class
+below does not record it.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 
 from ..errors import ConfigError, ModelError
@@ -21,6 +33,9 @@ from .common import stderr_logger
 
 API_KEY_ENV = "CHARRNN_EXPORT_API_KEY"  # the key without putting it on the command line (ps shows that)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# Bounds checked before anything loads (memory decides the real top, once the models are known).
+MAX_SLOTS, MAX_QUEUE, MAX_LENGTH, MAX_SECONDS = 1_000_000, 1_000_000, 1_000_000_000, 3600.0
+MEMORY_SHARE = 0.75  # of the memory available at start-up, what the engines may plan to use
 
 
 def add_serve_parser(sub) -> None:
@@ -53,6 +68,12 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--max-event-rate", type=float, default=2000.0,
                    help="events per second across all open streams; with many streams each event carries more "
                    "characters instead of more events competing for the CPU (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds a connection may take to send a request's headers, then its body, or stay "
+                   "idle between requests; beyond them, 408 or closed (default %(default)s)")
+    p.add_argument("--grace-period", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT, seconds the running requests may take to finish while new ones get "
+                   "503; then they end with finish_reason 'abort' (default %(default)s; a second signal: now)")
     p.set_defaults(func=run_serve)
 
 
@@ -90,58 +111,205 @@ def run_serve(args) -> int:
         import uvicorn
 
         from ..serve.app import ServeOptions, create_app
+        from ..serve.protocol import HeaderDeadline
         from ..serve.schema import Limits
     except ImportError as e:
         raise ConfigError(f"serving needs the serve extra ({e.name} is missing): pip install \"charrnn-export[serve]\"")
-    from ..generate import Generator
 
-    for flag, value, minimum in (("--slots", args.slots, 1), ("--queue", args.queue, 0),
-                                 ("--max-length", args.max_length, 1), ("--port", args.port, 0)):
-        if value < minimum or (flag == "--port" and value > 65535):
-            raise ConfigError(f"{flag} must be {'in 0..65535' if flag == '--port' else f'>= {minimum}'}, got {value}")
-    if not args.flush_ms > 0 or not args.max_event_rate > 0:
-        raise ConfigError("--flush-ms and --max-event-rate must be > 0")
+    check_flags(args)
+    sources = model_sources(args.model)
+    log = stderr_logger("charrnn_export.serve", "%(asctime)s %(message)s")
+    sock = bind(args.host, args.port)
+    try:
+        generators = load_models(sources, args)
+        check_memory(generators, args)
+        options = ServeOptions(slots=args.slots, queue=args.queue, limits=Limits(max_length=args.max_length),
+                               api_key=args.api_key, flush_interval=args.flush_ms / 1000,
+                               max_event_rate=args.max_event_rate, request_timeout=args.timeout)
+        failure: list[Exception] = []
+        options.on_load_failure = failure.append
+        app = create_app({name: (lambda g=g: g) for name, g in generators.items()}, options)
+        app.state.serve.load()  # starts the engines; the models are loaded already
+        if failure:
+            raise ModelError(f"could not start the engine: {failure[0]}")
+        if args.host not in LOOPBACK and not args.api_key:
+            log.warning("%s is reachable from other machines and there is no --api-key: anyone who can reach "
+                        "it can use it", args.host)
+        config = uvicorn.Config(app, http=HeaderDeadline, log_level="warning", access_log=False, lifespan="on",
+                                timeout_keep_alive=args.timeout, timeout_graceful_shutdown=5)
+        server = _Server(config, app.state.serve, args.grace_period, log,
+                         ", ".join(f"{n} ({p})" for n, p in sources.items()))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    log.info("stopped")
+    return 0
+
+
+def check_flags(args) -> None:
+    """Every number bounded before anything is loaded: one line naming the flag and its range."""
+    for flag, value, low, high in (("--slots", args.slots, 1, MAX_SLOTS), ("--queue", args.queue, 0, MAX_QUEUE),
+                                   ("--max-length", args.max_length, 1, MAX_LENGTH), ("--port", args.port, 0, 65535)):
+        if not low <= value <= high:
+            raise ConfigError(f"{flag} must be in {low}..{high:,}, got {value}")
+    for flag, value, low, high, open_low in (("--flush-ms", args.flush_ms, 0.0, 10_000.0, True),
+                                             ("--max-event-rate", args.max_event_rate, 0.0, 1e9, True),
+                                             ("--timeout", args.timeout, 0.0, MAX_SECONDS, True),
+                                             ("--grace-period", args.grace_period, 0.0, MAX_SECONDS, False)):
+        if not (math.isfinite(value) and (value > low if open_low else value >= low) and value <= high):
+            raise ConfigError(f"{flag} must be {'>' if open_low else '>='} {low:g} and <= {high:g}, got {value}")
     if args.threads is not None:
         from ..checks import check_threads
 
         check_threads(args.threads, "--threads")
-    sources = model_sources(args.model)
-    log = stderr_logger("charrnn_export.serve", "%(asctime)s %(message)s")
-    if args.host not in LOOPBACK and not args.api_key:
-        log.warning("listening on %s without --api-key: anyone who can reach it can use it", args.host)
 
-    loaders = {name: (lambda path=path: Generator.load(path, threads=args.threads, sampler=args.sampler))
-               for name, path in sources.items()}
-    failure: list[Exception] = []
-    options = ServeOptions(slots=args.slots, queue=args.queue, limits=Limits(max_length=args.max_length),
-                           api_key=args.api_key, flush_interval=args.flush_ms / 1000, max_event_rate=args.max_event_rate,
-                           on_load_failure=lambda e: (failure.append(e), setattr(server, "should_exit", True)))
-    app = create_app(loaders, options)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=10)
-    server = _Server(config, app.state.serve.stop, log, ", ".join(f"{n} ({p})" for n, p in sources.items()))
-    server.run()
-    if failure:
-        raise ModelError(f"could not load the model: {failure[0]}")
-    log.info("stopped")
-    return 0
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening address bound now (not listened on: connections are refused until the models
+    are loaded), so that a port in use or a foreign host is one line, not uvicorn's."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} is not a name or address this machine can listen on "
+                          f"({getattr(e, 'strerror', None) or e}); use 127.0.0.1, 0.0.0.0 or one of its addresses")
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"--port {port} is already in use on {host} (another server?); choose another "
+                              "port, or --port 0 for any free one")
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"--host {host} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one "
+                              "of its addresses")
+        if e.errno == errno.EACCES:
+            raise ConfigError(f"--port {port}: permission denied (ports below 1024 need privileges); use a port "
+                              "from 1024 up")
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    return sock
+
+
+def load_models(sources: dict[str, str], args) -> dict:
+    from ..errors import CharRNNError
+    from ..generate import Generator
+
+    generators = {}
+    for name, path in sources.items():
+        try:
+            generators[name] = Generator.load(path, threads=args.threads, sampler=args.sampler)
+        except CharRNNError:
+            raise
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own errors for a file it cannot read
+            raise ModelError(f"could not load the model {name!r} ({path}): {type(e).__name__}: {e}") from None
+    return generators
+
+
+def check_memory(generators: dict, args) -> None:
+    """--slots, --queue and --max-length against the memory this machine has now, for these models.
+    One line naming the flag to lower and the range it may have."""
+    from ..serve.scheduler import memory_needed
+
+    available = available_memory()
+    if available is None:
+        return
+    budget = int(available * MEMORY_SHARE)
+    shapes = [(g.runtime.rnn_units, len(g.vocab)) for g in generators.values()]
+
+    def needed(slots, queue, max_length) -> int:
+        return sum(sum(memory_needed(slots, queue, max_length, w, v).values()) for w, v in shapes)
+
+    def fits(slots, queue, max_length) -> bool:
+        return needed(slots, queue, max_length) <= budget
+
+    total = needed(args.slots, args.queue, args.max_length)
+    if total <= budget:
+        return
+
+    flag, value, top = _flag_to_lower(args, fits)
+    others = ", ".join(f"{f} {v:,}" for f, v in (("--slots", args.slots), ("--queue", args.queue),
+                                                   ("--max-length", args.max_length)) if f != flag)
+    have = f"{_gib(available)} available" + ("" if len(shapes) == 1 else f", for {len(shapes)} models")
+    raise ConfigError(f"{flag} {value:,} (with {others}) needs up to {_gib(total)} of memory and this machine has "
+                      f"{have}: use {flag} {0 if flag == '--queue' else 1} to {top:,}")
+
+
+DEFAULTS = {"slots": 256, "queue": 1024, "max_length": 4096}
+FLAGS = {"slots": "--slots", "queue": "--queue", "max_length": "--max-length"}
+
+
+def _flag_to_lower(args, fits) -> tuple[str, int, int]:
+    """The flag turned up furthest beyond its default whose lowering alone fits, and its largest
+    value that fits (by bisection): (flag, its value, the largest that fits)."""
+    given = {attr: getattr(args, attr) for attr in DEFAULTS}
+    order = sorted(DEFAULTS, key=lambda attr: given[attr] / DEFAULTS[attr], reverse=True)
+    for attr in order + ["slots"]:
+        low, high = 0, given[attr]
+        while low < high:
+            middle = (low + high + 1) // 2
+            if fits(**{**given, attr: middle}):
+                low = middle
+            else:
+                high = middle - 1
+        if low >= (0 if attr == "queue" else 1) or attr == "slots":
+            return FLAGS[attr], given[attr], max(low, 1 if attr != "queue" else 0)
+    raise AssertionError("unreachable")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux's MemAvailable), else the free physical pages; None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:,.1f} GiB"
 
 
 def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
-        def __init__(self, config, on_stop, log, described):
+        def __init__(self, config, state, grace_period, log, described):
             super().__init__(config)
-            self.on_stop, self.log, self.described = on_stop, log, described
+            self.state, self.grace_period, self.log, self.described = state, grace_period, log, described
+            self.drain_until = None  # set by the first stop signal
+            self.drain_logged = False
 
         def handle_exit(self, sig, frame):
-            # As uvicorn's, except that the signal is not recorded to be raised again (exit 0).
+            # Not uvicorn's: the signal is not recorded to be raised again (exit 0), and the first
+            # one drains instead of stopping. Flags only: this runs in a signal handler.
+            if self.drain_until is None:
+                self.drain_until = time.monotonic() + self.grace_period
+                self.state.drain()
+                return
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
-            else:
-                self.should_exit = True
-            self.on_stop()
+            self.should_exit = True
+            self.state.stop()
+
+        async def on_tick(self, counter) -> bool:
+            should_exit = await super().on_tick(counter)
+            if self.drain_until is not None and not self.should_exit:
+                if not self.drain_logged:
+                    self.drain_logged = True
+                    self.log.info("stopping: new requests get 503; running ones may take up to %g s "
+                                  "(--grace-period)", self.grace_period)
+                if self.state.idle or time.monotonic() >= self.drain_until:
+                    self.state.stop()  # what still runs ends with "abort" at its engine's next step
+                    self.should_exit = True
+            return should_exit or self.should_exit
 
         async def startup(self, sockets=None):
             await super().startup(sockets=sockets)

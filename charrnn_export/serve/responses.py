@@ -5,6 +5,13 @@
         reason, an optional usage chunk, then `data: [DONE]`
     CompletionBody(job, scheduler, head, completion, info)     one JSON object once every choice ended
 
+A choice whose generation failed (finish_reason "error": the backend raised, or the model's
+logits were not finite) is named in an error object in OpenAI's shape: the answer's "error"
+field, or, in a stream, an event `data: {"error": {...}}` just before [DONE] (the official
+client raises APIError on it, after yielding the text made before the failure). The status
+stays 200: it was sent with the first event, and a failure of the server's own model is not
+something the client could have sent differently.
+
 Both watch the connection while they wait: a client that goes away cancels the job at once
 (its slots are free at the engine's next step) instead of when the next write would fail. The
 event stream is written by hand, because FastAPI's SSE helper JSON-encodes the closing [DONE]
@@ -53,6 +60,16 @@ class _JobAnswer(Response):
             self.info["first_char_ms"] = round((time.perf_counter() - self.began) * 1000, 1)
         self.made += sum(len(text) for _, text, _ in items)
 
+    def error(self, finishes) -> dict | None:
+        """OpenAI's error object naming each failed choice's cause, or None when none failed."""
+        failed = [(index, self.job.choices[index].cause or "generation failed")
+                  for index, finish in sorted(finishes.items()) if finish == "error"]
+        if not failed:
+            return None
+        self.info["error"] = "generation_failed"
+        message = "; ".join(f"choice {index}: {cause}" for index, cause in failed)
+        return {"message": message, "type": "server_error", "param": None, "code": "generation_failed"}
+
     def usage(self) -> dict:
         prompt = sum(map(len, self.completion.prompts))
         return {"prompt_tokens": prompt, "completion_tokens": self.made, "total_tokens": prompt + self.made}
@@ -79,6 +96,9 @@ class CompletionStream(_JobAnswer):
         tail = ""
         if self.completion.include_usage:
             tail = f'data: {head}, "choices": [], "usage": {json.dumps(self.usage())}}}\n\n'
+        error = self.error(finishes)
+        if error is not None:
+            tail += f'data: {json.dumps({"error": error})}\n\n'
         self.finished = True
         self.info["finish"] = ",".join(sorted(set(finishes.values())))
         await send({"type": "http.response.body", "body": (tail + "data: [DONE]\n\n").encode(), "more_body": False})
@@ -97,7 +117,11 @@ class CompletionBody(_JobAnswer):
         self.info["finish"] = ",".join(sorted(set(map(str, finishes))))
         choices = [{"text": "".join(t), "index": i, "logprobs": None, "finish_reason": f}
                    for i, (t, f) in enumerate(zip(texts, finishes))]
-        body = json.dumps({**self.head, "choices": choices, "usage": self.usage()}).encode()
+        answer = {**self.head, "choices": choices, "usage": self.usage()}
+        error = self.error(dict(enumerate(finishes)))
+        if error is not None:
+            answer["error"] = error
+        body = json.dumps(answer).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                    *self.extra_headers]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

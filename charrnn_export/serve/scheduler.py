@@ -5,8 +5,14 @@
     scheduler.submit(job)          # Busy when slots + queue are full; Stopping after stop()
     async for updates in job.updates(): ...   # lists of (choice index, new text, finish reason or None)
     scheduler.cancel(job)          # the client went away: its slots are free at the next step
+    scheduler.idle                 # nothing running or waiting (a draining server may stop now)
     scheduler.stop()               # signal-safe: every running request ends with finish "abort"
     scheduler.close()              # joins the thread
+
+The thread outlives every request: its engine isolates failures (engine.py), so a backend call
+that raises or a sampler that gives an impossible id ends only the requests it touched, with
+finish "error" and `choice.cause` saying why; and anything else raised in one pass of the loop
+ends the requests then running and the loop goes on. Only close() ends the thread.
 
 Only this thread touches the engine (submit, cancel and step): the event loop hands it jobs
 through a deque, so no event of a new request can arrive before the request is registered.
@@ -33,11 +39,29 @@ from collections import deque
 
 import numpy as np
 
-from ..engine import LENGTH, NONFINITE, Engine
+from ..engine import CANCELLED, FAILED, LENGTH, NONFINITE, Engine
 
 log = logging.getLogger("charrnn_export.serve")
 STOP, ABORT, ERROR = "stop", "abort", "error"
+NONFINITE_CAUSE = "the model's logits were not finite (NaN or infinite): the model is broken"
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)  # seconds, for /metrics
+
+
+# What one slot costs, for sizing --slots, --queue and --max-length against the machine's memory
+# before anything is allocated: the backend's state and its copies in a step (input, output, the
+# gates), the logits and the sampler's sorted copies, the engine's rows and random blocks; the
+# text a running choice may hold (a non-streamed answer keeps all of it, then its JSON); and a
+# waiting choice (its prompt as text and ids, at the longest prompt).
+STATE_COPIES, LOGIT_COPIES, SLOT_OVERHEAD = 8, 6, 4096
+TEXT_BYTES_PER_CHAR = 16
+WAITING_CHOICE_BYTES = 64 * 1024
+
+
+def memory_needed(slots: int, queue: int, max_length: int, state_width: int, vocab_size: int) -> dict[str, int]:
+    """Bytes one model's engine may need at most: {"slots": ..., "text": ..., "queue": ...}."""
+    per_slot = state_width * 4 * STATE_COPIES + vocab_size * 8 * LOGIT_COPIES + SLOT_OVERHEAD
+    return {"slots": slots * per_slot, "text": slots * max_length * TEXT_BYTES_PER_CHAR,
+            "queue": queue * WAITING_CHOICE_BYTES}
 
 
 class Busy(Exception):
@@ -49,11 +73,12 @@ class Stopping(Exception):
 
 
 class Choice:
-    __slots__ = ("job", "index", "start_ids", "seed", "rid", "chars", "sent", "finish", "reported", "hold")
+    __slots__ = ("job", "index", "start_ids", "seed", "rid", "chars", "finish", "reported", "hold", "cause")
 
     def __init__(self, job, index, start_ids, seed, hold):
         self.job, self.index, self.start_ids, self.seed, self.hold = job, index, start_ids, seed, hold
-        self.rid, self.chars, self.sent, self.finish, self.reported = None, [], 0, None, False
+        self.rid, self.chars, self.finish, self.reported = None, [], None, False  # chars: not yet delivered
+        self.cause: str | None = None  # why it ended with "error" (set before that end is delivered)
 
 
 class Job:
@@ -82,7 +107,7 @@ class Job:
 class Scheduler:
     def __init__(self, generator, slots: int, queue: int, flush_interval: float = 0.015,
                  max_event_rate: float = 4000.0):
-        self.engine = Engine(generator.backend(slots), slots)
+        self.engine = Engine(generator.backend(slots), slots, isolate_failures=True)
         self.chars = generator.vocab.chars
         self.slots, self.queue_limit = slots, queue
         self.flush_interval, self.max_event_rate = flush_interval, max_event_rate
@@ -95,7 +120,7 @@ class Scheduler:
         self._dirty: dict[Job, None] = {}  # jobs with something to deliver (an ordered set)
         self._urgent = False
         self.stopping = False
-        self.failure: str | None = None
+        self.internal_errors = 0  # passes of the loop that raised (a bug): for /metrics
         self._closed = False
         # Metrics, written by this thread only (readers see whole Python ints).
         self.chars_made = 0
@@ -110,8 +135,8 @@ class Scheduler:
         self.thread.start()
 
     def submit(self, job: Job) -> None:
-        if self.stopping or self.failure:
-            raise Stopping(self.failure or "the server is shutting down")
+        if self.stopping:
+            raise Stopping("the server is shutting down")
         with self._lock:
             if self._reserved + len(job.choices) > self.slots + self.queue_limit:
                 raise Busy()
@@ -136,6 +161,10 @@ class Scheduler:
         self.thread.join(timeout)
 
     @property
+    def idle(self) -> bool:
+        return self._reserved == 0
+
+    @property
     def busy(self) -> int:
         return self.engine.busy_count
 
@@ -146,36 +175,53 @@ class Scheduler:
     # ------------------------------------------------------------ the engine's thread
 
     def _run(self) -> None:
-        try:
-            last_flush = time.perf_counter()
-            while not self._closed:
-                self._take_inbox()
-                if self.stopping:
-                    self._abort_all(ABORT)
-                if not self.engine.has_work():
-                    self._flush()
-                    self._wake.wait()
-                    self._wake.clear()
-                    continue
-                began = time.perf_counter()
-                rids, tokens, ended = self.engine.step_arrays()
-                now = time.perf_counter()
-                self._count_step(now - began)
-                self._dispatch(rids, tokens, ended)
-                interval = max(self.flush_interval, self._jobs / self.max_event_rate)
-                if self._dirty and (self._urgent or now - last_flush >= interval):
-                    self._flush()
-                    last_flush = now
-                # Hand the GIL to the event loop between steps: a thread that only waits for the
-                # GIL gets it back late (the switch interval), and a starved event loop admits
-                # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
-                # and costs 0.5 us; time.sleep(0) costs 70 us (the kernel's timer slack).
-                os.sched_yield()
-        except BaseException as e:  # noqa: BLE001 - any failure must end every request, not hang them
-            self.failure = f"the engine stopped: {type(e).__name__}: {e}"
-            log.exception("engine thread failed; ending every request")
-            self._abort_all(ERROR, engine_ok=False)
+        self._last_flush = time.perf_counter()
+        while not self._closed:
+            try:
+                self._pass()
+            except Exception as e:  # noqa: BLE001 - a bug in one pass ends the requests it held, not the thread
+                self.internal_errors += 1
+                log.exception("engine thread: a step failed; ending the requests it held")
+                self._fail_live(f"internal error in the engine thread: {type(e).__name__}: {e}")
+
+    def _pass(self) -> None:
+        """One turn of the loop: take new jobs and cancels, step the engine once, deliver."""
+        self._take_inbox()
+        if self.stopping:
+            self._abort_all(ABORT)
+        if not self.engine.has_work():
             self._flush()
+            self._wake.wait()
+            self._wake.clear()
+            return
+        began = time.perf_counter()
+        rids, tokens, ended = self.engine.step_arrays()
+        now = time.perf_counter()
+        self._count_step(now - began)
+        self._dispatch(rids, tokens, ended)
+        interval = max(self.flush_interval, self._jobs / self.max_event_rate)
+        if self._dirty and (self._urgent or now - self._last_flush >= interval):
+            self._flush()
+            self._last_flush = now
+        # Hand the GIL to the event loop between steps: a thread that only waits for the
+        # GIL gets it back late (the switch interval), and a starved event loop admits
+        # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
+        # and costs 0.5 us; time.sleep(0) costs 70 us (the kernel's timer slack).
+        os.sched_yield()
+
+    def _fail_live(self, cause: str) -> None:
+        """After a pass raised: end every choice the engine holds with "error", cancel it there,
+        and deliver what can be delivered. The engine frees their slots at its next step."""
+        for rid, choice in list(self._live.items()):
+            if choice.finish is None:
+                choice.finish, choice.cause = ERROR, cause
+            self.engine.cancel(rid)
+            self._end(rid, ERROR)
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - nothing more can be done for them; the loop goes on
+            log.exception("engine thread: could not deliver the failed requests' ends")
+            self._dirty.clear()
 
     def _take_inbox(self) -> None:
         while self._inbox:
@@ -188,10 +234,27 @@ class Scheduler:
             elif job.gone or self.stopping:
                 self._end_unsubmitted(job, ABORT)
             else:
-                self._jobs += 1
-                for choice in job.choices:
-                    choice.rid = self.engine.submit(choice.start_ids, job.length, job.sampling, choice.seed)
-                    self._live[choice.rid] = choice
+                self._submit(job)
+
+    def _submit(self, job: Job) -> None:
+        self._jobs += 1
+        try:
+            for choice in job.choices:
+                choice.rid = self.engine.submit(choice.start_ids, job.length, job.sampling, choice.seed)
+                self._live[choice.rid] = choice
+        except Exception as e:  # noqa: BLE001 - this job alone could not be submitted
+            log.exception("engine thread: could not submit a request")
+            cause = f"the request could not be submitted: {type(e).__name__}: {e}"
+            for choice in job.choices:
+                choice.finish, choice.cause = ERROR, cause
+                if choice.rid is not None:
+                    self.engine.cancel(choice.rid)
+                    self._live.pop(choice.rid, None)
+            with self._lock:
+                self._reserved -= len(job.choices)
+            self._jobs -= 1
+            self._dirty[job] = None
+            self._urgent = True
 
     def _end_unsubmitted(self, job: Job, reason: str) -> None:
         for choice in job.choices:
@@ -200,20 +263,12 @@ class Scheduler:
             self._reserved -= len(job.choices)
         self._dirty[job] = None
 
-    def _abort_all(self, reason: str, engine_ok: bool = True) -> None:
+    def _abort_all(self, reason: str) -> None:
         for choice in list(self._live.values()):
             if choice.finish is None:
                 choice.finish = reason
                 self._dirty[choice.job] = None
-                if engine_ok:
-                    self.engine.cancel(choice.rid)
-        if not engine_ok:  # the engine is not stepped again: release everything now
-            for rid in list(self._live):
-                self._end(rid, reason)
-            while self._inbox:
-                kind, job = self._inbox.popleft()
-                if kind == "submit":
-                    self._end_unsubmitted(job, reason)
+                self.engine.cancel(choice.rid)
 
     def _dispatch(self, rids, tokens, ended) -> None:
         live, chars = self._live, self.chars
@@ -231,7 +286,18 @@ class Scheduler:
         self.chars_made += len(rids)
         for rid, reason in ended:
             if rid in live:
-                self._end(rid, "length" if reason == LENGTH else ERROR if reason == NONFINITE else ABORT)
+                self._end(rid, self._finish_of(rid, reason))
+
+    def _finish_of(self, rid: int, reason: str) -> str:
+        """The engine's reason -> the finish reason a client sees (with the cause of an error)."""
+        cause = self.engine.causes.pop(rid, None)
+        if reason == LENGTH:
+            return "length"
+        if reason in (NONFINITE, FAILED):
+            self._live[rid].cause = NONFINITE_CAUSE if reason == NONFINITE else f"generation failed: {cause}"
+            return ERROR
+        assert reason == CANCELLED, reason
+        return ABORT
 
     def _match_stop(self, choice: Choice) -> None:
         text = choice.chars
@@ -245,7 +311,9 @@ class Scheduler:
                 return
 
     def _end(self, rid: int, reason: str) -> None:
-        choice = self._live.pop(rid)
+        choice = self._live.pop(rid, None)
+        if choice is None:
+            return
         if choice.finish is None:
             choice.finish = reason
         job = choice.job
@@ -267,10 +335,13 @@ class Scheduler:
                 continue
             items = []
             for choice in job.choices:
-                end = len(choice.chars) if choice.finish else max(choice.sent, len(choice.chars) - choice.hold)
-                if end > choice.sent or (choice.finish and not choice.reported):
-                    items.append((choice.index, "".join(choice.chars[choice.sent:end]), choice.finish))
-                    choice.sent = end
+                # Held back: the last (longest stop - 1) characters, which a stop string may yet
+                # cut. A stop string that matches lies wholly in what was held back, so what is
+                # delivered is dropped here (the answer keeps it): memory per choice stays small.
+                end = len(choice.chars) if choice.finish else max(0, len(choice.chars) - choice.hold)
+                if end > 0 or (choice.finish and not choice.reported):
+                    items.append((choice.index, "".join(choice.chars[:end]), choice.finish))
+                    del choice.chars[:end]
                     choice.reported = choice.finish is not None
             if items:
                 job.flushed = True

@@ -22,6 +22,7 @@ from ..errors import ArgumentTypeError, ArgumentValueError
 from ..sampling import SamplingConfig
 
 INVALID = "invalid_request_error"
+MAX_INT_DIGITS = 40  # no field takes a number this long; Python refuses to read 4,300 digits (a ValueError)
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 # Fields of OpenAI's completions request that change nothing here at their neutral value; any
@@ -75,9 +76,17 @@ class Completion:
         self.choices = len(self.prompts) * self.n
 
 
+def _read_int(text: str) -> int:
+    """json's integer reader, refusing an integer too long for any field before int() does."""
+    if len(text) > MAX_INT_DIGITS:
+        raise ApiError(400, f"the request body holds an integer of {len(text.lstrip('-'))} digits; no field "
+                       f"takes more than {MAX_INT_DIGITS}", code="invalid_json")
+    return int(text)
+
+
 def parse_json(body: bytes) -> dict:
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_int=_read_int)
     except UnicodeDecodeError:
         raise ApiError(400, "the request body is not UTF-8 text", code="invalid_json") from None
     except json.JSONDecodeError as e:
@@ -108,13 +117,13 @@ def parse_completion(body: bytes, vocabularies: dict, limits: Limits, default_mo
         if max_tokens > limits.max_length:
             raise ArgumentValueError(f"max_tokens must be <= {limits.max_length} (this server's --max-length), "
                                      f"got {max_tokens}")
-        n = 1 if data.get("n") is None else checks.check_int(data["n"], "n", minimum=1)
+        n = 1 if data.get("n") is None else checks.check_int(data["n"], "n", minimum=1, maximum=limits.max_choices)
         best_of = data.get("best_of")
         if best_of is not None and checks.check_int(best_of, "best_of") != n:
             raise ArgumentValueError(f"best_of must equal n ({n}) here: every choice made is returned")
-        if len(prompts) * n > limits.max_choices:
-            raise ArgumentValueError(f"n x prompts is {len(prompts) * n}; one request makes at most "
-                                     f"{limits.max_choices} choices")
+        if len(prompts) * n > limits.max_choices:  # the field to change: the prompts when n is 1
+            raise ArgumentValueError(f"{'prompt' if n == 1 else 'n'}: {len(prompts)} prompt(s) x n={n} make "
+                                     f"{len(prompts) * n} choices; one request makes at most {limits.max_choices}")
         sampling = _sampling(data)
         seed = checks.check_seed(data.get("seed"), "seed")
         stops = _stops(data.get("stop"), limits)
@@ -142,7 +151,7 @@ class _as_api_error:
     def __exit__(self, kind, error, tb):
         if isinstance(error, (ArgumentTypeError, ArgumentValueError)):
             message = str(error)
-            param = message.split(" ", 1)[0]
+            param = message.split(" ", 1)[0].rstrip(":")
             raise ApiError(400, message, param=param, code="invalid_value") from None
         return False
 
