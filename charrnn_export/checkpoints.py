@@ -62,7 +62,52 @@ def read_checkpoint(path) -> Checkpoint:
         # numpy's own words would advise allow_pickle=True: loading pickles runs code from the file.
         reason = "it holds Python objects, not arrays" if "allow_pickle" in str(e) else str(e)
         raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({reason})") from None
-    return Checkpoint(weights.check(str(path)), meta, optimizer)
+    return Checkpoint(weights.check(str(path)), check_meta(meta, path), optimizer)
+
+
+def check_meta(meta, path) -> dict:
+    """A checkpoint's meta as `train` writes it: an object whose config, metrics and position are
+    objects and whose validation loss is a number; anything else is a damaged file, said here
+    rather than as an AttributeError wherever it is first used."""
+    problem = None
+    if not isinstance(meta, dict):
+        problem = f"its meta is a JSON {json_type(meta)}, not an object"
+    else:
+        problem = next((f"its meta's {key!r} is a JSON {json_type(meta[key])}, not an object"
+                        for key in ("config", "metrics", "position") if key in meta and not isinstance(meta[key], dict)),
+                       None)
+        val_loss = meta.get("metrics", {}).get("val_loss") if problem is None else None
+        if problem is None and val_loss is not None and not is_number(val_loss):
+            problem = f"its validation loss is {val_loss!r}, not a number"
+    if problem:
+        raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({problem}); "
+                         "use another checkpoint or train again")
+    return meta
+
+
+def check_run_config(config, path) -> dict:
+    """A run's config.json: an object (train writes one), with a usable val_fraction and data_sha256."""
+    problem = None
+    if not isinstance(config, dict):
+        problem = f"it is a JSON {json_type(config)}, not an object"
+    elif "val_fraction" in config and not (is_number(config["val_fraction"]) and 0 < config["val_fraction"] < 1):
+        problem = f"val_fraction is {config['val_fraction']!r}, not a number between 0 and 1"
+    elif config.get("data_sha256") is not None and not isinstance(config["data_sha256"], str):
+        problem = f"data_sha256 is {config['data_sha256']!r}, not a string"
+    if problem:
+        raise ModelError(f"{path} is corrupt ({problem}); re-create the run, or restore the config.json train wrote")
+    return config
+
+
+def json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def is_number(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ---------------------------------------------------------------- any checkpoint kind
@@ -100,7 +145,8 @@ def load_any_checkpoint(path: str | os.PathLike) -> LoadedWeights:
         ckpt = read_checkpoint(path)
         vocab_file = path.parent.parent / "vocab.json" if path.parent.name == "checkpoints" else path.parent / "vocab.json"
         vocab = Vocab.load(vocab_file) if vocab_file.exists() else None
-        meta = {**ckpt.meta, "run_config": ckpt.meta.get("config", {})}  # train stores its config in each
+        # train stores its config in each checkpoint
+        meta = {**ckpt.meta, "run_config": check_run_config(ckpt.meta.get("config", {}), path)}
         return LoadedWeights(ckpt.weights, "run", vocab, meta, str(path.resolve()))
     if kind == "keras-h5":
         weights, layout = read_keras_h5(path)
@@ -137,7 +183,8 @@ def load_run_dir(run_dir: Path) -> LoadedWeights:
     vocab = Vocab.load(run_dir / "vocab.json")
     meta = dict(ckpt.meta)
     try:
-        meta["run_config"] = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        meta["run_config"] = check_run_config(json.loads((run_dir / "config.json").read_text(encoding="utf-8")),
+                                              run_dir / "config.json")
     except FileNotFoundError:
         raise ModelError(f"run directory {run_dir} has no config.json; re-create the run") from None
     except (ValueError, UnicodeDecodeError):
@@ -191,10 +238,15 @@ def read_tutorial_checkpoint(prefix: str) -> tuple[GRUWeights, str]:
     suffix = "/.ATTRIBUTES/VARIABLE_VALUE"
     try:
         reader = tf.train.load_checkpoint(prefix)
-        names = [n for n in reader.get_variable_to_shape_map()
+        every = list(reader.get_variable_to_shape_map())
+        names = [n for n in every
                  if n.endswith(suffix) and not n.startswith(("optimizer/", "save_counter/"))
                  and "/.OPTIMIZER_SLOT/" not in n]
         variables = [(n[: -len(suffix)], np.asarray(reader.get_tensor(n))) for n in names]
+        for name in sorted(set(every) - set(names)):
+            # Read (and drop) the optimizer's slots too: a .data file cut short past the weights
+            # would otherwise pass here and fail later, deep inside tf_keras' load_weights.
+            reader.get_tensor(name)
     except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError) as e:
         # A truncated .data file surfaces as IndexError ("Read less bytes than requested"), a bad
         # .index as DataLossError; both mean the same thing to the user.
@@ -332,12 +384,35 @@ def resolve_vocab(loaded: LoadedWeights, text: str | None, vocab_path: str | Non
             f"{loaded.source} holds no vocabulary; pass --text FILE (the training text, to rebuild it as "
             "the tutorial did) or --vocab vocab.json"
         )
+    if text is not None and not source.startswith("--text"):
+        check_vocab_against_text(vocab, unk, text, vocab_origin(source))
     if len(vocab) != rows:
         raise ModelError(
             f"the checkpoint's embedding has {rows} rows (its vocabulary size) but the vocabulary "
             f"{vocab_origin(source)} has {len(vocab)} characters; pass the text or vocab.json the model was trained with"
         )
     return vocab, source, unk
+
+
+def check_vocab_against_text(vocab: Vocab, unk: bool, text: str, origin: str) -> None:
+    """A vocabulary given beside --text must be the one --text builds: the same characters in the
+    same (sorted) order. A hand-edited vocab.json with two characters swapped would otherwise
+    export a model that writes one where it means the other."""
+    chars = vocab.chars[1:] if unk else vocab.chars
+    built = tuple(sorted(set(text)))
+    if chars == built:
+        return
+    extra, lacking = sorted(set(chars) - set(built)), sorted(set(built) - set(chars))
+    if extra or lacking:
+        what = "; ".join(part for part in (
+            f"it holds {' '.join(map(repr, extra[:10]))} that --text lacks" if extra else "",
+            f"it lacks {' '.join(map(repr, lacking[:10]))} that --text holds" if lacking else "") if part)
+    else:
+        first = next(i for i, (a, b) in enumerate(zip(chars, built)) if a != b)
+        what = (f"the same characters in another order (id {first + unk} is {chars[first]!r} where --text "
+                f"gives {built[first]!r})")
+    raise ConfigError(f"the vocabulary {origin} is not the one --text builds (sorted(set(text))): {what}; "
+                      "pass the vocab.json the model was trained with, or leave --vocab (or --text) out")
 
 
 def vocab_origin(source: str) -> str:

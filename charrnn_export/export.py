@@ -29,7 +29,7 @@ import numpy as np
 from . import contract
 from .data import load_text, split_train_val
 from .decode import write_decode_models
-from .errors import ConfigError, DataError, WriteError
+from .errors import ConfigError, DataError, ModelError, WriteError
 from .files import (FolderLock, Manifest, atomic_write_text, check_no_link_out, check_writable_dir, foreign_entries,
                     make_dirs, move_tree, remove_dirs, staging_dir, tree_entries, write_error)
 from .checkpoints import LoadedWeights, checkpoint_kind, load_any_checkpoint, resolve_vocab
@@ -117,16 +117,21 @@ def read_inputs(checkpoint: str, text: str | None, vocab_path: str | None) -> Ex
             "tutorial did) or --vocab vocab.json"
         )
     loaded = load_any_checkpoint(checkpoint)
+    non_finite = loaded.weights.non_finite()
+    if non_finite:
+        # Said here: parity would only report that every runtime disagrees with every other.
+        raise ModelError(f"{loaded.source}: the weights hold {'; '.join(non_finite)}; the checkpoint is damaged or "
+                         "its training diverged: export an earlier checkpoint or train again")
     text_str, text_sha256 = load_text(text, "--text") if text is not None else (None, None)
-    vocab, vocab_source, unk = resolve_vocab(loaded, text_str, vocab_path)
-    config = {**loaded.weights.config(), "rnn_type": contract.RNN_TYPE, "reset_after": True}
-    if unk:
-        config["unk_id"] = 0  # never a real character: a sampler should mask it, as the tutorial does
     run_config = loaded.meta.get("run_config", {})
     data_sha256 = run_config.get("data_sha256")
     if text_sha256 is not None and data_sha256 is not None and text_sha256 != data_sha256:
         raise ConfigError(f"--text {text} is not the text {loaded.source} was trained on (sha256 {text_sha256[:12]}... "
                           f"vs {data_sha256[:12]}...); pass the run's training text or leave --text out")
+    vocab, vocab_source, unk = resolve_vocab(loaded, text_str, vocab_path)
+    config = {**loaded.weights.config(), "rnn_type": contract.RNN_TYPE, "reset_after": True}
+    if unk:
+        config["unk_id"] = 0  # never a real character: a sampler should mask it, as the tutorial does
     val_text = None
     if text_str is not None:
         val_text = validation_text(text_str, run_config.get("val_fraction", 0.1))

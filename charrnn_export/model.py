@@ -17,6 +17,8 @@ import numpy as np
 from .errors import ModelError
 
 WEIGHT_NAMES = ("embedding", "kernel", "recurrent_kernel", "bias", "dense_kernel", "dense_bias")
+# The same six as layer/variable, for messages.
+LAYER_NAMES = ("embedding/embeddings", "gru/kernel", "gru/recurrent_kernel", "gru/bias", "dense/kernel", "dense/bias")
 
 
 @dataclass
@@ -67,6 +69,19 @@ class GRUWeights:
                     )
                 raise ModelError(f"{source}: weight {name} has shape {tuple(actual)}, expected {shape}")
         return self
+
+    def non_finite(self) -> list[str]:
+        """The variables holding NaN or Inf, as "NaN in gru/kernel (3 of 1536 values)"; empty when none."""
+        found = []
+        for name, layer_name in zip(WEIGHT_NAMES, LAYER_NAMES):
+            array = np.asarray(getattr(self, name))
+            if array.dtype.kind != "f":
+                continue
+            bad = ~np.isfinite(array)
+            if bad.any():
+                kinds = " and ".join(k for k, hit in (("NaN", np.isnan(array).any()), ("Inf", np.isinf(array).any())) if hit)
+                found.append(f"{kinds} in {layer_name} ({int(bad.sum())} of {array.size} values)")
+        return found
 
     def config(self) -> dict:
         return {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim, "rnn_units": self.rnn_units}

@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from .vocab import Vocab
-from .errors import ParityError
+from .errors import ModelError, ParityError
 from .checkpoints import LoadedWeights
 from .model import model_from_weights
 
@@ -49,6 +49,7 @@ def tutorial_reference(prefix: str, weights, tokens: np.ndarray) -> np.ndarray:
 
     It shares no code with our readers, so a wrong variable mapping in read_tutorial_checkpoint
     shows up here as a difference."""
+    import tensorflow as tf
     import tf_keras
 
     batch = tokens.shape[0]
@@ -60,7 +61,12 @@ def tutorial_reference(prefix: str, weights, tokens: np.ndarray) -> np.ndarray:
     ])
     # expect_partial: the optimizer's slots are in the checkpoint but not in this model. Every
     # variable of the model must have been restored, or the reference would be random weights.
-    model.load_weights(prefix).expect_partial().assert_existing_objects_matched()
+    try:
+        model.load_weights(prefix).expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, IndexError, ValueError, OSError, RuntimeError, AssertionError) as e:
+        # read_tutorial_checkpoint read every tensor already: this is a file changed meanwhile.
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelError(f"cannot read TF checkpoint {prefix}: it is corrupt or truncated ({line})") from None
     return np.asarray(model(tokens))  # (batch, time, vocab)
 
 

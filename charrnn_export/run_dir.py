@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .checkpoints import json_type
 from .errors import ConfigError
 from .files import MANIFEST, Manifest, atomic_write_text, check_no_link_out, foreign_entries
 
@@ -39,7 +40,14 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.exists():
             return []
-        return [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            rows = [json.loads(line) for line in self.metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{self.metrics} is corrupt ({e}); pass --force to start the run over") from None
+        if not all(isinstance(r, dict) and isinstance(r.get("global_step"), int) for r in rows):
+            raise ConfigError(f"{self.metrics} is corrupt (a line that is not train's metrics object); "
+                              "pass --force to start the run over")
+        return rows
 
     def write_metrics(self, rows: list[dict]) -> None:
         self.record(self.metrics)
@@ -95,6 +103,9 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool, resuma
         previous = json.loads(run.config.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         raise ConfigError(f"{run.config} is corrupt; pass --force to start the run over") from None
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{run.config} is corrupt (a JSON {json_type(previous)}, not an object); "
+                          "pass --force to start the run over")
     differences = sorted(
         k for k in set(previous) | set(stored)
         if k not in resumable and previous.get(k) != stored.get(k)

@@ -277,7 +277,7 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
                               f"{len(optimizer.variables)}; pass --force to start over")
         for var, value in zip(optimizer.variables, ckpt.optimizer_state):
             var.assign(value)
-        pos = ckpt.meta["position"]
+        pos = resume_position(ckpt.meta, newest)
         epoch, batch_in_epoch, global_step = pos["epoch"], pos["batch"], pos["global_step"]
         epoch_loss_sum, epoch_chars, epoch_seconds = pos["loss_sum"], pos["chars"], pos["seconds"]
         wall_before, best_val = pos["wall_time"], pos["best_val_loss"]
@@ -365,6 +365,20 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
         epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
 
     return {"run_dir": str(run.path), "last": last, "best_val_loss": best_val}
+
+
+POSITION_KEYS = ("epoch", "batch", "global_step", "loss_sum", "chars", "seconds", "wall_time", "best_val_loss")
+
+
+def resume_position(meta: dict, path) -> dict:
+    """The position a checkpoint resumes from, checked: every field train writes, each a number."""
+    pos, metrics = meta.get("position"), meta.get("metrics")
+    ok = (isinstance(pos, dict) and isinstance(metrics, dict) and "complete" in metrics and "val_loss" in metrics
+          and all(isinstance(pos.get(k), (int, float)) and not isinstance(pos.get(k), bool) for k in POSITION_KEYS))
+    if not ok:
+        raise ConfigError(f"{path} holds no position to resume from (not a checkpoint train wrote, or damaged); "
+                          "pass --force to start over")
+    return pos
 
 
 def learning_rate_schedule(config: TrainConfig, planned_steps: int):

@@ -35,8 +35,7 @@ class Vocab:
         chars = json.loads(data)
         if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
             raise ValueError("a vocabulary is a JSON list of single characters")
-        if len(set(chars)) != len(chars):
-            raise ValueError("the vocabulary repeats a character")
+        check_characters(chars)
         return cls(tuple(chars))
 
     @classmethod
@@ -74,6 +73,19 @@ class Vocab:
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
+
+
+def check_characters(chars) -> None:
+    """Raise ValueError for a character no UTF-8 text holds (a lone surrogate: it could never be
+    written out or typed in) or one listed twice (two ids for one character)."""
+    for position, char in enumerate(chars):
+        if "\ud800" <= char <= "\udfff":
+            raise ValueError(f"id {position} is a lone surrogate (U+{ord(char):04X}), not a character of any text")
+    seen: dict[str, int] = {}
+    for position, char in enumerate(chars):
+        if char in seen:
+            raise ValueError(f"the vocabulary repeats {char!r} (ids {seen[char]} and {position})")
+        seen[char] = position
 
 
 # The current tutorial maps characters to ids with StringLookup(vocabulary=sorted(set(text)),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..checkpoints import json_type
 from ..vocab import Vocab
 from ..errors import ModelError, RuntimeUnavailable
 
@@ -27,6 +28,11 @@ def parse_metadata(meta: dict, path) -> tuple[Vocab, dict]:
     try:
         vocab = Vocab.from_json(meta[contract.META_VOCAB])
         config = json.loads(meta.get(contract.META_CONFIG, "{}"))
+        if not isinstance(config, dict):
+            raise ValueError(f"`{contract.META_CONFIG}` is a JSON {json_type(config)}, not an object")
+        units = config.get("rnn_units")
+        if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units <= 0):
+            raise ValueError(f"`{contract.META_CONFIG}` gives rnn_units {units!r}, not a positive whole number")
     except ValueError as e:
         raise ModelError(f"{path} has corrupt vocabulary/config metadata ({e}); export it again") from None
     return vocab, config
@@ -103,12 +109,38 @@ class OnnxRuntime:
         self.path = path
         self.vocab, self.config = read_metadata(self.session, path)
         self.vocab_size = len(self.vocab)
-        self.rnn_units = fixed_dim(inputs[contract.STATE].shape, 1, self.config.get("rnn_units"), path, "state")
+        state_shape = inputs[contract.STATE].shape
+        self.state_width_from_metadata = not (len(state_shape) > 1 and isinstance(state_shape[1], int))
+        self.rnn_units = fixed_dim(state_shape, 1, self.config.get("rnn_units"), path, "state")
+        if self.config.get("rnn_units", self.rnn_units) != self.rnn_units:
+            raise ModelError(f"{path}: its graph's state is {self.rnn_units} wide but its metadata says rnn_units "
+                             f"{self.config['rnn_units']}; export it again")
         logits_width = fixed_dim(outputs[contract.LOGITS].shape, 1, self.vocab_size, path, "logits")
         if logits_width != self.vocab_size:
             raise ModelError(f"{path} has {logits_width} logits but {self.vocab_size} characters in its "
                              "vocabulary metadata; export it again")
         self.output_names = [contract.LOGITS, contract.STATE_OUT]
+        self.check_one_step()
+
+    def check_one_step(self) -> None:
+        """One step from the zero state: the state width (from the graph, or from the metadata when
+        the graph leaves it free) and the logits' width must be what the model really takes and
+        gives, or every later step would fail mid-generation."""
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # a refused shape is reported below, not also as onnxruntime's log line
+        try:
+            logits, state = self.session.run(self.output_names, {contract.TOKEN: np.zeros(1, dtype=np.int32),
+                                                                 contract.STATE: self.zero_state(1)}, quiet)
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own types: a shape the graph refuses
+            raise ModelError(f"{self.path}: one step with a state of width {self.rnn_units} (from its "
+                             f"{'metadata' if self.state_width_from_metadata else 'graph'}) fails "
+                             f"({str(e).splitlines()[0][:160]}); export it again") from None
+        if tuple(logits.shape) != (1, self.vocab_size) or tuple(state.shape) != (1, self.rnn_units):
+            raise ModelError(f"{self.path}: one step gives logits {tuple(logits.shape)} and state {tuple(state.shape)}, "
+                             f"not (1, {self.vocab_size}) and (1, {self.rnn_units}) as its metadata says; "
+                             "export it again")
 
     def zero_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.rnn_units), dtype=np.float32)
