@@ -159,6 +159,23 @@ def test_exports_a_tutorial_checkpoint_prefix_with_a_vocab_file(tutorial_run, tm
     assert np.max(np.abs(tutorial_prime_logits(tutorial_run["dir"] / "ckpt_2", tutorial_run["vocab"]) - got)) > 1e-3
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_a_tutorial_checkpoint_cut_short_is_one_line(tutorial_run, tmp_path, keep):
+    """Cut past the weights, only the optimizer's slots are lost: found when the checkpoint is read,
+    not later inside tf_keras' load_weights (a 35-line traceback)."""
+    import shutil
+
+    from conftest import assert_one_line_error, run_cli
+
+    folder = shutil.copytree(tutorial_run["dir"], tmp_path / "training_checkpoints")
+    data = folder / "ckpt_2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[: int(data.stat().st_size * keep)])
+    out = tmp_path / "export"
+    result = run_cli("to-onnx", "--checkpoint", folder, "--text", tutorial_run["text"], "--out", out)
+    assert_one_line_error(result, f"cannot read TF checkpoint {folder / 'ckpt_2'}: it is corrupt or truncated")
+    assert not out.exists()
+
+
 def test_a_checkpoint_file_names_its_prefix(tutorial_run):
     from charrnn_export.checkpoints import load_any_checkpoint
 
