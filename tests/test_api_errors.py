@@ -34,6 +34,11 @@ CALLS = {
     "seed negative": (dict(seed=-1), ArgumentValueError, "seed"),
     "seed too big": (dict(seed=2**32), ArgumentValueError, "seed"),
     "unknown bogus": (dict(unknown="drop"), ArgumentValueError, "unknown"),
+    # Numbers beyond what the sampler's arrays hold (issue 18): bounded where they enter.
+    "length 2**63": (dict(length=2**63), ArgumentValueError, "length"),
+    "top_k 10**20": (dict(top_k=10**20), ArgumentValueError, "top_k"),
+    "temperature 1e-40": (dict(temperature=1e-40), ArgumentValueError, "temperature"),
+    "temperature 1e31": (dict(temperature=1e31), ArgumentValueError, "temperature"),
 }
 
 
@@ -91,3 +96,18 @@ def test_load_checks_its_arguments_and_lists_the_valid_choices(kwargs, error_typ
         Generator.load(**kwargs)
     assert_names_argument(caught.value, name)
     assert listed in str(caught.value)
+
+
+@pytest.mark.parametrize("sampler", ["host", "graph"])
+def test_a_top_p_below_float32s_smallest_is_greedy_on_both_samplers(tiny_export, sampler):
+    """top_p=1e-46 was an IndexError in generate; it rounds to 0 in float32 and is greedy."""
+    generator = Generator.load(str(tiny_export / "model.onnx"), sampler=sampler)
+    greedy = generator.generate("ROMEO:", 100, greedy=True)
+    assert generator.generate("ROMEO:", 100, top_p=1e-46, seed=1) == greedy
+    assert generator.generate_batch(["ROMEO:", "ROMEO:"], 100, top_p=1e-46, seed=1) == [greedy, greedy]
+
+
+def test_an_argument_error_names_the_argument_in_param(generator):
+    with pytest.raises(ArgumentValueError) as caught:
+        generator.generate("ROMEO:", 2**63)
+    assert caught.value.param == "length"
