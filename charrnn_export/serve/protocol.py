@@ -34,13 +34,7 @@ class HeaderDeadline(H11Protocol):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._deadline = None
-        self._partial = False  # bytes of a request arrived, but not yet its whole headers
         self._await_headers()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if not self._in_request():
-            self._partial = bool(self.conn.trailing_data[0])
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -55,8 +49,10 @@ class HeaderDeadline(H11Protocol):
         return self.cycle is not None and not self.cycle.response_complete
 
     def _await_headers(self) -> None:
+        # This deadline replaces uvicorn's keep-alive timer (same length), which would close a
+        # connection holding half a pipelined request without a word.
+        self._unset_keepalive_if_required()
         self._cancel_deadline()
-        self._partial = bool(self.conn.trailing_data[0])
         self._deadline = self.loop.call_later(self.timeout_keep_alive, self._headers_late)
 
     def _cancel_deadline(self) -> None:
@@ -68,6 +64,6 @@ class HeaderDeadline(H11Protocol):
         self._deadline = None
         if self._in_request() or self.transport.is_closing():
             return
-        if self._partial:
+        if self.conn.trailing_data[0]:  # part of a request arrived: say why it is closed
             self.transport.write(_timeout_answer(self.timeout_keep_alive))
         self.transport.close()
