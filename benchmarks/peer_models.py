@@ -42,13 +42,20 @@ PEERS = {
 INSTALL = "pip install 'charrnn-export[peers]'"
 
 
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder that refuses it, or a half-removed package
+        return False
+
+
 def missing_package(package: str) -> str | None:
-    """Why a peer's package cannot be used here, or None when it can."""
+    """Why a peer's package cannot be used here, or None when it can (found, not imported)."""
     if package == "litert":
-        if importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tensorflow"):
+        if installed("ai_edge_litert") or installed("tensorflow"):
             return None
         return f"neither ai-edge-litert nor TensorFlow is installed ({INSTALL})"
-    if importlib.util.find_spec(package) is None:
+    if not installed(package):
         return f"{package} is not installed ({INSTALL})"
     return None
 
@@ -116,7 +123,7 @@ class OpenVinoPeer(NumpyStatePeer):
         model = core.read_model(str(path))
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
         self.rnn_units = int(model.input(contract.STATE).get_partial_shape()[1].get_length())
 
     def step(self, tokens, state):

@@ -444,7 +444,8 @@ def plot(results: dict) -> bytes | None:
             ax.annotate(f"{value:,.0f}", (value, y), va="center", fontsize=6.5, xytext=(3, 0),
                         textcoords="offset points")
         ax.set_yticks(list(ys), [r["key"] for r in shown], fontsize=7)
-        ax.invert_yaxis()
+    axes[0][0].invert_yaxis()  # the first contestant on top (the panels share the y axis: once)
+    for ax, batch in zip(axes[0], batches):
         ax.set_xscale("log")
         ax.set_xlabel("characters per second (log)")
         ax.set_title(f"batch {batch}", fontsize=10)
