@@ -169,6 +169,9 @@ def check_contestant(contestant, name: str, start: str, reference: dict) -> dict
 def run_worker(args) -> int:
     """One contestant in this process: chars/s at each batch size, one JSON line on stdout."""
     name, mode = args.worker, args.mode
+    if not args.work or name not in {*PROJECT, *PEERS}:
+        raise ConfigError("--worker is how the benchmark runs one contestant; run `python -m benchmarks.peers` "
+                          "(with --contestants NAME for one)")
     model_dir = Path(args.model) if args.model else shipped_dir()
     reference = dict(np.load(Path(args.work) / "reference.npz"))
     package = PEERS[name][0] if name in PEERS else None
@@ -259,7 +262,7 @@ def run_child(command: list[str], timeout: float) -> tuple[dict | None, str]:
     try:
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
-        return None, f"took more than {timeout:.0f} s"
+        return None, f"took more than {timeout:g} s (--timeout)"
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     last = errors[-1][:300] if errors else f"exit status {done.returncode}"
     if done.returncode != 0:
@@ -417,14 +420,14 @@ def plot(results: dict) -> bytes | None:
     """One panel per batch size: a bar per contestant (min-max as a whisker), step-alone bars hatched."""
     from importlib.util import find_spec
 
-    if find_spec("matplotlib") is None:
+    rows = [r for r in results["rows"] if "chars_per_s" in r]
+    if find_spec("matplotlib") is None or not rows:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in results["rows"] if "chars_per_s" in r]
     batches = [str(b) for b in results["settings"]["batch_sizes"]]
     fig, axes = plt.subplots(1, len(batches), figsize=(4.6 * len(batches), 0.32 * len(rows) + 1.6),
                              squeeze=False, sharey=True)
