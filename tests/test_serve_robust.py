@@ -7,6 +7,7 @@ their own text, /health stays ok, and the next requests are served."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -225,6 +226,9 @@ def test_many_failures_in_a_row_never_stop_the_engine_thread(generator):
         assert set(finishes) <= {"error", "length"} and "error" in finishes
         scheduler = server.app.state.serve.schedulers[MODEL]
         assert scheduler.thread.is_alive() and scheduler.idle and scheduler.internal_errors == 0
+        failed = re.search(r'^charrnn_failed_choices_total\{model="tiny"\} (\d+)$', httpx.get(f"{server.url}/metrics").text,
+                           re.M)
+        assert int(failed.group(1)) == finishes.count("error")
         failing.backend_made.fail_on = set()
         assert_served_normally(server.url, generator)
         assert np.all(scheduler.engine.request == -1)

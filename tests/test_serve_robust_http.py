@@ -128,6 +128,16 @@ def test_trailing_slashes_and_wrong_methods_are_error_objects_never_redirects(se
         assert "/v1/completions (no trailing slash)" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("raw", [b"GARBAGE\r\n\r\n", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+                                 b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"])
+def test_bytes_that_are_not_http_are_a_400_error_object(server, raw):
+    sock = connect(server)
+    sock.sendall(raw)
+    head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+
+
 # ---------------------------------------------------------------- hang-ups and stalls
 
 

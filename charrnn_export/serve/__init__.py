@@ -5,7 +5,9 @@
     scheduler.py  the engine thread: one Engine per model, continuous batching, stop strings
     responses.py  the event stream and the JSON answer, each cancelling its job on a disconnect
     metrics.py    /metrics in Prometheus' text format
-    (the command line, flags, uvicorn and the clean stop, is charrnn_export/commands/serve.py)
+    protocol.py   uvicorn's h11 connection with a deadline for request headers (408), errors in OpenAI's shape
+    (the command line, flags, binding, loading, memory sizing, uvicorn and the drain, is
+    charrnn_export/commands/serve.py)
     page.html     the page at /
 
 Needs the `serve` extra (fastapi, uvicorn); nothing here is imported by `import charrnn_export`.

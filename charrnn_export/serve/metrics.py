@@ -2,7 +2,8 @@
 
     render(requests_by_status: {status: count}, models: {name: Scheduler or None}) -> str
 
-Counters: requests by HTTP status, characters made, engine steps and their time (a histogram).
+Counters: requests by HTTP status (499: the client hung up), characters made, engine steps and
+their time (a histogram), failed choices, and engine passes that raised.
 Gauges: slots, busy slots and queued choices per model, and whether each model is loaded.
 """
 
@@ -23,7 +24,11 @@ def render(requests_by_status: dict[int, int], models: dict) -> str:
               ("busy_slots", "gauge", "Slots generating or reading a prompt now.", lambda s: s.busy),
               ("queue_depth", "gauge", "Choices accepted and waiting for a slot.", lambda s: s.queued),
               ("characters_total", "counter", "Characters generated.", lambda s: s.chars_made),
-              ("steps_total", "counter", "Engine steps run.", lambda s: s.steps)]
+              ("steps_total", "counter", "Engine steps run.", lambda s: s.steps),
+              ("failed_choices_total", "counter", "Choices whose generation failed (finish_reason error).",
+               lambda s: s.failed_choices),
+              ("engine_errors_total", "counter", "Passes of the engine thread that raised and ended the "
+               "requests they held (a bug; the thread goes on).", lambda s: s.internal_errors)]
     for name, kind, help_text, value in gauges:
         lines += [f"# HELP {PREFIX}_{name} {help_text}", f"# TYPE {PREFIX}_{name} {kind}"]
         for model, scheduler in models.items():

@@ -11,7 +11,8 @@ that sent part of a request gets a 408 in OpenAI's error shape, an idle one is c
 has its own deadline in the app (app.RequestLog), and a running answer none: a long generation
 is not a stall.
 
-h11 is used whatever else is installed, so that this subclass is always the protocol in use.
+Bytes that are not HTTP/1.1 get uvicorn's 400, in OpenAI's error shape here. h11 is used
+whatever else is installed, so that this subclass is always the protocol in use.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import json
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 
-def _timeout_answer(seconds: float) -> bytes:
-    body = json.dumps({"error": {"message": f"the request's headers did not arrive within {seconds:g} s "
-                                 "(--timeout)", "type": "invalid_request_error", "param": None,
-                                 "code": "request_timeout"}}).encode()
-    head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+def _error_answer(status: str, message: str, code: str) -> bytes:
+    """A whole HTTP answer in OpenAI's error shape, written before h11 has a request to answer."""
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                 "code": code}}).encode()
+    head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             "connection: close\r\n\r\n").encode()
     return head + body
 
@@ -65,5 +66,12 @@ class HeaderDeadline(H11Protocol):
         if self._in_request() or self.transport.is_closing():
             return
         if self.conn.trailing_data[0]:  # part of a request arrived: say why it is closed
-            self.transport.write(_timeout_answer(self.timeout_keep_alive))
+            self.transport.write(_error_answer("408 Request Timeout", "the request's headers did not arrive within "
+                                               f"{self.timeout_keep_alive:g} s (--timeout)", "request_timeout"))
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to bytes that are not HTTP/1.1 (a bad Content-Length, a header line
+        # without a colon), in OpenAI's error shape instead of plain text.
+        self.transport.write(_error_answer("400 Bad Request", f"not a valid HTTP/1.1 request: {msg}", "invalid_http"))
         self.transport.close()

@@ -121,6 +121,7 @@ class Scheduler:
         self._urgent = False
         self.stopping = False
         self.internal_errors = 0  # passes of the loop that raised (a bug): for /metrics
+        self.failed_choices = 0  # choices ended with "error" (their generation failed): for /metrics
         self._closed = False
         # Metrics, written by this thread only (readers see whole Python ints).
         self.chars_made = 0
@@ -294,6 +295,7 @@ class Scheduler:
         if reason == LENGTH:
             return "length"
         if reason in (NONFINITE, FAILED):
+            self.failed_choices += 1
             self._live[rid].cause = NONFINITE_CAUSE if reason == NONFINITE else f"generation failed: {cause}"
             return ERROR
         assert reason == CANCELLED, reason
