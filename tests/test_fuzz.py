@@ -1,5 +1,7 @@
 """Property-based tests: random argument combinations and random bytes as model and text files
-at `sample`, `to-onnx`, `train` (tiny sizes) and the Python API.
+at `sample`, `to-onnx`, `train` (tiny sizes), `to-web` and the Python API; an earlier output
+whose entries are symbolic links out of the folder; model metadata and run files holding JSON of
+the wrong type (or vocabularies with surrogates and repeats).
 
 Every run must end with exit status 0 or 2 (2 with an error line), never a traceback (an
 exception escaping `main`), and must change no file outside its output folder, nor a user's
@@ -7,7 +9,7 @@ file inside it. The commands run in this process through `cli.main`, so TensorFl
 once rather than per example.
 
 CI runs a few examples per command (a minute or two on 2 cores); a nightly-style run sets
-CHARRNN_EXPORT_FUZZ_EXAMPLES (e.g. 500) to multiply them.
+CHARRNN_EXPORT_FUZZ_EXAMPLES (e.g. 500) to run that many of each.
 """
 
 from __future__ import annotations
@@ -90,6 +92,19 @@ class Sandbox:
             return str(self.out / "x")
         return str(self.out / name) if name else str(self.out)
 
+    def linked_copy(self, earlier: Path, pick: int, to_folder: bool) -> str:
+        """--out: a copy of an earlier output of ours (a run, an export, a site) where one entry,
+        chosen by `pick`, is a symbolic link to outside/ (or to the precious file in it)."""
+        shutil.copytree(earlier, self.out, symlinks=True)
+        entries = sorted(p for p in self.out.rglob("*") if not p.name.startswith(".charrnn-export"))
+        victim = entries[pick % len(entries)]
+        if victim.is_dir() and not victim.is_symlink():
+            shutil.rmtree(victim)
+        else:
+            victim.unlink()
+        victim.symlink_to(self.root / "outside" if to_folder else self.root / "outside" / "precious.txt")
+        return str(self.out)
+
     def check(self, before: dict, status: int, stderr: str) -> None:
         assert status in (0, 2), (status, stderr)
         if status == 2:
@@ -104,6 +119,43 @@ class Sandbox:
 
 
 OUTPUTS = st.sampled_from(["missing", "empty", "missing", "user-note", "a-file", "below-a-file"])
+# An earlier output of ours with one entry (pick) a link out of it, to a folder or to a file.
+LINKED = st.tuples(st.integers(0, 10_000), st.booleans())
+# Any JSON value, with the near misses that matter (numbers of every size, surrogates, repeats).
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=4)
+    | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value)  # \udXXX escapes for surrogates, NaN and Infinity for floats: Python reads both
+
+
+def wrong_run_file(run: Path, name: str, value) -> None:
+    """Put `value` (JSON) where train wrote `name`: config.json, vocab.json, metrics.jsonl, or the
+    meta (or one of its parts) inside best.npz."""
+    import json
+
+    import numpy as np
+
+    if name.startswith("best.npz"):
+        with np.load(run / "best.npz") as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(arrays["meta"]))
+        part = name.partition(":")[2]
+        arrays["meta"] = np.array(json_text({**meta, part: value} if part else value))
+        with open(run / "best.npz", "wb") as f:
+            np.savez(f, **arrays)
+    else:
+        (run / name).write_text(json_text(value) + "\n", encoding="utf-8")
+
+
+RUN_FILES = st.sampled_from(["config.json", "vocab.json", "metrics.jsonl", "best.npz", "best.npz:metrics",
+                             "best.npz:config", "best.npz:position"])
 NUMBERS = st.one_of(st.integers(1, 40), st.integers(-3, 70), st.sampled_from(["-1", "0", "1e3", "nan", "x", "", "2.5"]))
 SEEDS = st.one_of(st.integers(0, 2**32 - 1), st.integers(-2, 2**33), st.sampled_from(["abc", "-0", "4294967295"]))
 FLOATS = st.one_of(st.floats(0.01, 1.0), st.floats(allow_nan=True, allow_infinity=True, width=32),
@@ -138,8 +190,9 @@ def fixtures_before(tiny_run, tiny_export, tiny_text):
 
 
 @examples(ci=60)
-@given(model=st.sampled_from(["tiny", "random-bytes", "missing", "folder", "int8"]),
-       model_bytes=st.binary(max_size=600), runtime=st.sampled_from(["onnx", "onnx", "onnx", "onnx", "savedmodel", "bogus"]),
+@given(model=st.sampled_from(["tiny", "random-bytes", "missing", "folder", "int8", "wrong-config", "wrong-vocab",
+                              "free-state"]),
+       model_bytes=st.binary(max_size=600), metadata=JSON, runtime=st.sampled_from(["onnx", "onnx", "onnx", "onnx", "savedmodel", "bogus"]),
        start=st.one_of(st.just("ROMEO: "), st.text(max_size=12)), options=st.tuples(
            maybe("--length", NUMBERS), maybe("--temperature", FLOATS), maybe("--top-k", NUMBERS),
            maybe("--top-p", FLOATS), maybe("--seed", SEEDS), maybe("--num-samples", st.integers(-1, 3)),
@@ -147,11 +200,15 @@ def fixtures_before(tiny_run, tiny_export, tiny_text):
            maybe("--unknown", st.sampled_from(["error", "skip", "x"])), switch("--greedy"), switch("--stream"),
            switch("--json"), switch("-q")),
        out=st.one_of(st.none(), OUTPUTS))
-def test_sample_never_tracebacks(sandbox_root, fixtures_before, tiny_export, model, model_bytes, runtime, start,
-                                 options, out):
+def test_sample_never_tracebacks(sandbox_root, fixtures_before, tiny_export, model, model_bytes, metadata, runtime,
+                                 start, options, out):
     box = Sandbox(sandbox_root / "sample")
-    path = {"tiny": str(tiny_export / "model.onnx"), "random-bytes": box.file("model.onnx", model_bytes),
-            "missing": str(box.inputs / "none.onnx"), "folder": str(box.inputs), "int8": "int8"}[model]
+    if model in ("wrong-config", "wrong-vocab", "free-state"):
+        path = box.file("model.onnx", b"")
+        edited_model(tiny_export / "model.onnx", Path(path), model, metadata)
+    else:
+        path = {"tiny": str(tiny_export / "model.onnx"), "random-bytes": box.file("model.onnx", model_bytes),
+                "missing": str(box.inputs / "none.onnx"), "folder": str(box.inputs), "int8": "int8"}[model]
     if runtime == "savedmodel" and model == "tiny":
         path = str(tiny_export)
     argv = ["sample", "--runtime", runtime, "--model", path, "--start", start]
@@ -166,21 +223,44 @@ def test_sample_never_tracebacks(sandbox_root, fixtures_before, tiny_export, mod
     box.check(before, status, stderr)
 
 
+def edited_model(source: Path, target: Path, kind: str, value) -> None:
+    """The tiny model with `value` (JSON) as its config or vocabulary metadata, or its state's width
+    left free and `value` as the config's rnn_units."""
+    import onnx
+
+    from charrnn_export import contract
+
+    model = onnx.load(str(source))
+    key = contract.META_VOCAB if kind == "wrong-vocab" else contract.META_CONFIG
+    for prop in model.metadata_props:
+        if prop.key == key:
+            prop.value = json_text({"rnn_units": value} if kind == "free-state" else value)
+    if kind == "free-state":
+        for info in (*model.graph.input, *model.graph.output):
+            if info.name in (contract.STATE, contract.STATE_OUT):
+                info.type.tensor_type.shape.dim[1].dim_param = "units"
+    onnx.save(model, str(target))
+
+
 # ---------------------------------------------------------------- to-onnx
 
 
 @examples(ci=15)
-@given(checkpoint=st.sampled_from(["tiny-run", "random-npz", "random-h5", "random-index", "run-of-random-files"]),
-       data=st.binary(max_size=600), text=st.sampled_from([None, "tiny", "random"]),
+@given(checkpoint=st.sampled_from(["tiny-run", "random-npz", "random-h5", "random-index", "run-of-random-files",
+                                   "run-with-a-wrong-file", "run-with-a-wrong-file"]),
+       data=st.binary(max_size=600), wrong=st.tuples(RUN_FILES, JSON), text=st.sampled_from([None, "tiny", "random"]),
        vocab=st.sampled_from([None, "random", "run"]), options=st.tuples(
            maybe("--opset", st.integers(10, 20)), maybe("--atol", FLOATS), maybe("--seed", SEEDS),
            maybe("--quantize", st.just("int8")), switch("--force")),
-       out=OUTPUTS)
-def test_to_onnx_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_text, checkpoint, data, text, vocab,
-                                  options, out):
+       out=st.one_of(OUTPUTS, LINKED))
+def test_to_onnx_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_export, tiny_text, checkpoint, data,
+                                  wrong, text, vocab, options, out):
     box = Sandbox(sandbox_root / "to-onnx")
     if checkpoint == "tiny-run":
         path = str(tiny_run)
+    elif checkpoint == "run-with-a-wrong-file":
+        path = str(shutil.copytree(tiny_run, box.inputs / "run"))
+        wrong_run_file(Path(path), *wrong)
     elif checkpoint == "run-of-random-files":
         for name in ("config.json", "vocab.json", "best.npz"):
             box.file(name, data)
@@ -190,7 +270,8 @@ def test_to_onnx_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_
         path = box.file(suffix, data)
         if checkpoint == "random-index":
             path = path[: -len(".index")]
-    argv = ["to-onnx", "--checkpoint", path, "--out", box.output(out)]
+    argv = ["to-onnx", "--checkpoint", path, "--out",
+            box.linked_copy(tiny_export, *out) if isinstance(out, tuple) else box.output(out)]
     if text is not None:
         argv += ["--text", str(tiny_text) if text == "tiny" else box.file("text.txt", data)]
     if vocab is not None:
@@ -213,16 +294,58 @@ def test_to_onnx_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_
            maybe("--learning-rate", FLOATS), maybe("--clip-norm", FLOATS),
            maybe("--lr-schedule", st.sampled_from(["cosine", "constant", "step"])), switch("--resume"),
            switch("--force")),
-       out=OUTPUTS)
-def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_text, data, sizes, options, out):
+       out=st.one_of(OUTPUTS, LINKED, st.tuples(RUN_FILES, JSON)))
+def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_text, data, sizes, options, out):
     box = Sandbox(sandbox_root / "train")
     text = str(tiny_text) if data is None else box.file("text.txt", data)
     embedding_dim, rnn_units, seq_length, batch_size = sizes
-    argv = ["train", "--data", text, "--out", box.output(out, "run"), "--embedding-dim", str(embedding_dim),
+    if isinstance(out, tuple) and isinstance(out[0], int):
+        out_dir = box.linked_copy(tiny_run, *out)
+    elif isinstance(out, tuple):  # the tiny run, to resume, with one of its files of the wrong JSON type
+        out_dir = str(shutil.copytree(tiny_run, box.out))
+        wrong_run_file(box.out, *out)
+    else:
+        out_dir = box.output(out, "run")
+    argv = ["train", "--data", text, "--out", out_dir, "--embedding-dim", str(embedding_dim),
             "--rnn-units", str(rnn_units), "--seq-length", str(seq_length), "--batch-size", str(batch_size),
             "--epochs", "1", "--max-steps", "2"]
     for option in options:
         argv += option
+    before = snapshot(box.root, skip=box.out)
+    status, stderr = run_main(argv)
+    box.check(before, status, stderr)
+
+
+# ---------------------------------------------------------------- to-web
+
+
+@pytest.fixture(scope="module")
+def earlier_site(tmp_path_factory, tiny_export) -> Path:
+    from charrnn_export.web.build import build_site
+
+    site = tmp_path_factory.mktemp("site") / "site"
+    build_site(str(tiny_export), site)
+    return site
+
+
+@examples(ci=15)
+@given(model=st.sampled_from(["tiny", "random-bytes", "missing", "wrong-config", "wrong-vocab", "free-state"]),
+       model_bytes=st.binary(max_size=300), metadata=JSON,
+       ort_web=st.sampled_from([None, None, "inputs", "missing"]), port=maybe("--port", NUMBERS),
+       out=st.one_of(OUTPUTS, LINKED, LINKED))
+def test_to_web_never_tracebacks(sandbox_root, fixtures_before, tiny_export, earlier_site, model, model_bytes,
+                                 metadata, ort_web, port, out):
+    box = Sandbox(sandbox_root / "to-web")
+    if model in ("wrong-config", "wrong-vocab", "free-state"):
+        path = box.file("model.onnx", b"")
+        edited_model(tiny_export / "model.onnx", Path(path), model, metadata)
+    else:
+        path = {"tiny": str(tiny_export), "random-bytes": box.file("model.onnx", model_bytes),
+                "missing": str(box.inputs / "none.onnx")}[model]
+    out_dir = box.linked_copy(earlier_site, *out) if isinstance(out, tuple) else box.output(out)
+    argv = ["to-web", "--model", path, "--out", out_dir, *port]  # --port without --serve: refused, no server
+    if ort_web is not None:
+        argv += ["--ort-web", str(box.inputs) if ort_web == "inputs" else str(box.inputs / "none")]
     before = snapshot(box.root, skip=box.out)
     status, stderr = run_main(argv)
     box.check(before, status, stderr)

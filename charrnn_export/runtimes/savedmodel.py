@@ -58,6 +58,10 @@ class SavedModelRuntime:
             if inputs[name].dtype != expected:
                 raise ModelError(f"SavedModel {path}: input `{name}` is {inputs[name].dtype.name}, the step contract "
                                  f"says {expected.name}; export it again")
+        state_width = inputs[contract.STATE].shape[-1]
+        if self.rnn_units <= 0 or (state_width is not None and state_width != self.rnn_units):
+            raise ModelError(f"SavedModel {path}: its signature's state is {state_width} wide but its config says "
+                             f"rnn_units {self.rnn_units}; export it again")
         width = outputs[contract.LOGITS].shape[-1]
         if width is not None and width != self.vocab_size:
             raise ModelError(f"SavedModel {path} has {width} logits but {self.vocab_size} characters in its "
