@@ -232,3 +232,32 @@ def test_many_failures_in_a_row_never_stop_the_engine_thread(generator):
         failing.backend_made.fail_on = set()
         assert_served_normally(server.url, generator)
         assert np.all(scheduler.engine.request == -1)
+
+
+class FailingChars(tuple):
+    """A vocabulary's characters whose lookup raises once, on the chosen lookup: a failure in the
+    engine thread's own code (outside the engine), which the thread must survive too."""
+
+    def __new__(cls, chars, fail_at):
+        made = super().__new__(cls, chars)
+        made.lookups, made.fail_at = 0, fail_at
+        return made
+
+    def __getitem__(self, index):
+        self.lookups += 1
+        if self.lookups == self.fail_at:
+            raise LookupError("injected failure in the engine thread")
+        return super().__getitem__(index)
+
+
+def test_a_failure_in_the_engine_threads_own_code_ends_the_requests_it_held_and_the_thread_goes_on(generator):
+    wrapper = FailingGenerator(generator)
+    with InProcessServer(lambda: wrapper) as server:
+        scheduler = server.app.state.serve.schedulers[MODEL]
+        scheduler.chars = FailingChars(scheduler.chars, fail_at=5)
+        answer = complete(server.url).json()
+        assert answer["choices"][0]["finish_reason"] == "error"
+        assert "internal error in the engine thread: LookupError" in answer["error"]["message"]
+        assert scheduler.thread.is_alive() and scheduler.internal_errors == 1
+        assert_served_normally(server.url, generator)
+        assert scheduler.idle
