@@ -99,6 +99,7 @@ def test_a_stop_signal_drains_running_requests_finish_and_new_ones_get_503(tiny_
                 wait_for(lambda: "stopping" in server.log())
                 refused = httpx.post(f"{server.url}/v1/completions", json={**LONG, "stream": False}, timeout=60)
                 assert refused.status_code == 503 and refused.json()["error"]["code"] == "unavailable"
+                assert refused.headers["connection"] == "close" and refused.headers["retry-after"] == "1"
                 assert httpx.get(f"{server.url}/health").json()["status"] == "stopping"
                 payloads = [line[len("data: "):] for line in running.lines if line.startswith("data: ")]
         assert payloads[-1] == "[DONE]"

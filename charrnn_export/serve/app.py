@@ -212,7 +212,7 @@ def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None
         limits = state.options.limits
         body = await read_body(request, limits.max_body_bytes)
         if state.stopping:
-            raise unavailable("the server is shutting down")
+            raise unavailable("the server is shutting down; retry on another replica", close=True)
         if not state.ready:
             raise unavailable(state.load_error or "the model is still loading")
         default = next(iter(state.schedulers)) if len(state.schedulers) == 1 else None
@@ -287,8 +287,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def unavailable(message: str) -> ApiError:
-    return ApiError(503, message, type="server_error", code="unavailable", headers={"Retry-After": "1"})
+def unavailable(message: str, close: bool = False) -> ApiError:
+    """503; `close` while draining, so that a keep-alive client's next request goes to a new connection
+    (which a load balancer sends to another replica)."""
+    headers = {"Retry-After": "1", **({"Connection": "close"} if close else {})}
+    return ApiError(503, message, type="server_error", code="unavailable", headers=headers)
 
 
 GONE = 499  # nginx's "client closed request": counted and logged, never sent
