@@ -286,12 +286,12 @@ class Scheduler:
                 self._match_stop(choice)
         self.chars_made += len(rids)
         for rid, reason in ended:
+            cause = self.engine.causes.pop(rid, None)  # popped even for a choice already ended here
             if rid in live:
-                self._end(rid, self._finish_of(rid, reason))
+                self._end(rid, self._finish_of(rid, reason, cause))
 
-    def _finish_of(self, rid: int, reason: str) -> str:
+    def _finish_of(self, rid: int, reason: str, cause: str | None) -> str:
         """The engine's reason -> the finish reason a client sees (with the cause of an error)."""
-        cause = self.engine.causes.pop(rid, None)
         if reason == LENGTH:
             return "length"
         if reason in (NONFINITE, FAILED):
