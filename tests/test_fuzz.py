@@ -96,7 +96,9 @@ class Sandbox:
         """--out: a copy of an earlier output of ours (a run, an export, a site) where one entry,
         chosen by `pick`, is a symbolic link to outside/ (or to the precious file in it)."""
         shutil.copytree(earlier, self.out, symlinks=True)
-        entries = sorted(p for p in self.out.rglob("*") if not p.name.startswith(".charrnn-export"))
+        # Half the time a top-level entry (checkpoints/, model.onnx, ort/), else any one.
+        found = self.out.iterdir() if pick % 2 else self.out.rglob("*")
+        entries = sorted(p for p in found if not p.name.startswith(".charrnn-export"))
         victim = entries[pick % len(entries)]
         if victim.is_dir() and not victim.is_symlink():
             shutil.rmtree(victim)
@@ -311,6 +313,26 @@ def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_te
             "--epochs", "1", "--max-steps", "2"]
     for option in options:
         argv += option
+    before = snapshot(box.root, skip=box.out)
+    status, stderr = run_main(argv)
+    box.check(before, status, stderr)
+
+
+@examples(ci=8)
+@given(out=LINKED, flags=st.sampled_from([["--force"], ["--resume"], ["--resume", "--force"], []]))
+def test_train_never_writes_through_a_link_out_of_its_run(sandbox_root, fixtures_before, tiny_run, tiny_text, out,
+                                                          flags):
+    """The run's own config (so --force and --resume get past every other check) in a copy of the
+    run where one entry is a link out of it."""
+    import json
+
+    box = Sandbox(sandbox_root / "train-links")
+    out_dir = box.linked_copy(tiny_run, *out)
+    config = json.loads((tiny_run / "config.json").read_text(encoding="utf-8"))
+    argv = ["train", "--data", str(tiny_text), "--out", out_dir, "--max-steps", str(config.get("max_steps") or 2),
+            *(f"--{k.replace('_', '-')}={config[k]}" for k in ("embedding_dim", "rnn_units", "seq_length",
+                                                              "batch_size", "learning_rate", "epochs", "seed")),
+            *flags]
     before = snapshot(box.root, skip=box.out)
     status, stderr = run_main(argv)
     box.check(before, status, stderr)
