@@ -17,6 +17,7 @@ from .commands.common import Parser, run_guarded
 from .commands.export import add_export_parser
 from .commands.sample import add_sample_parser
 from .commands.serve import add_serve_parser
+from .commands.tflite import add_tflite_parser
 from .commands.train import add_train_parser
 from .commands.web import add_web_parser
 
@@ -24,8 +25,8 @@ from .commands.web import add_web_parser
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="charrnn-export", description="Train, export and sample character-level GRU models.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add_parser in (add_train_parser, add_export_parser, add_sample_parser, add_bench_parser, add_web_parser,
-                       add_serve_parser):
+    for add_parser in (add_train_parser, add_export_parser, add_tflite_parser, add_sample_parser, add_bench_parser,
+                       add_web_parser, add_serve_parser):
         add_parser(sub)
     return parser
 

@@ -1,7 +1,8 @@
 """The exported step as a LiteRT (TFLite) model: the same contract, fp32 or dynamic-range int8.
 
     convert_saved_model(saved_model_dir, precision="fp32"|"int8") -> the .tflite flatbuffer (bytes)
-    write_litert_model(saved_model_dir, path, precision)            the same, written atomically
+    with_metadata(flatbuffer, {name: text})                         the same model carrying named texts
+    write_litert_model(saved_model_dir, path, precision, metadata=None, root=None)   written atomically
     saved_model_from_onnx(onnx_path, out_dir)                       a step SavedModel from a flat model.onnx
 
 The source is the SavedModel that `to-onnx` writes (saved_model/, signature `serving_default`:
@@ -16,6 +17,11 @@ its model.onnx: the flat step's weights (step_variants.flat_weights) are the tra
 the embedding folded into the input table, and an identity embedding with that table as the
 input kernel (and a zero input bias) rebuilds the same tf.function exactly (1 * x + 0 * ... = x).
 TensorFlow is imported inside the functions (tfsetup.py), onnx inside saved_model_from_onnx.
+
+Metadata: a .tflite flatbuffer has a list of named byte buffers (Model.metadata) that the
+interpreter ignores; the conversion puts the vocabulary and config there under the ONNX
+metadata's names (contract.META_VOCAB, META_CONFIG, META_PRODUCER), so one .tflite file is as
+self-describing as model.onnx (runtimes/litert.read_metadata reads them back).
 """
 
 from __future__ import annotations
@@ -54,9 +60,64 @@ def convert_saved_model(saved_model_dir, precision: str = "fp32") -> bytes:
         raise ModelError(f"cannot convert {saved_model_dir} to LiteRT ({str(e).splitlines()[0][:200]})") from None
 
 
-def write_litert_model(saved_model_dir, path, precision: str = "fp32") -> Path:
+def with_metadata(flatbuffer: bytes, entries: dict[str, str]) -> bytes:
+    """`flatbuffer` with each (name, UTF-8 text) of `entries` as a Model.metadata buffer (a name
+    already there is replaced); operators, tensors and weights are packed back unchanged."""
+    import flatbuffers
+
+    from .runtimes.litert import TFLITE_IDENTIFIER, schema_module
+
+    schema = schema_module()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    if any(buffer.offset for buffer in model.buffers or []):
+        raise ModelError("the converted model keeps its weights outside the flatbuffer (over 2 GB); "
+                         "it cannot carry its vocabulary: use vocab.json beside it")
+    model.metadata = [m for m in (model.metadata or []) if m.name.decode("utf-8", "replace") not in entries]
+    model.buffers = [AlignedBuffer(schema, b.data) for b in model.buffers or []]
+    for name, text in entries.items():
+        model.buffers.append(AlignedBuffer(schema, np.frombuffer(text.encode("utf-8"), dtype=np.uint8)))
+        entry = schema.MetadataT()
+        entry.name, entry.buffer = name.encode("utf-8"), len(model.buffers) - 1
+        model.metadata.append(entry)
+    builder = flatbuffers.Builder(len(flatbuffer) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+BUFFER_ALIGNMENT = 16  # the schema's `force_align: 16` on Buffer.data, which the Python object API drops
+
+
+class AlignedBuffer:
+    """A Buffer table packed with its bytes on a 16-byte boundary, as the converter writes them:
+    weights read in place by the kernels stay aligned after the model is packed again."""
+
+    def __init__(self, schema, data):
+        self.schema = schema
+        self.data = None if data is None else np.asarray(data, dtype=np.uint8).tobytes()
+
+    def Pack(self, builder):  # noqa: N802 - the flatbuffers object API's name
+        data = None
+        if self.data:
+            builder.StartVector(1, len(self.data), BUFFER_ALIGNMENT)
+            builder.head -= len(self.data)  # what Builder.CreateNumpyVector does, with the alignment kept
+            builder.Bytes[builder.head:builder.head + len(self.data)] = self.data
+            builder.vectorNumElems = len(self.data)
+            data = builder.EndVector()
+        self.schema.BufferStart(builder)
+        if data is not None:
+            self.schema.BufferAddData(builder, data)
+        return self.schema.BufferEnd(builder)
+
+
+def write_litert_model(saved_model_dir, path, precision: str = "fp32", metadata: dict[str, str] | None = None,
+                       root=None) -> Path:
+    """The converted model (with `metadata`, see with_metadata) written atomically to `path`;
+    with `root`, a link on the way out of that folder is refused (files.py)."""
     path = Path(path)
-    atomic_write_bytes(path, convert_saved_model(saved_model_dir, precision))
+    data = convert_saved_model(saved_model_dir, precision)
+    if metadata:
+        data = with_metadata(data, metadata)
+    atomic_write_bytes(path, data, root)
     return path
 
 

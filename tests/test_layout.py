@@ -21,7 +21,7 @@ LAYERS = {
     "base": ("contract", "errors", "files", "checks"),
     "parts": ("runtimes", "checkpoints", "parity", "model", "vocab", "data", "sampling", "engine", "decode", "rng",
               "tfsetup", "step_variants", "distribute", "step_model", "run_dir", "litert_step", "cells"),
-    "stages": ("train", "export", "generate", "bench", "serve", "web"),
+    "stages": ("train", "export", "generate", "bench", "serve", "web", "tflite_export"),
     "commands": ("commands",),
     "entry points": ("cli", "sample", "__init__"),
 }
