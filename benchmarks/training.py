@@ -24,7 +24,6 @@ Writes training-<stamp>.json/.md/.png (and training-latest.*) to benchmarks/resu
 
 from __future__ import annotations
 
-import io
 import os
 import random
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 from charrnn_export import bench
 
 from . import repo
-from charrnn_export.errors import CharRNNError, ConfigError
+from charrnn_export.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TEXT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -272,12 +271,11 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(results: dict) -> bytes | None:
+    """Training characters per second, fit against the project's loop; None without matplotlib."""
+    plt = bench.pyplot()
+    if plt is None:
+        return None
     names = ["model.fit\n(tutorial)", "project train()\nwhole loop", "project train()\ntrain step only"]
     figures = [results["fit"]["loop"], results["project"]["loop"], results["project"]["train_step"]]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -290,15 +288,11 @@ def plot(results: dict) -> bytes:
     ax.set_title(f"training, embedding {s['embedding_dim']}, GRU {s['rnn_units']}, batch {s['batch_size']} x "
                  f"{s['seq_length']}", fontsize=10)
     ax.margins(y=0.15)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return buffer.getvalue()
+    return bench.png_bytes(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charrnn_export.commands.common import Parser, fail
+    from charrnn_export.commands.common import Parser, run_guarded
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     d = TrainingBenchConfig()
@@ -323,22 +317,20 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--chars", type=int, default=70_000,
                    help="the --workers runs train on the text's first CHARS characters (default %(default)s)")
     args = p.parse_args(argv)
-    if args.workers:
-        return main_workers(args)
+    return run_guarded(main_workers if args.workers else measure, args)
+
+
+def measure(args) -> int:
+    """The fit-against-train() benchmark the flags describe: measured, written, printed."""
     quick = dict(embedding_dim=16, rnn_units=32, steps=8, warmup_steps=2) if args.quick else {}
     given = {k: getattr(args, k) for k in ("embedding_dim", "rnn_units", "steps", "warmup_steps")
              if getattr(args, k) is not None}
     config = TrainingBenchConfig(**{**quick, **given}, data=args.data, batch_size=args.batch_size,
                                  seq_length=args.seq_length, seed=args.seed, quick=args.quick, out=args.out,
                                  command=bench.command_line())
-    try:
-        results = run_training_bench(config)
-        publish(results, render_markdown(results), plot(results), "training-quick" if config.quick else "training",
-                config.out, args.results_md)
-    except CharRNNError as e:
-        return fail(str(e), e.exit_status)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    results = run_training_bench(config)
+    publish(results, render_markdown(results), plot(results), "training-quick" if config.quick else "training",
+            config.out, args.results_md)
     return 0
 
 
@@ -362,17 +354,12 @@ def main_workers(args) -> int:
     settings = {"embedding_dim": args.embedding_dim or d.embedding_dim, "rnn_units": args.rnn_units or d.rnn_units,
                 "batch_size": args.batch_size, "seq_length": args.seq_length, "epochs": args.epochs,
                 "seed": args.seed, "learning_rate": d.learning_rate, "chars": args.chars}
-    try:
-        with tempfile.TemporaryDirectory(prefix="charrnn-workers-bench-") as scratch:
-            data = args.data or default_data(Path(scratch), False)
-            results = training_workers.run_workers_bench(args.workers, data, Path(scratch), settings,
-                                                         bench.command_line())
-        publish(results, training_workers.render_markdown(results), None, "training-workers", args.out,
-                args.results_md)
-    except CharRNNError as e:
-        return fail(str(e), e.exit_status)
-    except KeyboardInterrupt:
-        return fail("interrupted", 130)
+    with tempfile.TemporaryDirectory(prefix="charrnn-workers-bench-") as scratch:
+        data = args.data or default_data(Path(scratch), False)
+        results = training_workers.run_workers_bench(args.workers, data, Path(scratch), settings,
+                                                     bench.command_line())
+    publish(results, training_workers.render_markdown(results), None, "training-workers", args.out,
+            args.results_md)
     return 0
 
 

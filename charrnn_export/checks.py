@@ -41,7 +41,7 @@ import numpy as np
 from .errors import ArgumentTypeError, ArgumentValueError, ModelError
 from .contract import DEVICES, RUNTIMES
 
-SEED_LIMIT = 2**32  # seeds are 32-bit, as rng.py's generator and the web page take them
+SEED_LIMIT = 2**32  # seeds are 32-bit, as rng.py's generator and the web page (sampling.js) take them
 # Characters one request may ask for: far beyond any real use (days of generation), and well
 # inside the engine's int64 counters.
 LENGTH_LIMIT = 2**40

@@ -176,7 +176,9 @@ def step_metadata(model) -> tuple[int, int | None]:
         config = json.loads(meta.get(contract.META_CONFIG, "{}"))
     except (KeyError, ValueError) as e:
         raise ModelError(f"the step model has no readable vocabulary metadata ({e}); export it again") from None
-    return len(vocab), config.get("unk_id")
+    from .sampling import unknown_id
+
+    return len(vocab), unknown_id(config)
 
 
 def decode_model_for(step_model, cuts: bool = True):
@@ -211,7 +213,7 @@ def check_decode_parity(step_path: Path, decode_path: Path, seed: int = 0, batch
     import onnxruntime as ort
 
     from .errors import ParityError
-    from .sampling import SamplingConfig, Settings, choose
+    from .sampling import SamplingConfig, Settings, choose, mask_unknown
 
     step = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
     decode = ort.InferenceSession(str(decode_path), providers=["CPUExecutionProvider"])
@@ -231,8 +233,7 @@ def check_decode_parity(step_path: Path, decode_path: Path, seed: int = 0, batch
             contract.TOP_K: settings.top_k, contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
             contract.UNIFORM: uniforms, contract.RESET: np.zeros(batch, bool)})
         logits, ref_state = step.run([contract.LOGITS, contract.STATE_OUT], {contract.TOKEN: tokens, contract.STATE: state})
-        if unk_id is not None:
-            logits[:, unk_id] = -np.inf
+        mask_unknown(logits, unk_id)
         mismatched_ids += int(np.sum(choose(logits, settings, uniforms) != ids))
         state_diff = max(state_diff, float(np.abs(new_state - ref_state).max()))
         tokens, state = ids, new_state

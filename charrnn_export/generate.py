@@ -8,7 +8,8 @@
 Each call runs engine.Engine with one slot per start string; the engine is the codebase's one
 decode loop. The returned text excludes the start string. Arguments are checked when the call
 is made (not when a stream is first read), and bad ones raise the project's errors naming the
-argument. Row i of generate_batch is seeded with seed + i (rng.py). With a decode model beside
+argument. Row i of generate_batch is seeded with rng.row_seed(seed, i). The defaults (here, in
+Generator.load and in the sample command's flags) are SampleOptions' fields. With a decode model beside
 an ONNX step model (decode.onnx, decode.int8.onnx) the sampling runs inside onnxruntime;
 otherwise on the host with sampling.choose: the text is the same.
 
@@ -20,16 +21,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from . import checks
+from .contract import DEVICES, MODEL_FILES, RUNTIMES, TUTORIAL_START, model_file
 from .engine import LENGTH, NONFINITE, Engine, HostSampler
 from .errors import ConfigError, DataError, ModelError
-from .rng import SEED_LIMIT, random_seed
+from .rng import random_seed, row_seed
 from .sampling import SamplingConfig
 
-SHIPPED = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+SHIPPED = MODEL_FILES  # the precisions shipped: model.onnx, model.int8.onnx
 # Where the shipped models are looked for instead of the package's artifacts/ (a folder holding
 # model.onnx / model.int8.onnx); lets a test or a deployment point at its own copy.
 ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
@@ -41,10 +44,36 @@ POOL_SIZE = 4  # backends kept between calls
 log = logging.getLogger("charrnn_export")
 
 
+@dataclass(frozen=True)
+class SampleOptions:
+    """What generating text starts from unless told otherwise: the one home of the defaults of
+    Generator.load, generate / stream / generate_batch and the `sample` command's flags."""
+
+    runtime: str = RUNTIMES[0]  # onnx: onnxruntime alone
+    model: str | None = None  # the shipped fp32 model
+    vocab: str | None = None
+    device: str = DEVICES[0]  # cpu
+    threads: int | None = None  # the runtime's own choice
+    sampler: str = SAMPLERS[0]  # auto
+    gpu_precision: str = GPU_PRECISIONS[0]  # fp16
+    start: str = TUTORIAL_START
+    unknown: str = UNKNOWN_MODES[0]  # error
+    length: int = 1000
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    greedy: bool = False
+    seed: int | None = None  # a random one, reported
+    num_samples: int = 1
+
+
+DEFAULTS = SampleOptions()
+
+
 def shipped_model_path(which: str = "fp32") -> Path:
     """The model that `pip install` carries as package data."""
     if os.environ.get(ARTIFACTS_ENV):
-        return Path(os.environ[ARTIFACTS_ENV]) / SHIPPED[which]
+        return model_file(os.environ[ARTIFACTS_ENV], which)
     from importlib.resources import files
 
     try:
@@ -53,7 +82,7 @@ def shipped_model_path(which: str = "fp32") -> Path:
         # Run from a source checkout (e.g. `python -m` in the repo root shadows the installed
         # package): the files are in the top-level artifacts/ folder that the wheel maps there.
         folder = Path(__file__).resolve().parent.parent / "artifacts"
-    return folder / SHIPPED[which]
+    return model_file(folder, which)
 
 
 def resolve_model_path(model: str | None, runtime: str) -> str:
@@ -69,15 +98,6 @@ def resolve_model_path(model: str | None, runtime: str) -> str:
     if model is None:
         raise ConfigError(f"runtime {runtime!r} needs a model path (an export directory or checkpoint)")
     return model
-
-
-def check_length(length: int, name: str = "length") -> int:
-    return checks.check_length(length, name)
-
-
-def sampling_config(temperature, top_k, top_p, greedy) -> SamplingConfig:
-    return SamplingConfig(checks.check_temperature(temperature), checks.check_top_k(top_k),
-                          checks.check_top_p(top_p), checks.check_bool(greedy, "greedy"))
 
 
 def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int | None, gpu_precision: str = "fp16"):
@@ -103,9 +123,9 @@ def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int 
 def gpu_step_model(step_path: Path) -> Path:
     """The fp32 step model to build the GPU graph from: int8 (MatMulInteger) crashes
     onnxruntime's CUDA provider, so an int8 model's fp32 sibling is used, and one line says so."""
-    if step_path.name != "model.int8.onnx":
+    if step_path.name != MODEL_FILES["int8"]:
         return step_path
-    fp32 = step_path.with_name("model.onnx")
+    fp32 = step_path.with_name(MODEL_FILES["fp32"])
     if not fp32.is_file():
         raise ModelError(f"device 'cuda' cannot run the int8 model {step_path} (onnxruntime's CUDA provider "
                          "fails on MatMulInteger) and there is no model.onnx beside it; use the fp32 model")
@@ -123,9 +143,10 @@ class Generator:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, path: str | None = None, runtime: str = "onnx", threads: int | None = None,
-             device: str = "cpu", vocab_path: str | None = None, sampler: str = "auto",
-             gpu_precision: str = "fp16") -> "Generator":
+    def load(cls, path: str | None = DEFAULTS.model, runtime: str = DEFAULTS.runtime,
+             threads: int | None = DEFAULTS.threads, device: str = DEFAULTS.device,
+             vocab_path: str | None = DEFAULTS.vocab, sampler: str = DEFAULTS.sampler,
+             gpu_precision: str = DEFAULTS.gpu_precision) -> "Generator":
         """path: for onnx a .onnx file or export directory (None, 'fp32', 'int8': the shipped
         model); for savedmodel an export directory or its saved_model/; for keras a run
         directory or checkpoint (vocab_path for checkpoints that hold no vocabulary).
@@ -152,7 +173,7 @@ class Generator:
 
     # ------------------------------------------------------------ start strings
 
-    def clean_start(self, start: str, unknown: str = "error") -> str:
+    def clean_start(self, start: str, unknown: str = DEFAULTS.unknown) -> str:
         """The start string as the model will see it: unknown characters raise DataError
         (listing them), or are dropped with unknown="skip"."""
         start = checks.check_start(start)
@@ -187,44 +208,48 @@ class Generator:
     def engine_for(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
                    unknown: str) -> tuple[Engine, list[int]]:
         """Check everything now; return an engine with one request per start (row order)."""
-        length = check_length(length)
+        length = checks.check_length(length)
         seed = checks.check_seed(seed)
         start_ids = [self.vocab.encode(self.clean_start(s, unknown)) for s in starts]
         seed = random_seed() if seed is None else seed
         engine = Engine(self.backend(len(start_ids)), capacity=len(start_ids))
-        ids = [engine.submit(ids, length, sampling, (seed + row) % SEED_LIMIT) for row, ids in enumerate(start_ids)]
+        ids = [engine.submit(ids, length, sampling, row_seed(seed, row)) for row, ids in enumerate(start_ids)]
         return engine, ids
 
     def generate_ids(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
-                     unknown: str = "error") -> Iterator[tuple[int, int]]:
-        """(row, token id) for each character as the engine makes it."""
+                     unknown: str = DEFAULTS.unknown) -> Iterator[tuple[int, int]]:
+        """(row, token id) for each character as the engine makes it. `sampling` is checked
+        here unless it came from SamplingConfig.checked (then its checks already ran)."""
         engine, rids = self.engine_for(checks.check_starts(starts), length, sampling.validate(), seed, unknown)
         row_of = {rid: row for row, rid in enumerate(rids)}
         return _run(engine, row_of, self.give_back)
 
     # ------------------------------------------------------------ public API
 
-    def stream(self, start: str, length: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, greedy: bool = False, seed: int | None = None,
-               unknown: str = "error") -> Iterator[str]:
+    def stream(self, start: str, length: int,
+               temperature: float = DEFAULTS.temperature, top_k: int | None = DEFAULTS.top_k,
+               top_p: float | None = DEFAULTS.top_p, greedy: bool = DEFAULTS.greedy,
+               seed: int | None = DEFAULTS.seed, unknown: str = DEFAULTS.unknown) -> Iterator[str]:
         """Yield the generated characters one by one as they are made."""
-        sampling = sampling_config(temperature, top_k, top_p, greedy)
+        sampling = SamplingConfig.checked(temperature, top_k, top_p, greedy)
         ids = self.generate_ids([checks.check_start(start)], length, sampling, seed, unknown)
         chars = self.vocab.chars
         return (chars[token] for _, token in ids)
 
-    def generate(self, start: str, length: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, greedy: bool = False, seed: int | None = None,
-                 unknown: str = "error") -> str:
+    def generate(self, start: str, length: int,
+                 temperature: float = DEFAULTS.temperature, top_k: int | None = DEFAULTS.top_k,
+                 top_p: float | None = DEFAULTS.top_p, greedy: bool = DEFAULTS.greedy,
+                 seed: int | None = DEFAULTS.seed, unknown: str = DEFAULTS.unknown) -> str:
         """The `length` characters that follow `start` (which is not included)."""
         return "".join(self.stream(start, length, temperature, top_k, top_p, greedy, seed, unknown))
 
-    def generate_batch(self, starts: Sequence[str], length: int, temperature: float = 1.0,
-                       top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
-                       seed: int | None = None, unknown: str = "error") -> list[str]:
+    def generate_batch(self, starts: Sequence[str], length: int,
+                       temperature: float = DEFAULTS.temperature, top_k: int | None = DEFAULTS.top_k,
+                       top_p: float | None = DEFAULTS.top_p, greedy: bool = DEFAULTS.greedy,
+                       seed: int | None = DEFAULTS.seed, unknown: str = DEFAULTS.unknown) -> list[str]:
         """One continuation per start string, all generated together as one batch. Starts may
         differ in length. Row i gives the text generate() gives with seed + i."""
-        sampling = sampling_config(temperature, top_k, top_p, greedy)
+        sampling = SamplingConfig.checked(temperature, top_k, top_p, greedy)
         texts: list[list[str]] = [[] for _ in checks.check_starts(starts)]
         chars = self.vocab.chars
         for row, token in self.generate_ids(starts, length, sampling, seed, unknown):

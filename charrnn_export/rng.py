@@ -12,16 +12,18 @@ SplittableRandom and the seeder of the xoshiro family) started at state s:
     uniform = (z >> 11) / 2**53                     # 53 bits: a float64 in [0, 1), exact
 
 Counter-based because a decode engine hands out numbers for thousands of slots per step: a block
-of numbers for any rows is one vectorised numpy pass (about 6 ns a number; Philox4x32-10, tried
-first, cost 280 ns in numpy), with no state to carry but a count. JavaScript computes the same
-with BigInt.
+of numbers for any rows is one vectorised numpy pass (far cheaper in numpy than Philox4x32-10,
+which was tried first), with no state to carry but a count. JavaScript computes the same with
+BigInt.
 
     uniforms(seeds (rows,), counters (rows, k)) -> (rows, k) float64
     Stream(seed).random(n) -> the next n numbers of one stream
+    row_seed(seed, row) -> the seed of row `row` of a batch seeded `seed`
 
 A request draws one number per sampled character (greedy characters draw none). Seeds are
-integers in [0, 2**32). `generate_batch` seeds row i with (seed + i) mod 2**32, so its row i
-gives the same text as a lone request seeded with seed + i.
+integers in [0, SEED_LIMIT) (checks.py, which checks them). Row i of a batch (generate_batch,
+a server request's choices) is seeded row_seed(seed, i) = (seed + i) mod 2**32, so it gives the
+same text as a lone request seeded with seed + i.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import secrets
 
 import numpy as np
 
-SEED_LIMIT = 2**32
+from .checks import SEED_LIMIT
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
@@ -38,6 +41,11 @@ _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 def random_seed() -> int:
     """A fresh seed for a request that gave none (reported back, so the text can be made again)."""
     return secrets.randbits(32)
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The seed of row `row` of a batch seeded `seed`: the rule every batch of requests follows."""
+    return (seed + row) % SEED_LIMIT
 
 
 def splitmix64(seeds, counters) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Choosing the next character from logits: temperature, top-k, top-p, greedy. numpy only.
 
-    SamplingConfig(temperature, top_k, top_p, greedy).validate()
+    SamplingConfig.checked(temperature, top_k, top_p, greedy, names=...)   checked once (checks.py)
+    SamplingConfig(...).validate()             the same checks for a config built directly
     Settings.of([config, ...])                 per-row settings as arrays (what a decode model takes)
     choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
+    unknown_id(config), mask_unknown(logits, unk_id), broken_rows(logits, unk_id)   the [UNK] rule
 
 This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
 ONNX and the web page (web/static/sampling.js) in JavaScript; the three agree id for id because every
@@ -36,8 +38,8 @@ JavaScript loop add in that order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -50,14 +52,30 @@ class SamplingConfig:
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False  # argmax; ignores temperature, top-k and top-p
+    # Set by checked(): these settings passed checks.py, so validate() need not run them again.
+    checked_once: bool = field(default=False, init=False, compare=False, repr=False)
+
+    @classmethod
+    def checked(cls, temperature=1.0, top_k=None, top_p=None, greedy=False,
+                names: Mapping[str, str] | None = None) -> "SamplingConfig":
+        """The settings after checks.py's checks (the one place their ranges live), or the
+        project's argument error naming the field; `names` maps a field to the name its caller
+        knows it by (the command line's "--top-k", a request's "top_k")."""
+        name = {f: f for f in FIELDS} | dict(names or {})
+        config = cls(checks.check_temperature(temperature, name["temperature"]),
+                     checks.check_top_k(top_k, name["top_k"]), checks.check_top_p(top_p, name["top_p"]),
+                     checks.check_bool(greedy, name["greedy"]))
+        object.__setattr__(config, "checked_once", True)
+        return config
 
     def validate(self) -> "SamplingConfig":
-        """The settings, or the project's argument error naming the field (checks.py's ranges)."""
-        checks.check_temperature(self.temperature)
-        checks.check_top_k(self.top_k)
-        checks.check_top_p(self.top_p)
-        checks.check_bool(self.greedy, "greedy")
-        return self
+        """These settings checked (once: a config from checked() is returned as it is)."""
+        if self.checked_once:
+            return self
+        return SamplingConfig.checked(self.temperature, self.top_k, self.top_p, self.greedy)
+
+
+FIELDS = ("temperature", "top_k", "top_p", "greedy")
 
 
 class Settings(NamedTuple):
@@ -110,6 +128,28 @@ def choose(logits: np.ndarray, settings: Settings, uniforms: np.ndarray) -> np.n
     threshold = uniforms * cdf[:, -1].astype(np.float64)  # (rows,) below the total: u < 1
     ids[sampled] = np.sum(cdf <= threshold[:, None], axis=1)
     return ids
+
+
+def unknown_id(config: Mapping) -> int | None:
+    """The id a sampler must never pick, from a model's config: a current-tutorial model's [UNK]
+    (its `unk_id`, which export writes), or None for a model without one."""
+    return config.get("unk_id")
+
+
+def mask_unknown(logits: np.ndarray, unk_id: int | None) -> np.ndarray:
+    """`logits` (rows, vocab) with the [UNK] column set to -inf, in place, so that it is never
+    sampled (unk_id None: unchanged)."""
+    if unk_id is not None:
+        logits[:, unk_id] = -np.inf
+    return logits
+
+
+def broken_rows(logits: np.ndarray, unk_id: int | None) -> np.ndarray:
+    """(rows,) bool: rows whose logits are not all finite, the [UNK] column aside (it is masked)."""
+    finite = np.isfinite(logits)
+    if unk_id is not None:
+        finite[:, unk_id] = True
+    return ~finite.all(axis=1)
 
 
 def cut_top_k(scaled: np.ndarray, top_k: np.ndarray) -> np.ndarray:

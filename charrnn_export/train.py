@@ -36,6 +36,7 @@ import numpy as np
 from . import data as data_mod
 from . import distribute
 from .vocab import Vocab
+from .checks import check_seed
 from .errors import ConfigError, DataError
 from .files import FolderLock, atomic_write_text, check_writable_dir, make_dirs, remove_dirs
 from .run_dir import RunDir, prepare_run_dir, remove_partial_writes, start_over, undo_failed_start
@@ -90,8 +91,7 @@ class TrainConfig:
             raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.weight_decay >= 0:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.seed < 2**32:  # numpy's and Keras' seeds are 32-bit
-            raise ConfigError(f"--seed must be in [0, 2**32), got {self.seed}")
+        check_seed(self.seed, "--seed")  # numpy's and Keras' seeds are 32-bit, as the samplers' are
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

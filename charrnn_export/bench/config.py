@@ -1,18 +1,20 @@
 """What a generation benchmark measures: the contestants' names and BenchConfig, checked.
 
     BenchConfig(...).validate() -> the config, or ConfigError naming the flag
-    BenchConfig.quick_defaults(**overrides)   a tiny model and short runs: seconds, not minutes
+    BenchConfig.quick_defaults(**overrides)   a tiny model and short runs (QUICK): seconds, not minutes
     needs_tensorflow(config) -> bool          only the tutorial's loops, the SavedModel and an export do
 
-The flag names in the messages are the command's (`--chars`), since the command is the usual caller.
+The flag names in the messages are the command's (`--chars`), since the command is the usual caller,
+and the command's defaults are BenchConfig's fields (QUICK's under --quick).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import (LENGTH_LIMIT, check_count, check_fits_memory, check_seed, check_start,
-                      check_temperature, check_threads)
+from ..checks import (LENGTH_LIMIT, SEED_LIMIT, check_choice, check_count, check_fits_memory, check_seed,
+                      check_start, check_temperature, check_threads)
+from ..contract import DECODE_FILES, DEVICES, MODEL_FILES, TUTORIAL_START
 from ..errors import ConfigError
 from ..files import check_writable_dir
 
@@ -23,13 +25,15 @@ TF_CONTESTANTS = ("tutorial", "tf-function")  # they need the Keras weights, not
 NEEDS_TENSORFLOW = TF_CONTESTANTS + ("savedmodel",)
 INT8 = ("onnx-int8", "decode-int8")
 # The export's file each exported contestant runs.
-EXPORT_FILES = {"savedmodel": "saved_model/saved_model.pb", "onnx-fp32": "model.onnx", "onnx-int8": "model.int8.onnx",
-                "decode-fp32": "decode.onnx", "decode-int8": "decode.int8.onnx"}
+EXPORT_FILES = {"savedmodel": "saved_model/saved_model.pb",
+                **{f"onnx-{p}": MODEL_FILES[p] for p in MODEL_FILES},
+                **{f"decode-{p}": DECODE_FILES[MODEL_FILES[p]] for p in MODEL_FILES}}
+BENCH_DEVICES = ("auto",) + DEVICES  # auto: cpu, and cuda where TensorFlow or onnxruntime has it
 DEFAULT_BATCH_SIZES = (1, 8, 64, 256, 4096)  # 4096: what one engine serves at once on a GPU
 # The TensorFlow contestants stop here: the comparison with the tutorial's loops is made up to 256,
 # and a TensorFlow step at batch 4096 on a CPU costs seconds and tells nothing new.
 TF_MAX_BATCH = 256
-START = "ROMEO: "  # the tutorial's start string
+START = TUTORIAL_START
 NO_GPU = "no GPU: TensorFlow sees none, onnxruntime has no CUDA provider"
 INT8_CUDA_NOTE = "{name} skipped on CUDA: onnxruntime's int8 (DynamicQuantize) kernels crash there"
 FULL_SIZE = {"embedding_dim": 256, "rnn_units": 1024}  # the tutorial's model; the targets are for it
@@ -39,6 +43,8 @@ MAX_BATCH = 65_536  # --batch-sizes: 16 times what one engine serves on a GPU
 # memory free, before anything is measured (the kernel's OOM killer, not an error, otherwise).
 BATCH_ROW_BYTES = 256 * 1024
 MAX_REPEATS = 1_000
+# --quick: a tiny model (made here unless a checkpoint is given) and short runs.
+QUICK = dict(chars=60, min_steps=20, batch_sizes=(1, 8), repeats=2, warmup=3, greedy_chars=60)
 QUICK_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny-shakespeare's 65
 
 
@@ -59,7 +65,7 @@ class BenchConfig:
     temperature: float = 1.0
     start: str = START
     seed: int = 0
-    device: str = "auto"  # auto: cpu, and cuda where TensorFlow or onnxruntime has it
+    device: str = BENCH_DEVICES[0]  # auto
     quick: bool = False
     out: str | None = None
     command: str = ""
@@ -67,8 +73,7 @@ class BenchConfig:
     @classmethod
     def quick_defaults(cls, **overrides) -> "BenchConfig":
         """A tiny model (made here unless a checkpoint is given) and short runs: seconds, not minutes."""
-        base = dict(chars=60, min_steps=20, batch_sizes=(1, 8), repeats=2, warmup=3, greedy_chars=60, quick=True)
-        return cls(**{**base, **overrides})
+        return cls(**{**QUICK, "quick": True, **overrides})
 
     def steps(self, batch: int) -> int:
         """Steps of one measured run at `batch`: the same for every contestant in the row."""
@@ -95,11 +100,10 @@ class BenchConfig:
         check_temperature(self.temperature, "--temperature")
         # Run r of a contestant is seeded seed + r: every one of them must be a seed.
         last_seed = check_seed(self.seed, "--seed") + self.repeats - 1
-        if last_seed >= 2**32:
+        if last_seed >= SEED_LIMIT:
             raise ConfigError(f"--seed {self.seed} with --repeats {self.repeats} seeds runs up to {last_seed}, past "
-                              f"2**32 - 1; use --seed <= {2**32 - self.repeats}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device}")
+                              f"2**32 - 1; use --seed <= {SEED_LIMIT - self.repeats}")
+        check_choice(self.device, "--device", BENCH_DEVICES)
         if not check_start(self.start, "--start"):
             raise ConfigError("--start must not be empty")
         if self.out is not None:

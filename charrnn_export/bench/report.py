@@ -4,6 +4,7 @@
     command_line() -> str         the command as typed, recorded with the results
     render_markdown(results, level=1) -> str
     plot(results) -> PNG bytes, or None without matplotlib (a plain install has none)
+    pyplot() -> matplotlib.pyplot on Agg, or None; png_bytes(fig) -> PNG bytes   (for every chart)
     write_results(results, out_dir, name, markdown, png) -> {suffix: path}
         <name>-<stamp>.json/.md/.png in out_dir, copied to <name>-latest.*
 
@@ -247,13 +248,9 @@ CONTESTANT_COLOURS = {"tutorial": "#9e9e9e", "tf-function": "#ff9800", "savedmod
 def plot(results: dict) -> bytes | None:
     """chars/s by contestant and batch size (log scale), one panel per device, floors as lines;
     None without matplotlib (it comes with the train extra)."""
-    if importlib.util.find_spec("matplotlib") is None:
+    plt = pyplot()
+    if plt is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     devices = [d for d in ("cpu", "cuda") if results["devices"].get(d, {}).get("available")]
     fig, axes = plt.subplots(1, max(len(devices), 1), figsize=(7.5 * max(len(devices), 1), 4.8), squeeze=False)
     cfg = results["model"]["config"]
@@ -298,6 +295,26 @@ def plot(results: dict) -> bytes | None:
     fig.suptitle(f"char-RNN generation, embedding {cfg.get('embedding_dim')}, GRU {cfg.get('rnn_units')}, "
                  f"vocab {cfg.get('vocab_size')}{' (quick: tiny random model)' if results.get('quick') else ''}",
                  fontsize=11)
+    return png_bytes(fig)
+
+
+def pyplot():
+    """matplotlib.pyplot drawing into files (the Agg backend: no display needed), or None
+    without matplotlib (it comes with the train extra)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png_bytes(fig) -> bytes:
+    """A finished figure as PNG bytes (laid out, 120 dpi); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)

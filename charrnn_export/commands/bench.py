@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..bench import CONTESTANTS, BenchConfig, command_line, plot, render_markdown, run_generation_bench, write_results
-from ..bench.config import START
+from ..bench.config import BENCH_DEVICES, QUICK
 from ..errors import ConfigError
 from ..files import check_writable_dir
 from .common import stderr_logger
@@ -22,6 +22,9 @@ DEFAULT_OUT = "benchmark-results"  # in the working folder
 
 
 def add_bench_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_OUT) -> None:
+    """The flags; every default is BenchConfig's field, except that the fields --quick shortens
+    (bench.config.QUICK) default to None: the config's value for the mode then applies."""
+    d = BenchConfig()
     g = p.add_argument_group("model (the same weights for every contestant)")
     g.add_argument("--checkpoint", help="the Keras weights: a run directory from `train`, a tutorial "
                    "training_checkpoints directory or prefix, or a .weights.h5; exported (fp32 + int8) to a "
@@ -31,27 +34,28 @@ def add_bench_arguments(p: argparse.ArgumentParser, default_out=DEFAULT_OUT) -> 
     g.add_argument("--text", help="the training text, to rebuild a tutorial checkpoint's vocabulary")
     g.add_argument("--vocab", help="vocab.json for a checkpoint that holds no vocabulary")
     g = p.add_argument_group("what to measure")
-    g.add_argument("--contestants", nargs="+", choices=CONTESTANTS, default=None, metavar="NAME",
+    g.add_argument("--contestants", nargs="+", choices=CONTESTANTS, default=d.contestants, metavar="NAME",
                    help=f"any of {', '.join(CONTESTANTS)} (default: all). Without tutorial, tf-function and "
                    "savedmodel, and with --model, TensorFlow is not needed")
     g.add_argument("--batch-sizes", nargs="+", type=int, default=None, metavar="N",
-                   help="default 1 8 64 256 4096 (the tutorial contestant runs at batch 1 only, tf-function and "
-                   "savedmodel up to 256)")
+                   help=f"default {' '.join(map(str, d.batch_sizes))} (the tutorial contestant runs at batch 1 only, "
+                   "tf-function and savedmodel up to 256)")
     g.add_argument("--chars", type=int, default=None, help="steps of a measured run at batch 1; at batch B a run "
-                   "takes max(chars // B, --min-steps) steps, the same for every contestant (default 500)")
-    g.add_argument("--min-steps", type=int, default=None, help="fewest steps of a measured run (default 50)")
+                   f"takes max(chars // B, --min-steps) steps, the same for every contestant (default {d.chars})")
+    g.add_argument("--min-steps", type=int, default=None, help=f"fewest steps of a measured run (default {d.min_steps})")
     g.add_argument("--repeats", type=int, default=None, help="measured runs per contestant and batch size, "
-                   "alternating between contestants (default 3)")
-    g.add_argument("--warmup", type=int, default=None, help="steps of the untimed warm-up run (default 20)")
+                   f"alternating between contestants (default {d.repeats})")
+    g.add_argument("--warmup", type=int, default=None, help=f"steps of the untimed warm-up run (default {d.warmup})")
     g.add_argument("--greedy-chars", type=int, default=None,
-                   help="characters of the greedy agreement check at batch 1 (default 200)")
-    g.add_argument("--threads", type=int, default=None,
+                   help=f"characters of the greedy agreement check at batch 1 (default {d.greedy_chars})")
+    g.add_argument("--threads", type=int, default=d.threads,
                    help="intra-op threads for onnxruntime and TensorFlow (default: their own, all cores)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+    g.add_argument("--device", choices=BENCH_DEVICES, default=d.device,
                    help="auto: the CPU, and the GPU where TensorFlow or onnxruntime sees one (default)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for all (default 1.0)")
-    g.add_argument("--start", default=START, help="start string (default %(default)r)")
-    g.add_argument("--seed", type=int, default=0, help="seeds sampling and the --quick model")
+    g.add_argument("--temperature", type=float, default=d.temperature,
+                   help="sampling temperature for all (default %(default)s)")
+    g.add_argument("--start", default=d.start, help="start string (default %(default)r)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seeds sampling and the --quick model (default %(default)s)")
     g.add_argument("--quick", action="store_true", help="a tiny random model (unless --checkpoint) and short "
                    "runs at batch 1 and 8: checks the suite works, in well under a minute")
     g = p.add_argument_group("output")
@@ -69,15 +73,13 @@ def add_bench_parser(sub) -> None:
 
 
 def config_from_args(args) -> BenchConfig:
-    given = {k: getattr(args, k) for k in ("chars", "min_steps", "repeats", "warmup", "greedy_chars")
-             if getattr(args, k) is not None}
-    if args.batch_sizes is not None:
-        given["batch_sizes"] = tuple(args.batch_sizes)
-    if args.contestants is not None:
-        given["contestants"] = tuple(dict.fromkeys(args.contestants))
+    given = {k: getattr(args, k) for k in QUICK if getattr(args, k) is not None}  # None: the mode's default
+    if "batch_sizes" in given:
+        given["batch_sizes"] = tuple(given["batch_sizes"])
     common = dict(checkpoint=args.checkpoint, model=args.model, text=args.text, vocab=args.vocab,
-                  threads=args.threads, device=args.device, temperature=args.temperature, start=args.start,
-                  seed=args.seed, out=args.out, command=command_line())
+                  contestants=tuple(dict.fromkeys(args.contestants)), threads=args.threads, device=args.device,
+                  temperature=args.temperature, start=args.start, seed=args.seed, out=args.out,
+                  command=command_line())
     if args.quick:
         return BenchConfig.quick_defaults(**common, **given)
     return BenchConfig(**common, **given)

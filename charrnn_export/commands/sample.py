@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 
-from ..checks import check_count, check_fits_memory, check_seed, check_threads
+from ..checks import UNKNOWN_MODES, check_count, check_fits_memory, check_length, check_seed, check_threads
+from ..contract import DEVICES, RUNTIMES
 from ..errors import ConfigError, WriteError
 from ..files import atomic_write_text, check_writable_file
-from ..generate import SHIPPED, Generator, check_length
-from ..runtimes import RUNTIMES
+from ..generate import DEFAULTS, SHIPPED, Generator
+from ..rng import random_seed
 from ..sampling import SamplingConfig
 from .common import ERROR_PREFIX, Parser, run_guarded
 
@@ -37,6 +37,8 @@ MAX_SAMPLES = 1_000_000  # --num-samples: rows of one batch; memory decides well
 # output is made of (joined text, formatted output, its encoding: up to 4 bytes each).
 ROW_BYTES = 64 * 1024
 KEPT_CHAR_BYTES = 24
+# The flag each sampling setting is given by, for the errors that name it.
+SAMPLING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "greedy": "--greedy"}
 
 
 # ---------------------------------------------------------------- flags
@@ -46,35 +48,37 @@ DESCRIPTION = ("Generate text: the start string, then --length characters sample
 
 
 def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags; every default is generate.SampleOptions' (DEFAULTS), the Python API's too."""
+    d = DEFAULTS
     g = p.add_argument_group("model")
-    g.add_argument("--runtime", choices=RUNTIMES, default="onnx",
+    g.add_argument("--runtime", choices=RUNTIMES, default=d.runtime,
                    help="onnx needs only onnxruntime; savedmodel and keras need TensorFlow (default %(default)s)")
-    g.add_argument("--model", default=None, metavar="PATH",
+    g.add_argument("--model", default=d.model, metavar="PATH",
                    help="onnx: a .onnx file or export directory, or 'fp32'/'int8' for the shipped models "
                    "(default: the shipped fp32 model); savedmodel: an export directory or its saved_model/; "
                    "keras: a run directory or checkpoint")
-    g.add_argument("--vocab", default=None, metavar="FILE",
+    g.add_argument("--vocab", default=d.vocab, metavar="FILE",
                    help="keras only: vocab.json for a checkpoint that holds no vocabulary")
     g = p.add_argument_group("start")
-    g.add_argument("--start", default="ROMEO: ", metavar="TEXT",
+    g.add_argument("--start", default=d.start, metavar="TEXT",
                    help="text the model reads before it writes (default %(default)r)")
-    g.add_argument("--unknown", choices=("error", "skip"), default="error",
+    g.add_argument("--unknown", choices=UNKNOWN_MODES, default=d.unknown,
                    help="start characters outside the model's vocabulary: fail listing them, or drop them "
                    "(default %(default)s)")
     g = p.add_argument_group("sampling")
-    g.add_argument("--length", type=int, default=1000, metavar="N",
+    g.add_argument("--length", type=int, default=d.length, metavar="N",
                    help="characters to generate (default %(default)s)")
-    g.add_argument("--temperature", type=float, default=1.0, metavar="T",
+    g.add_argument("--temperature", type=float, default=d.temperature, metavar="T",
                    help="> 0; lower is more predictable, higher more varied (default %(default)s)")
-    g.add_argument("--top-k", type=int, default=None, metavar="K",
+    g.add_argument("--top-k", type=int, default=d.top_k, metavar="K",
                    help="sample only among the k most probable characters")
-    g.add_argument("--top-p", type=float, default=None, metavar="P",
+    g.add_argument("--top-p", type=float, default=d.top_p, metavar="P",
                    help="sample only among the most probable characters whose probability adds up to p, in (0, 1]")
     g.add_argument("--greedy", action="store_true",
                    help="always take the most probable character (ignores temperature, top-k, top-p)")
-    g.add_argument("--seed", type=int, default=None, metavar="N",
+    g.add_argument("--seed", type=int, default=d.seed, metavar="N",
                    help="same seed, same text (default: a random seed, printed on stderr)")
-    g.add_argument("--num-samples", type=int, default=1, metavar="N",
+    g.add_argument("--num-samples", type=int, default=d.num_samples, metavar="N",
                    help="sequences generated together as one batch from the same start (default %(default)s)")
     g = p.add_argument_group("output")
     g.add_argument("--stream", action="store_true",
@@ -87,9 +91,9 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
                    "characters still stream to stdout and the file is written at the end")
     g.add_argument("-q", "--quiet", action="store_true", help="no log on stderr (errors still go there)")
     g = p.add_argument_group("compute")
-    g.add_argument("--threads", type=int, default=None, metavar="N",
+    g.add_argument("--threads", type=int, default=d.threads, metavar="N",
                    help="intra-op threads (default: the runtime's own)")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+    g.add_argument("--device", choices=DEVICES, default=d.device,
                    help="cuda: onnxruntime's CUDA provider or TensorFlow's GPU (default %(default)s)")
 
 
@@ -109,10 +113,7 @@ def build_parser() -> Parser:
 
 def check_options(args) -> SamplingConfig:
     """Every flag problem, before a model is loaded (loading TensorFlow takes seconds)."""
-    from ..checks import check_temperature, check_top_k, check_top_p
-
-    sampling = SamplingConfig(check_temperature(args.temperature, "--temperature"), check_top_k(args.top_k, "--top-k"),
-                              check_top_p(args.top_p, "--top-p"), args.greedy)
+    sampling = SamplingConfig.checked(args.temperature, args.top_k, args.top_p, args.greedy, names=SAMPLING_FLAGS)
     check_length(args.length, "--length")
     check_count(args.num_samples, "--num-samples", MAX_SAMPLES)
     if args.stream and args.num_samples > 1:
@@ -156,7 +157,7 @@ def run_sample(args) -> int:
     sampling = check_options(args)
     log = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     # Without --seed, pick one and say which, so a text worth keeping can be made again.
-    seed = args.seed if args.seed is not None else secrets.randbits(32)
+    seed = args.seed if args.seed is not None else random_seed()
 
     t0 = time.perf_counter()
     generator = Generator.load(args.model, runtime=args.runtime, threads=args.threads, device=args.device,

@@ -93,9 +93,7 @@ class OnnxRuntime:
     name = "onnx"
 
     def __init__(self, path, threads: int | None = None, device: str = "cpu"):
-        path = Path(path)
-        if path.is_dir() and (path / "model.onnx").is_file():
-            path = path / "model.onnx"  # an export directory
+        path = contract.step_model_path(path)  # an export directory means its model.onnx
         self.session = load_session(path, threads, device)
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}

@@ -24,11 +24,42 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..decode import CONTROL_COLUMNS
 from ..errors import ModelError
+from ..sampling import Settings
 from .onnx import load_session, parse_metadata, read_metadata
 
 log = logging.getLogger("charrnn_export")
 OUTPUTS = [contract.NEXT_TOKEN, contract.STATE_OUT, contract.LOGIT_CHECK]
+
+
+# ---------------------------------------------------------------- the block graph's `control` input
+
+
+def control_width(steps: int) -> int:
+    """Columns of `control` (decode.block_model): the settings (CONTROL_COLUMNS), then one uniform
+    per step, then one forced token per step."""
+    return len(CONTROL_COLUMNS) + 2 * steps
+
+
+def control_block(settings: Settings, reset: np.ndarray, uniforms: np.ndarray, forced: np.ndarray) -> np.ndarray:
+    """The `control` rows for these settings, resets (rows,), uniforms and forced tokens (rows, steps)."""
+    rows, steps = uniforms.shape
+    control = np.empty((rows, control_width(steps)), np.float64)
+    values = {**settings._asdict(), contract.RESET: reset}
+    for column, name in enumerate(CONTROL_COLUMNS):
+        control[:, column] = values[name]
+    first = len(CONTROL_COLUMNS)
+    control[:, first:first + steps] = uniforms
+    control[:, first + steps:] = forced
+    return control
+
+
+def idle_control(rows: int, steps: int, reset: bool = False) -> np.ndarray:
+    """`control` rows whose results nobody reads (bucket padding, warm-up): default settings
+    (temperature 1, no cuts), token 0 fed."""
+    return control_block(Settings.empty(rows), np.full(rows, reset), np.zeros((rows, steps)),
+                         np.zeros((rows, steps), np.int32))
 
 
 def is_decode_model(session) -> bool:
@@ -37,9 +68,7 @@ def is_decode_model(session) -> bool:
 
 def find_decode_model(path) -> Path | None:
     """The decode model for a step model path or export directory, if one was written beside it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.onnx"
+    path = contract.step_model_path(path)
     sibling = contract.DECODE_FILES.get(path.name)
     if sibling and (path.parent / sibling).is_file():
         return path.parent / sibling
@@ -165,15 +194,7 @@ class BlockDecoder:
         self.buffers.warm_up()
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
-        k = self.steps
-        control = np.empty((rows, 5 + 2 * k), np.float64)
-        control[:, 0] = settings.temperature
-        control[:, 1] = settings.top_k
-        control[:, 2] = settings.top_p
-        control[:, 3] = settings.greedy
-        control[:, 4] = reset
-        control[:, 5:5 + k] = uniforms
-        control[:, 5 + k:] = forced
+        control = control_block(settings, reset, uniforms, forced)
         cuts = bool(((settings.top_k > 0) & (settings.top_k < len(self.vocab))).any() or (settings.top_p < 1).any())
         return self.buffers.run(rows, control, "full" if cuts or "plain" not in self.variants else "plain")
 
@@ -195,7 +216,7 @@ class _Buffers:
         self.control, self.tokens, self.bindings, self.options = {}, {}, {}, {}
         self.current = 0  # which set holds the live state and ids
         for size in self.sizes:
-            self.control[size] = on_device(np.zeros((size, 5 + 2 * steps), np.float64))
+            self.control[size] = on_device(np.zeros((size, control_width(steps)), np.float64))
             self.tokens[size] = on_device(np.zeros((size, steps), np.int32))
         for variant, session in sessions.items():
             graph_id = 0
@@ -221,21 +242,14 @@ class _Buffers:
         CUDA graph after its first runs, and a server should not pay for that on a request."""
         for variant in self.sessions:
             for size in self.sizes:
-                control = np.zeros((size, 5 + 2 * self.steps), np.float64)
-                control[:, 0] = 1.0  # temperature
-                control[:, 2] = 1.0  # top_p off
-                control[:, 4] = 1.0  # reset
+                control = idle_control(size, self.steps, reset=True)
                 for _ in range(6):  # three runs per direction
                     self.run(size, control, variant)
 
     def run(self, rows: int, control: np.ndarray, variant: str = "full") -> np.ndarray:
         size = next(s for s in self.sizes if s >= rows)
         if rows < size:  # pad: rows past the busy ones compute unused results
-            padded = np.zeros((size, control.shape[1]), np.float64)
-            padded[:rows] = control
-            padded[rows:, 0] = 1.0
-            padded[rows:, 2] = 1.0
-            control = padded
+            control = np.concatenate([control, idle_control(size - rows, self.steps)])
         self.control[size].update_inplace(control)
         key = (variant, size, self.current)
         self.sessions[variant].run_with_iobinding(self.bindings[key], self.options[key])

@@ -13,13 +13,7 @@
 // The model runs in a Web Worker (worker.js, which must be served from the page's origin).
 
 import site from "./site-config.js";
-import { SEED_LIMIT } from "./sampling.js";
-
-// checks.py's bounds: MIN_TEMPERATURE, MAX_TEMPERATURE, TOP_K_LIMIT, LENGTH_LIMIT.
-const MIN_TEMPERATURE = 1e-6;
-const MAX_TEMPERATURE = 1e30;
-const TOP_K_LIMIT = 2 ** 31 - 1;
-const LENGTH_LIMIT = 2 ** 40;
+import { LENGTH_LIMIT, MAX_TEMPERATURE, MIN_TEMPERATURE, TOP_K_LIMIT, seedProblem } from "./sampling.js";
 
 export class CharRNNError extends Error {
   constructor(message, unknown = []) {
@@ -128,7 +122,7 @@ class CharRNN {
       throw new CharRNNError(`length must be an integer >= 0 and <= 2**40, got ${length}`);
     }
     if (seed === null || seed === undefined) seed = crypto.getRandomValues(new Uint32Array(1))[0];
-    if (!(Number.isInteger(seed) && seed >= 0 && seed < SEED_LIMIT)) throw new CharRNNError(`seed must be an integer in [0, 2**32), got ${seed}`);
+    if (seedProblem(seed)) throw new CharRNNError(seedProblem(seed));
     const startIds = this.encode(start);
     const settings = { temperature, topK: topK ?? 0, topP: topP ?? 1, greedy: Boolean(greedy) }; // sampling.Settings
     return { startIds, length, settings, seed };

@@ -4,7 +4,19 @@
 // stores, Math.fround), sums are sequential, and the generator uses exact 64-bit BigInt
 // arithmetic, so the same logits, settings and seed choose the same id in Python and here.
 
+// The bounds of checks.py (SEED_LIMIT, MIN_TEMPERATURE, MAX_TEMPERATURE, TOP_K_LIMIT, LENGTH_LIMIT):
+// their one home on the JavaScript side (tests/test_one_home.py holds them equal to Python's).
 export const SEED_LIMIT = 2 ** 32;
+export const MIN_TEMPERATURE = 1e-6;
+export const MAX_TEMPERATURE = 1e30;
+export const TOP_K_LIMIT = 2 ** 31 - 1;
+export const LENGTH_LIMIT = 2 ** 40;
+
+// What is wrong with a seed (checks.check_seed's rule), or null when it is one.
+export function seedProblem(seed) {
+  if (Number.isInteger(seed) && seed >= 0 && seed < SEED_LIMIT) return null;
+  return `seed must be an integer in [0, 2**32), got ${seed}`;
+}
 
 // ------------------------------------------------------------------ SplitMix64 (rng.py)
 
@@ -28,9 +40,8 @@ export function uniform(seed, counter) {
 // character (greedy characters draw none).
 export class Stream {
   constructor(seed) {
-    if (!Number.isInteger(seed) || seed < 0 || seed >= SEED_LIMIT) {
-      throw new RangeError(`seed must be an integer in [0, 2**32), got ${seed}`);
-    }
+    const problem = seedProblem(seed);
+    if (problem) throw new RangeError(problem);
     this.seed = seed;
     this.count = 0;
   }

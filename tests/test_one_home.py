@@ -1,0 +1,137 @@
+"""Each rule has one home that every user reads: a command's flag defaults are its stage's options
+fields, the JavaScript page's bounds are checks.py's, and the small shared rules (row seeds,
+validated sampling settings, the [UNK] mask, an export folder's model file, the GPU graph's
+`control` columns) give the same answer wherever they are used."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from charrnn_export import checks, contract
+from charrnn_export.errors import ArgumentValueError
+from charrnn_export.rng import row_seed
+from charrnn_export.sampling import SamplingConfig, Settings, broken_rows, mask_unknown, unknown_id
+
+STATIC = Path(__file__).resolve().parent.parent / "charrnn_export" / "web" / "static"
+
+
+def flag_defaults(parser: argparse.ArgumentParser) -> dict:
+    """dest -> default of every flag (help and version aside)."""
+    return {a.dest: a.default for a in parser._actions if a.default is not argparse.SUPPRESS}
+
+
+def compared(defaults: dict, options, skip=()) -> list[str]:
+    """The flags named after an options field, each asserted to default to that field."""
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    names = [name for name in defaults if name in fields and name not in skip]
+    drift = {name: (defaults[name], fields[name]) for name in names if defaults[name] != fields[name]}
+    assert not drift, f"flag defaults differ from {type(options).__name__}'s fields (flag, field): {drift}"
+    return names
+
+
+def test_sample_flags_default_to_sample_options():
+    from charrnn_export.commands.sample import build_parser
+    from charrnn_export.generate import DEFAULTS
+
+    names = compared(flag_defaults(build_parser()), DEFAULTS)
+    assert len(names) >= 12, names  # every flag that drives generation, not a handful
+
+
+def test_bench_flags_default_to_bench_config_or_to_the_mode():
+    from charrnn_export.bench.config import QUICK, BenchConfig
+    from charrnn_export.commands.bench import add_bench_arguments
+
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser)
+    defaults = flag_defaults(parser)
+    names = compared(defaults, BenchConfig(), skip=QUICK)
+    assert len(names) >= 10, names
+    # The fields --quick shortens default to None: the config's value for the mode then applies.
+    assert {name: defaults[name] for name in QUICK} == dict.fromkeys(QUICK)
+
+
+def test_train_flags_default_to_train_config():
+    from charrnn_export.commands.train import add_train_parser
+    from charrnn_export.train import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    train = parser._subparsers._group_actions[0].choices["train"]
+    assert len(compared(flag_defaults(train), TrainConfig())) >= 15
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to import the page's sampling.js")
+def test_the_pages_bounds_are_checks_bounds():
+    script = (f"import * as s from {json.dumps((STATIC / 'sampling.js').as_uri())};"
+              "console.log(JSON.stringify([s.SEED_LIMIT, s.MIN_TEMPERATURE, s.MAX_TEMPERATURE, s.TOP_K_LIMIT,"
+              " s.LENGTH_LIMIT, s.seedProblem(-1), s.seedProblem(2 ** 32 - 1)]))")
+    out = subprocess.run(["node", "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    *bounds, negative, largest = json.loads(out.stdout)
+    assert bounds == [checks.SEED_LIMIT, checks.MIN_TEMPERATURE, checks.MAX_TEMPERATURE, checks.TOP_K_LIMIT,
+                      checks.LENGTH_LIMIT]
+    assert "[0, 2**32)" in negative and largest is None  # the same range as checks.check_seed's
+    # charrnn.js reads the bounds from sampling.js, and writes none of its own.
+    api = (STATIC / "charrnn.js").read_text()
+    assert "from \"./sampling.js\"" in api and "2 ** 31" not in api and "1e-6;" not in api
+
+
+def test_row_seeds_wrap_at_the_seed_limit():
+    assert [row_seed(5, row) for row in range(3)] == [5, 6, 7]
+    assert row_seed(checks.SEED_LIMIT - 1, 1) == 0
+
+
+def test_a_checked_config_is_not_checked_again_and_a_built_one_is():
+    config = SamplingConfig.checked(0.5, 3, 0.9, names={"top_k": "--top-k"})
+    assert config.validate() is config and config == SamplingConfig(0.5, 3, 0.9)
+    with pytest.raises(ArgumentValueError) as error:
+        SamplingConfig.checked(0.5, 0, names={"top_k": "--top-k"})
+    assert error.value.param == "--top-k" and str(error.value).startswith("--top-k ")
+    with pytest.raises(ArgumentValueError) as error:
+        SamplingConfig(top_p=2.0).validate()  # built directly: checks.py's checks run
+    assert error.value.param == "top_p"
+
+
+def test_the_unknown_mask_hides_the_unk_column_and_no_other():
+    logits = np.array([[1.0, np.nan, 2.0], [np.inf, 0.0, 1.0]], np.float32)
+    assert unknown_id({"unk_id": 1}) == 1 and unknown_id({}) is None
+    np.testing.assert_array_equal(broken_rows(logits, 1), [False, True])  # [UNK]'s NaN does not count
+    np.testing.assert_array_equal(broken_rows(logits, None), [True, True])
+    masked = mask_unknown(logits.copy(), 1)
+    assert np.isneginf(masked[:, 1]).all() and masked[0, 2] == 2.0
+    np.testing.assert_array_equal(mask_unknown(logits[:1, [0, 2]].copy(), None), [[1.0, 2.0]])
+
+
+def test_an_export_folder_means_its_model_file(tmp_path):
+    assert contract.model_file(tmp_path, "int8") == tmp_path / "model.int8.onnx"
+    assert contract.step_model_path(tmp_path) == tmp_path / "model.onnx"
+    assert contract.step_model_path(tmp_path / "other.onnx") == tmp_path / "other.onnx"
+    assert set(contract.DECODE_FILES) == set(contract.MODEL_FILES.values())
+
+
+def test_the_control_columns_are_named_once():
+    from charrnn_export.decode import CONTROL_COLUMNS
+    from charrnn_export.runtimes.onnx_decode import control_block, control_width, idle_control
+
+    settings = Settings.of([SamplingConfig(0.5, 3, 0.9), SamplingConfig(greedy=True)])
+    reset = np.array([True, False])
+    uniforms, forced = np.full((2, 4), 0.25), np.array([[7, -1, -1, -1], [-1, -1, -1, -1]])
+    control = control_block(settings, reset, uniforms, forced)
+    assert control.shape == (2, control_width(4)) == (2, len(CONTROL_COLUMNS) + 8)
+    values = {**settings._asdict(), contract.RESET: reset}
+    for column, name in enumerate(CONTROL_COLUMNS):
+        np.testing.assert_array_equal(control[:, column], values[name].astype(np.float64))
+    np.testing.assert_array_equal(control[:, len(CONTROL_COLUMNS):][:, :4], uniforms)
+    np.testing.assert_array_equal(control[:, -4:], forced)
+    idle = idle_control(3, 4, reset=True)
+    assert idle[:, CONTROL_COLUMNS.index(contract.TEMPERATURE)].tolist() == [1.0] * 3
+    assert idle[:, CONTROL_COLUMNS.index(contract.TOP_P)].tolist() == [1.0] * 3
+    assert idle[:, CONTROL_COLUMNS.index(contract.RESET)].tolist() == [1.0] * 3
