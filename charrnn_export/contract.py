@@ -15,7 +15,7 @@ LOGITS = "logits"
 STATE_OUT = "state_out"
 
 # The runtimes that compute the step (runtimes/), and the devices they run on.
-RUNTIMES = ("onnx", "savedmodel", "keras")
+RUNTIMES = ("onnx", "savedmodel", "keras", "litert")
 DEVICES = ("cpu", "cuda")
 
 # The package version, recorded in every export (charrnn_export.__version__ is this).
@@ -35,6 +35,11 @@ META_PRODUCER = "charrnn_export"
 DEFAULT_ATOL = 1e-4
 
 RNN_TYPE = "gru"
+
+# The int8 quality gate of `to-tflite` (the figure tests/test_export.py holds model.int8.onnx to):
+# the int8 step's most probable character is fp32's on at least this share of the positions
+# stepped through (random sequences with the state carried, and a greedy run).
+INT8_MIN_TOP1_AGREEMENT = 0.95
 
 # The TensorFlow text-generation tutorial's dataset.
 TUTORIAL_URL = "https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt"
