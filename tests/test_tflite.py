@@ -74,6 +74,14 @@ def test_the_signature_is_the_step_contract(converted, tiny_export):
         assert list(inputs[contract.STATE]["shape_signature"]) == [-1, units]
         assert list(outputs[contract.STATE_OUT]["shape_signature"]) == [-1, units]
         assert outputs[contract.LOGITS]["dtype"] == np.float32
+        # By index, as the Swift snippet in README.md uses them: inputs state, token; outputs logits, state_out.
+        assert [d["name"] for d in interpreter.get_input_details()] == ["serving_default_state:0",
+                                                                         "serving_default_token:0"]
+        by_index = [d["index"] for d in interpreter.get_output_details()]
+        assert [outputs[contract.LOGITS]["index"], outputs[contract.STATE_OUT]["index"]] == by_index
+        # README's Python line: the signature runner resizes the batch itself.
+        result = runner(token=np.array([1, 2, 3], np.int32), state=np.zeros((3, units), np.float32))
+        assert result[contract.LOGITS].shape[0] == 3 and result[contract.STATE_OUT].shape == (3, units)
 
 
 def test_the_file_carries_its_vocabulary_and_config(converted, tiny_export, tmp_path):
