@@ -35,8 +35,10 @@ def add_train_parser(sub) -> None:
     g.add_argument("--seed", type=int, default=d.seed, help="seeds initialisation, data order and dropout")
     g = p.add_argument_group("run directory")
     g.add_argument("--out", required=True, help="run directory to write (config, vocab, checkpoints, metrics)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    g.add_argument("--force", action="store_true", help="start over in --out even if it holds another run")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint "
+                   "(--epochs, --max-steps and --data's location may change; the rest must match)")
+    g.add_argument("--force", action="store_true", help="start over in --out even if it holds another run "
+                   "(removes only the files that run wrote; not with --resume)")
     g = p.add_argument_group("several devices or machines (tf.distribute; see the README)")
     g.add_argument("--strategy", choices=("none", "mirrored", "multi-worker"), default="none",
                    help="mirrored: every local GPU (or --cpu-replicas); multi-worker: the cluster in TF_CONFIG, "
