@@ -37,6 +37,7 @@ def sample(*args) -> str:
     result = subprocess.run([sys.executable, "-m", "charrnn_export.sample", "--quiet", *map(str, args)], cwd=REPO,
                             capture_output=True, text=True, encoding="utf-8", env=cli_env(), timeout=300)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # --quiet: not even the interpreter's native INFO line
     return result.stdout
 
 

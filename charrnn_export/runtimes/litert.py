@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +96,22 @@ def interpreter_class():
     except RuntimeUnavailable:
         raise RuntimeUnavailable("the litert runtime needs the LiteRT interpreter: pip install ai-edge-litert "
                                  "(or TensorFlow, whose tf.lite has the same one)") from None
+
+
+@contextmanager
+def native_stderr_silenced():
+    """File descriptor 2 to /dev/null meanwhile: the interpreter's C++ code prints one INFO line
+    ("Created TensorFlow Lite XNNPACK delegate for CPU") there at its first allocation, which
+    would break `sample --quiet` and the one-line errors. Python's own sys.stderr is flushed first."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def usable_cores() -> int:
@@ -195,7 +213,11 @@ class LiteRTRuntime:
         interpreter = self.interpreter
         interpreter.resize_tensor_input(self.input_index[contract.TOKEN], [batch])
         interpreter.resize_tensor_input(self.input_index[contract.STATE], [batch, self.rnn_units])
-        interpreter.allocate_tensors()
+        if self.batch is None:
+            with native_stderr_silenced():  # the first allocation applies the XNNPACK delegate, and says so
+                interpreter.allocate_tensors()
+        else:
+            interpreter.allocate_tensors()
         self.batch = batch
 
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
