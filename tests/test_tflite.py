@@ -233,3 +233,52 @@ def test_the_runtime_refuses_what_it_cannot_run(converted, tiny_export, tmp_path
                              tiny_export, "--length", "5"], cwd=REPO, capture_output=True, text=True,
                             env=cli_env(), timeout=300)
     assert_one_line_error(result, "model.tflite", "to-tflite")
+
+
+# ---------------------------------------------------------------- every cell kind
+
+
+@pytest.mark.parametrize("layers", [
+    (("lstm", 12),), (("rnn", 12),), (("gru", 12, {"reset_after": False}),), (("lstm", 24), ("gru", 16), ("rnn", 8)),
+], ids=["lstm", "rnn", "gru-reset-before", "lstm-gru-rnn"])
+def test_every_cell_kind_converts_with_its_state_width(layers, tmp_path):
+    """The conversion reads S from the signature: a step SavedModel of any stack (cells/tf_step.py's
+    flat step, under the export's signature) converts, and LiteRT computes the numpy reference."""
+    import tensorflow as tf
+
+    from charrnn_export.cells import Architecture, LayerSpec
+    from charrnn_export.cells.reference import reference_step
+    from charrnn_export.cells.tf_step import flat_step, step_constants
+    from charrnn_export.litert_step import write_litert_model
+    from charrnn_export.runtimes.litert import LiteRTRuntime
+    from charrnn_export.vocab import Vocab
+    from test_cells import random_weights
+
+    arch = Architecture(11, 8, tuple(LayerSpec(*layer) for layer in layers))
+    weights = random_weights(arch, seed=len(layers))
+    tensors = {name: tf.constant(array) for name, array in step_constants(weights).items()}
+    step = flat_step(tf, arch, tensors)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name=contract.TOKEN),
+                                  tf.TensorSpec([None, arch.state_size], tf.float32, name=contract.STATE)])
+    def serve(token, state):
+        logits, state_out = step(token, state)
+        return {contract.LOGITS: logits, contract.STATE_OUT: state_out}
+
+    module = tf.Module()
+    module.serve = serve
+    tf.saved_model.save(module, str(tmp_path / "saved_model"), signatures={contract.SIGNATURE: serve})
+    vocab = Vocab(tuple("abcdefghijk"))
+    write_litert_model(tmp_path / "saved_model", tmp_path / "model.tflite", "fp32",
+                       {contract.META_VOCAB: vocab.to_json()})
+    runtime = LiteRTRuntime(tmp_path / "model.tflite")
+    assert runtime.rnn_units == arch.state_size and runtime.vocab.chars == vocab.chars
+
+    rng = np.random.default_rng(0)
+    state = expected_state = np.zeros((3, arch.state_size), np.float32)
+    for _ in range(6):
+        tokens = rng.integers(0, 11, size=3, dtype=np.int32)
+        logits, state = runtime.step(tokens, state)
+        expected, expected_state = reference_step(weights, tokens, expected_state)
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(state, expected_state, atol=1e-4, rtol=0)
