@@ -35,10 +35,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charrnn_export.bench.floors import BLOCK, io_bound_step  # noqa: E402
-from charrnn_export.engine import Engine, HostSampler  # noqa: E402
+from charrnn_export.engine import Engine, HostSampler, drive, submit_rows  # noqa: E402
 from charrnn_export.runtimes.onnx import OnnxRuntime  # noqa: E402
-from charrnn_export.runtimes.onnx_decode import BlockDecoder  # noqa: E402
-from charrnn_export.sampling import SamplingConfig  # noqa: E402
+from charrnn_export.runtimes.onnx_decode import BlockDecoder, control_block  # noqa: E402
+from charrnn_export.sampling import SamplingConfig, Settings  # noqa: E402
 
 
 def build_variants(flat_path: Path, folder: Path) -> dict[str, dict[str, Path]]:
@@ -83,12 +83,11 @@ def floor_step(step_path: Path, batch: int, device: str, seconds: float) -> floa
 def engine_run(backend, batch: int, length: int, start_ids, config: SamplingConfig, seed: int = 0):
     """Whole requests through the engine; returns (seconds after the first character, chars then, texts)."""
     engine = Engine(backend, capacity=batch)
-    rids = [engine.submit(start_ids, length, config, seed + i) for i in range(batch)]
+    rids = submit_rows(engine, [start_ids] * batch, length, config, seed)
     texts = {rid: [] for rid in rids}
     first = None
     made_after_first = 0
-    while engine.has_work():
-        ids, tokens, _ = engine.step_arrays()
+    for ids, tokens, _ in drive(engine):
         if len(ids):
             if first is None:
                 first = time.perf_counter()
@@ -98,6 +97,12 @@ def engine_run(backend, batch: int, length: int, start_ids, config: SamplingConf
                 for rid, token in zip(ids.tolist(), tokens.tolist()):
                     texts[rid].append(token)
     return time.perf_counter() - first, made_after_first, [texts[r] for r in rids]
+
+
+def benchmark_control(batch: int, steps: int) -> np.ndarray:
+    """A block graph's `control` for timing it alone: temperature 0.8, no cuts, every id fed back."""
+    return control_block(Settings.of([SamplingConfig(0.8)] * batch), np.zeros(batch, bool),
+                         np.full((batch, steps), 0.5), np.full((batch, steps), -1))
 
 
 def chars_per_second(backend, batch: int, length: int, start_ids, repeats: int = 3) -> float:
@@ -219,9 +224,7 @@ def main() -> int:
         try:
             for batch in args.batches:
                 # The block graph alone: its calls with a fixed control array, no engine around it.
-                control = np.zeros((batch, 5 + 2 * steps), np.float64)
-                control[:, 0], control[:, 2], control[:, 5 + steps:] = 0.8, 1.0, -1
-                control[:, 5:5 + steps] = 0.5
+                control = benchmark_control(batch, steps)
                 for variant_name in decoder.buffers.sessions:  # full rule, and plain (no top-k/top-p)
                     per_call, _ = time_loop(lambda: decoder.buffers.run(batch, control, variant_name), args.seconds / 2)
                     row("graph", f"{label}/{variant_name}", batch, per_call / steps)

@@ -28,6 +28,7 @@ def main() -> int:
     import onnx
     import onnxruntime as ort
 
+    from benchmarks.gpu_engine import benchmark_control
     from charrnn_export.decode import block_model, decode_model_for
     from charrnn_export.runtimes.onnx import providers_for
     from charrnn_export.step_variants import float16_step, native_gru_step
@@ -40,8 +41,7 @@ def main() -> int:
     options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "block")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(args.device))
     b, k = args.batch, args.steps
-    control = np.zeros((b, 5 + 2 * k))
-    control[:, 0], control[:, 2], control[:, 5:5 + k], control[:, 5 + k:] = 0.8, 1.0, 0.5, -1
+    control = benchmark_control(b, k)
     feeds = {"token": np.zeros(b, np.int32), "state": np.zeros((b, 1024), np.float32), "control": control}
     for _ in range(5):
         session.run(None, feeds)

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from charrnn_export import Generator
-from charrnn_export.engine import Engine, HostSampler
+from charrnn_export.engine import Engine, HostSampler, drive
 from charrnn_export.sampling import SamplingConfig
 
 FLUSH = 0.015
@@ -47,8 +47,7 @@ def create_app(generator: Generator) -> FastAPI:
             engine.submit(ids, body.get("max_tokens", 16), SamplingConfig(body.get("temperature", 1.0)),
                           body.get("seed", 0))
             made, last = [], time.perf_counter()
-            while engine.has_work():
-                _, tokens, _ = engine.step_arrays()
+            for _, tokens, _ in drive(engine):
                 made.extend(chars[t] for t in tokens.tolist())
                 if made and time.perf_counter() - last >= FLUSH:
                     loop.call_soon_threadsafe(queue.put_nowait, ("".join(made), None))

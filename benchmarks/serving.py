@@ -85,21 +85,22 @@ def engine_alone(model: str, streams: int, duration: float, max_tokens: int, sam
                  threads: int | None = None) -> dict:
     """The same work without HTTP: `streams` requests in one engine, each replaced when it ends."""
     from charrnn_export import Generator
-    from charrnn_export.engine import Engine
+    from charrnn_export.engine import Engine, step_once
     from charrnn_export.sampling import SamplingConfig
 
     generator = Generator.load(model, sampler=sampler, threads=threads)
     engine = Engine(generator.backend(256), streams)
     ids = generator.vocab.encode(PROMPT)
     lengths = random.Random(0)
-    for i in range(streams):
-        engine.submit(ids, request_length(lengths, max_tokens), SamplingConfig(0.8), i)
+    sampling = SamplingConfig.checked(0.8)
+    for seed in range(streams):
+        engine.submit(ids, request_length(lengths, max_tokens), sampling, seed)
     chars, began, seed = 0, time.perf_counter(), streams
     while time.perf_counter() - began < duration:
-        rids, _, ended = engine.step_arrays()
+        rids, _, endings = step_once(engine)
         chars += len(rids)
-        for _ in ended:
-            engine.submit(ids, request_length(lengths, max_tokens), SamplingConfig(0.8), seed)
+        for _ in endings:  # each request that ended is replaced by a new one
+            engine.submit(ids, request_length(lengths, max_tokens), sampling, seed)
             seed += 1
     return {"streams": streams, "chars_per_s": chars / (time.perf_counter() - began)}
 

@@ -22,6 +22,13 @@ step() returns events (request id, token id, None) for each new character and (r
 reason) when a request ends: reason is "length", "cancelled", "nonfinite" (the model's logits
 were NaN or infinite) or "failed" (only with isolate_failures=True: see below).
 
+Whoever drives an engine (the Python API, the server's thread, the benchmarks) does it through
+one driver here, so that every one of them reads an end the same way:
+
+    rids = submit_rows(engine, [start_ids, ...], length, sampling, seed)   row i: rng.row_seed(seed, i)
+    for rids, tokens, endings in drive(engine): ...      until no work is left; or step_once(engine)
+    an Ending: (request id, finish "length" | "abort" | "error", cause: why an "error" ended)
+
 A server must outlive whatever one request does to the backend. With `isolate_failures=True`
 (the server's engine) nothing raised while admitting a request or calling the backend escapes
 step(): a request whose settings the backend cannot take ends alone, a backend call that raises
@@ -44,13 +51,18 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from .rng import Blocks
-from .sampling import SamplingConfig, Settings, choose
+from .rng import Blocks, row_seed
+from .sampling import SamplingConfig, Settings, broken_rows, choose, mask_unknown, unknown_id
 
 LENGTH, CANCELLED, NONFINITE, FAILED = "length", "cancelled", "nonfinite", "failed"
+# The finish reason an end means to a client (OpenAI's "length"; "abort" and "error" as vLLM's).
+FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR = "length", "abort", "error"
+FINISH = {LENGTH: FINISH_LENGTH, CANCELLED: FINISH_ABORT, NONFINITE: FINISH_ERROR, FAILED: FINISH_ERROR}
+NONFINITE_CAUSE = "the model produced NaN or infinite logits, so no character can be chosen: the model is broken"
 _NO_IDS = np.zeros(0, np.int64)
 
 
@@ -77,7 +89,7 @@ class HostSampler:
         self.runtime, self.capacity = runtime, capacity
         self.vocab, self.config = runtime.vocab, runtime.config
         self.state = runtime.zero_state(capacity)  # (capacity, units)
-        self.unk_id = runtime.config.get("unk_id")
+        self.unk_id = unknown_id(runtime.config)
         self.name = f"{runtime.name} step + numpy sampler"
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
@@ -86,13 +98,8 @@ class HostSampler:
             state[reset] = 0.0
         logits, new_state = self.runtime.step(tokens_to_feed(forced, last), state)
         self.state[:rows] = new_state
-        if self.unk_id is not None:  # a current-tutorial model's [UNK] row is never sampled
-            logits[:, self.unk_id] = 0.0
-            broken = ~np.isfinite(logits).all(axis=1)
-            logits[:, self.unk_id] = -np.inf
-        else:
-            broken = ~np.isfinite(logits).all(axis=1)
-        ids = choose(logits, settings, uniforms[:, 0])
+        broken = broken_rows(logits, self.unk_id)
+        ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms[:, 0])
         ids[broken] = -1
         return ids[:, None]
 
@@ -347,3 +354,42 @@ class Engine:
         if slot + 1 == self.high:
             busy = np.flatnonzero(self.request[:self.high] >= 0)
             self.high = int(busy[-1]) + 1 if busy.size else 0
+
+
+# ---------------------------------------------------------------- the driver
+
+
+class Ending(NamedTuple):
+    """A request that ended: its finish reason (FINISH) and, for "error", why."""
+
+    rid: int
+    finish: str
+    cause: str | None
+
+
+def submit_rows(engine: Engine, starts: Sequence, length: int, sampling: SamplingConfig, seed: int) -> list[int]:
+    """One request per start (ids), all with `length` and `sampling`; row i seeded row_seed(seed, i)."""
+    return [engine.submit(ids, length, sampling, row_seed(seed, row)) for row, ids in enumerate(starts)]
+
+
+def step_once(engine: Engine) -> tuple[np.ndarray, np.ndarray, list[Ending]]:
+    """One engine step: (request ids (n,), their new token ids (n,), in the order made, and the
+    requests that ended, each as an Ending)."""
+    rids, tokens, ended = engine.step_arrays()
+    return rids, tokens, [ending(engine, rid, reason) for rid, reason in ended]
+
+
+def drive(engine: Engine) -> Iterator[tuple[np.ndarray, np.ndarray, list[Ending]]]:
+    """step_once until every request submitted (before or while it runs) has ended."""
+    while engine.has_work():
+        yield step_once(engine)
+
+
+def ending(engine: Engine, rid: int, reason: str) -> Ending:
+    """The engine's end reason as a finish reason and its cause (engine.causes is emptied of it)."""
+    cause = engine.causes.pop(rid, None)
+    if reason == NONFINITE:
+        cause = NONFINITE_CAUSE
+    elif reason == FAILED:
+        cause = f"generation failed: {cause}"
+    return Ending(rid, FINISH[reason], cause)

@@ -27,9 +27,9 @@ from typing import Iterator, Sequence
 
 from . import checks
 from .contract import DEVICES, MODEL_FILES, RUNTIMES, TUTORIAL_START, model_file
-from .engine import LENGTH, NONFINITE, Engine, HostSampler
+from .engine import FINISH_ERROR, Engine, HostSampler, drive, submit_rows
 from .errors import ConfigError, DataError, ModelError
-from .rng import random_seed, row_seed
+from .rng import random_seed
 from .sampling import SamplingConfig
 
 SHIPPED = MODEL_FILES  # the precisions shipped: model.onnx, model.int8.onnx
@@ -213,8 +213,7 @@ class Generator:
         start_ids = [self.vocab.encode(self.clean_start(s, unknown)) for s in starts]
         seed = random_seed() if seed is None else seed
         engine = Engine(self.backend(len(start_ids)), capacity=len(start_ids))
-        ids = [engine.submit(ids, length, sampling, row_seed(seed, row)) for row, ids in enumerate(start_ids)]
-        return engine, ids
+        return engine, submit_rows(engine, start_ids, length, sampling, seed)
 
     def generate_ids(self, starts: Sequence[str], length: int, sampling: SamplingConfig, seed: int | None,
                      unknown: str = DEFAULTS.unknown) -> Iterator[tuple[int, int]]:
@@ -259,14 +258,11 @@ class Generator:
 
 def _run(engine: Engine, row_of: dict[int, int], give_back) -> Iterator[tuple[int, int]]:
     try:
-        while engine.has_work():
-            rids, tokens, ended = engine.step_arrays()
+        for rids, tokens, endings in drive(engine):
             for rid, token in zip(rids.tolist(), tokens.tolist()):
                 yield row_of[rid], token
-            for rid, reason in ended:
-                if reason == NONFINITE:
-                    raise ModelError("the model produced NaN or infinite logits, so no character can be chosen; "
-                                     "the model is broken: export it again from a good checkpoint")
-                assert reason == LENGTH, reason
+            for end in endings:  # nothing cancels these requests: an end is "length" or the model's fault
+                if end.finish == FINISH_ERROR:
+                    raise ModelError(f"{end.cause}: export it again from a good checkpoint")
     finally:  # also when a stream is dropped half read: a new request resets the rows it takes
         give_back(engine.backend)

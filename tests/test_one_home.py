@@ -68,6 +68,36 @@ def test_train_flags_default_to_train_config():
     assert len(compared(flag_defaults(train), TrainConfig())) >= 15
 
 
+def test_serve_flags_default_to_serve_options():
+    from charrnn_export.commands.serve import add_serve_parser
+    from charrnn_export.generate import DEFAULTS, SAMPLERS
+    from charrnn_export.serve.options import ServeOptions
+
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers())
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    flags = flag_defaults(serve)
+    options = ServeOptions()
+    # --api-key defaults to $CHARRNN_EXPORT_API_KEY (None, the field's value, when it is not set).
+    assert set(compared(flags, options, skip=("api_key",))) == {"slots", "queue", "max_event_rate"}
+    renamed = {"max_length": options.limits.max_length, "flush_ms": options.flush_interval * 1000,
+               "timeout": options.request_timeout, "threads": DEFAULTS.threads, "sampler": DEFAULTS.sampler}
+    assert {name: flags[name] for name in renamed} == renamed
+    sampler = next(a for a in serve._actions if a.dest == "sampler")
+    assert tuple(sampler.choices) == SAMPLERS
+
+
+def test_the_scheduler_and_the_app_serve_as_the_command_does():
+    import inspect
+
+    from charrnn_export.serve.options import ServeOptions
+    from charrnn_export.serve.scheduler import Scheduler
+
+    defaults = inspect.signature(Scheduler).parameters
+    assert defaults["max_event_rate"].default == ServeOptions.max_event_rate
+    assert defaults["flush_interval"].default == ServeOptions.flush_interval
+
+
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs node to import the page's sampling.js")
 def test_the_pages_bounds_are_checks_bounds():
     script = (f"import * as s from {json.dumps((STATIC / 'sampling.js').as_uri())};"

@@ -184,17 +184,16 @@ class EngineContestant:
         return nullcontext()  # the runtimes place their own work
 
     def run(self, start: str, batch: int, length: int, greedy: bool, seed: int):
+        from ..engine import drive
         from ..sampling import SamplingConfig
 
-        sampling = SamplingConfig(temperature=self.temperature, greedy=greedy)
+        sampling = SamplingConfig.checked(temperature=self.temperature, greedy=greedy)
         engine, rids = self.generator.engine_for([start] * batch, length, sampling, seed, "error")
         ids: dict[int, list[int]] = {rid: [] for rid in rids}
-        while engine.has_work():
-            made = 0  # characters row 0 got in this step: K per call on a GPU graph, else 1
-            for rid, token, reason in engine.step():
-                if reason is None:
-                    ids[rid].append(token)
-                    made += rid == rids[0]
+        for made_by, tokens, _ in drive(engine):  # every request runs to its length
+            for rid, token in zip(made_by.tolist(), tokens.tolist()):
+                ids[rid].append(token)
+            made = int(np.count_nonzero(made_by == rids[0]))  # row 0's: K per call on a GPU graph, else 1
             for _ in range(made):
                 yield  # once per character of a row (the start strings are read first)
         self.generator.give_back(engine.backend)  # the next run reuses it, as Generator's own calls do

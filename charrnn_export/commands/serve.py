@@ -28,6 +28,7 @@ import socket
 import time
 from pathlib import Path
 
+from .. import checks
 from ..errors import ConfigError, ModelError
 from .common import stderr_logger
 
@@ -39,9 +40,12 @@ MEMORY_SHARE = 0.75  # of the memory available at start-up, what the engines may
 
 
 def add_serve_parser(sub) -> None:
-    from ..serve.schema import Limits
+    """The flags; every default is ServeOptions' (the server's) or SampleOptions' (the models')."""
+    from ..generate import DEFAULTS as MODEL_DEFAULTS
+    from ..generate import SAMPLERS
+    from ..serve.options import ServeOptions
 
-    limits = Limits()
+    d = ServeOptions()
     p = sub.add_parser("serve", help="serve models over HTTP: OpenAI's completions API, continuous batching",
                        description="An OpenAI-compatible completions server (POST /v1/completions, streaming or "
                        "not; GET /v1/models, /health, /metrics; a page at /). Every request joins one batch.")
@@ -51,24 +55,25 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine "
                    "only; 0.0.0.0 for every interface, with --api-key)")
     p.add_argument("--port", type=int, default=8000, help="(default %(default)s; 0: any free port, logged)")
-    p.add_argument("--slots", type=int, default=256, help="requests generated together per model, in one batch "
+    p.add_argument("--slots", type=int, default=d.slots, help="requests generated together per model, in one batch "
                    "(default %(default)s)")
-    p.add_argument("--queue", type=int, default=1024, help="choices that may wait for a slot; beyond them, 429 "
+    p.add_argument("--queue", type=int, default=d.queue, help="choices that may wait for a slot; beyond them, 429 "
                    "with Retry-After (default %(default)s)")
-    p.add_argument("--max-length", type=int, default=limits.max_length,
+    p.add_argument("--max-length", type=int, default=d.limits.max_length,
                    help="largest max_tokens (characters per choice) a request may ask for (default %(default)s)")
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}, else none)")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: its own choice)")
-    p.add_argument("--sampler", choices=("auto", "graph", "host"), default="auto",
+    p.add_argument("--threads", type=int, default=MODEL_DEFAULTS.threads,
+                   help="onnxruntime threads (default: its own choice)")
+    p.add_argument("--sampler", choices=SAMPLERS, default=MODEL_DEFAULTS.sampler,
                    help="where sampling runs: 'graph' in onnxruntime with the decode model beside the step "
                    "model, 'host' in numpy; the text is the same (default %(default)s: host on the CPU)")
-    p.add_argument("--flush-ms", type=float, default=15.0,
+    p.add_argument("--flush-ms", type=float, default=d.flush_interval * 1000,
                    help="how often a stream's new characters are sent as one event (default %(default)s)")
-    p.add_argument("--max-event-rate", type=float, default=2000.0,
+    p.add_argument("--max-event-rate", type=float, default=d.max_event_rate,
                    help="events per second across all open streams; with many streams each event carries more "
                    "characters instead of more events competing for the CPU (default %(default)s)")
-    p.add_argument("--timeout", type=float, default=30.0,
+    p.add_argument("--timeout", type=float, default=d.request_timeout,
                    help="seconds a connection may take to send a request's headers, then its body, or stay "
                    "idle between requests; beyond them, 408 or closed (default %(default)s)")
     p.add_argument("--grace-period", type=float, default=10.0,
@@ -99,8 +104,10 @@ def model_sources(values: list[str]) -> dict[str, str]:
 
 
 def _default_name(value: str) -> str:
+    from ..generate import SHIPPED
+
     path = Path(value)
-    if value in ("int8", "fp32") or path.is_dir():
+    if value in SHIPPED or path.is_dir():
         return path.name
     name = path.name.removesuffix(".onnx")
     return f"{path.parent.name}-{name}" if path.parent.name else name
@@ -159,9 +166,7 @@ def check_flags(args) -> None:
         if not (math.isfinite(value) and (value > low if open_low else value >= low) and value <= high):
             raise ConfigError(f"{flag} must be {'>' if open_low else '>='} {low:g} and <= {high:g}, got {value}")
     if args.threads is not None:
-        from ..checks import check_threads
-
-        check_threads(args.threads, "--threads")
+        checks.check_threads(args.threads, "--threads")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -212,7 +217,7 @@ def check_memory(generators: dict, args) -> None:
     One line naming the flag to lower and the range it may have."""
     from ..serve.scheduler import memory_needed
 
-    available = available_memory()
+    available = checks.available_memory()
     if available is None:
         return
     budget = int(available * MEMORY_SHARE)
@@ -236,15 +241,18 @@ def check_memory(generators: dict, args) -> None:
                       f"{have}: use {flag} {0 if flag == '--queue' else 1} to {top:,}")
 
 
-DEFAULTS = {"slots": 256, "queue": 1024, "max_length": 4096}
 FLAGS = {"slots": "--slots", "queue": "--queue", "max_length": "--max-length"}
 
 
 def _flag_to_lower(args, fits) -> tuple[str, int, int]:
     """The flag turned up furthest beyond its default whose lowering alone fits, and its largest
     value that fits (by bisection): (flag, its value, the largest that fits)."""
-    given = {attr: getattr(args, attr) for attr in DEFAULTS}
-    order = sorted(DEFAULTS, key=lambda attr: given[attr] / DEFAULTS[attr], reverse=True)
+    from ..serve.options import ServeOptions
+
+    d = ServeOptions()
+    defaults = {"slots": d.slots, "queue": d.queue, "max_length": d.limits.max_length}
+    given = {attr: getattr(args, attr) for attr in defaults}
+    order = sorted(defaults, key=lambda attr: given[attr] / defaults[attr], reverse=True)
     for attr in order + ["slots"]:
         low, high = 0, given[attr]
         while low < high:
@@ -256,21 +264,6 @@ def _flag_to_lower(args, fits) -> tuple[str, int, int]:
         if low >= (0 if attr == "queue" else 1) or attr == "slots":
             return FLAGS[attr], given[attr], max(low, 1 if attr != "queue" else 0)
     raise AssertionError("unreachable")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available now (Linux's MemAvailable), else the free physical pages; None if unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _gib(size: int) -> str:

@@ -26,7 +26,6 @@ import secrets
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,27 +34,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..rng import SEED_LIMIT, random_seed
+from ..rng import random_seed, row_seed
 from . import metrics
+from .options import ServeOptions
 from .responses import CompletionBody, CompletionStream
 from .scheduler import Busy, Job, Scheduler, Stopping
-from .schema import ApiError, Limits, parse_completion
+from .schema import ApiError, parse_completion
 
 log = logging.getLogger("charrnn_export.serve")
 PAGE = Path(__file__).with_name("page.html")
-
-
-@dataclass
-class ServeOptions:
-    slots: int = 256
-    queue: int = 1024  # choices that may wait for a slot; beyond: 429
-    limits: Limits = field(default_factory=Limits)
-    api_key: str | None = None
-    flush_interval: float = 0.015
-    max_event_rate: float = 4000.0
-    retry_after: int = 1  # seconds, in 429 answers
-    request_timeout: float = 30.0  # seconds from a request's headers to the end of its body; beyond: 408
-    on_load_failure: Callable[[Exception], None] | None = None  # the command stops the server
 
 
 class ErrorJSON(JSONResponse):
@@ -219,7 +206,7 @@ def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None
         request_ = parse_completion(body, state.vocabularies, limits, default)
         check_fits(request_, state.options)
         seed = random_seed() if request_.seed is None else request_.seed
-        choices = [(ids, (seed + p * request_.n + i) % SEED_LIMIT)  # choice j: seed + j, as generate_batch
+        choices = [(ids, row_seed(seed, p * request_.n + i))  # choice j: seeded as row j of generate_batch
                    for p, ids in enumerate(request_.prompt_ids) for i in range(request_.n)]
         job = Job(choices, request_.max_tokens, request_.sampling, request_.stops)
         scheduler = state.schedulers[request_.model]

@@ -18,10 +18,11 @@ Only this thread touches the engine (submit, cancel and step): the event loop ha
 through a deque, so no event of a new request can arrive before the request is registered.
 Each step's characters are appended to their choice's text; what was made since the last
 delivery goes to the event loop in one call_soon_threadsafe every `flush_interval` (sooner for a
-request's first characters and its end). One event per character would cap a Python server
-near 6,000 characters per second; per flush, a stream gets everything it made since its last.
-When many streams are open the interval grows so that all of them together stay near
-`max_event_rate` events per second: the event loop, not the engine, is what saturates first.
+request's first characters and its end). One event per character would make the event loop, not
+the engine, what limits a Python server; per flush, a stream gets everything it made since its
+last. When many streams are open the interval grows so that all of them together stay near
+`max_event_rate` events per second. The engine's steps and end reasons are read through
+engine.step_once, as every other driver of an engine reads them.
 
 Stop strings are matched here, on each new character: the choice ends with finish "stop", its
 text cut before the stop string (as OpenAI does), and its engine request is cancelled. While a
@@ -39,11 +40,13 @@ from collections import deque
 
 import numpy as np
 
-from ..engine import CANCELLED, FAILED, LENGTH, NONFINITE, Engine
+from ..engine import FINISH_ABORT as ABORT
+from ..engine import FINISH_ERROR as ERROR
+from ..engine import Engine, step_once
+from .options import ServeOptions
 
 log = logging.getLogger("charrnn_export.serve")
-STOP, ABORT, ERROR = "stop", "abort", "error"
-NONFINITE_CAUSE = "the model's logits were not finite (NaN or infinite): the model is broken"
+STOP = "stop"  # a stop string matched (here, not in the engine)
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)  # seconds, for /metrics
 
 
@@ -105,8 +108,8 @@ class Job:
 
 
 class Scheduler:
-    def __init__(self, generator, slots: int, queue: int, flush_interval: float = 0.015,
-                 max_event_rate: float = 4000.0):
+    def __init__(self, generator, slots: int, queue: int, flush_interval: float = ServeOptions.flush_interval,
+                 max_event_rate: float = ServeOptions.max_event_rate):
         self.engine = Engine(generator.backend(slots), slots, isolate_failures=True)
         self.chars = generator.vocab.chars
         self.slots, self.queue_limit = slots, queue
@@ -196,10 +199,10 @@ class Scheduler:
             self._wake.clear()
             return
         began = time.perf_counter()
-        rids, tokens, ended = self.engine.step_arrays()
+        rids, tokens, endings = step_once(self.engine)
         now = time.perf_counter()
         self._count_step(now - began)
-        self._dispatch(rids, tokens, ended)
+        self._dispatch(rids, tokens, endings)
         interval = max(self.flush_interval, self._jobs / self.max_event_rate)
         if self._dirty and (self._urgent or now - self._last_flush >= interval):
             self._flush()
@@ -271,7 +274,7 @@ class Scheduler:
                 self._dirty[choice.job] = None
                 self.engine.cancel(choice.rid)
 
-    def _dispatch(self, rids, tokens, ended) -> None:
+    def _dispatch(self, rids, tokens, endings) -> None:
         live, chars = self._live, self.chars
         for rid, token in zip(rids.tolist(), tokens.tolist()):
             choice = live.get(rid)
@@ -285,21 +288,13 @@ class Scheduler:
             if job.stops:
                 self._match_stop(choice)
         self.chars_made += len(rids)
-        for rid, reason in ended:
-            cause = self.engine.causes.pop(rid, None)  # popped even for a choice already ended here
-            if rid in live:
-                self._end(rid, self._finish_of(rid, reason, cause))
-
-    def _finish_of(self, rid: int, reason: str, cause: str | None) -> str:
-        """The engine's reason -> the finish reason a client sees (with the cause of an error)."""
-        if reason == LENGTH:
-            return "length"
-        if reason in (NONFINITE, FAILED):
-            self.failed_choices += 1
-            self._live[rid].cause = NONFINITE_CAUSE if reason == NONFINITE else f"generation failed: {cause}"
-            return ERROR
-        assert reason == CANCELLED, reason
-        return ABORT
+        for end in endings:
+            if end.rid not in live:  # already ended here (a stop string, a failed pass)
+                continue
+            if end.finish == ERROR:
+                self.failed_choices += 1
+                live[end.rid].cause = end.cause
+            self._end(end.rid, end.finish)
 
     def _match_stop(self, choice: Choice) -> None:
         text = choice.chars

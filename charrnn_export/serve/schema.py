@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import checks
+from ..checks import type_error, value_error
 from ..errors import ArgumentTypeError, ArgumentValueError
 from ..sampling import SamplingConfig
 
@@ -115,15 +116,16 @@ def parse_completion(body: bytes, vocabularies: dict, limits: Limits, default_mo
         max_tokens = DEFAULT_MAX_TOKENS if data.get("max_tokens") is None else checks.check_length(
             data["max_tokens"], "max_tokens")
         if max_tokens > limits.max_length:
-            raise ArgumentValueError(f"max_tokens must be <= {limits.max_length} (this server's --max-length), "
-                                     f"got {max_tokens}")
+            raise value_error("max_tokens", f"max_tokens must be <= {limits.max_length} (this server's "
+                              f"--max-length), got {max_tokens}")
         n = 1 if data.get("n") is None else checks.check_int(data["n"], "n", minimum=1, maximum=limits.max_choices)
         best_of = data.get("best_of")
         if best_of is not None and checks.check_int(best_of, "best_of") != n:
-            raise ArgumentValueError(f"best_of must equal n ({n}) here: every choice made is returned")
+            raise value_error("best_of", f"best_of must equal n ({n}) here: every choice made is returned")
         if len(prompts) * n > limits.max_choices:  # the field to change: the prompts when n is 1
-            raise ArgumentValueError(f"{'prompt' if n == 1 else 'n'}: {len(prompts)} prompt(s) x n={n} make "
-                                     f"{len(prompts) * n} choices; one request makes at most {limits.max_choices}")
+            field = "prompt" if n == 1 else "n"
+            raise value_error(field, f"{field}: {len(prompts)} prompt(s) x n={n} make {len(prompts) * n} choices; "
+                              f"one request makes at most {limits.max_choices}")
         sampling = _sampling(data)
         seed = checks.check_seed(data.get("seed"), "seed")
         stops = _stops(data.get("stop"), limits)
@@ -143,16 +145,14 @@ def parse_completion(body: bytes, vocabularies: dict, limits: Limits, default_mo
 
 
 class _as_api_error:
-    """checks.py's ArgumentTypeError/ArgumentValueError -> a 400 naming the field they name."""
+    """checks.py's ArgumentTypeError/ArgumentValueError -> a 400 naming the field they name (`.param`)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, kind, error, tb):
         if isinstance(error, (ArgumentTypeError, ArgumentValueError)):
-            message = str(error)
-            param = message.split(" ", 1)[0].rstrip(":")
-            raise ApiError(400, message, param=param, code="invalid_value") from None
+            raise ApiError(400, str(error), param=getattr(error, "param", None), code="invalid_value") from None
         return False
 
 
@@ -169,31 +169,29 @@ def _model(value, vocabularies: dict) -> str:
 
 def _prompts(value, limits: Limits) -> list[str]:
     if value is None:
-        raise ArgumentTypeError("prompt is required: a string or a list of strings")
+        raise type_error("prompt", "prompt is required: a string or a list of strings")
     if isinstance(value, str):
         prompts, names = [value], ["prompt"]
     elif isinstance(value, list) and value and all(isinstance(p, str) for p in value):
         prompts, names = value, [f"prompt[{i}]" for i in range(len(value))]
     else:
-        raise ArgumentTypeError(f"prompt must be a string or a non-empty list of strings (token ids are not "
-                                f"taken: send text), got {checks.shown(value)}")
+        raise type_error("prompt", f"prompt must be a string or a non-empty list of strings (token ids are not "
+                         f"taken: send text), got {checks.shown(value)}")
     for name, prompt in zip(names, prompts):
         if not prompt:
-            raise ArgumentValueError(f"{name} is empty; give at least one character to continue from")
+            raise value_error(name, f"{name} is empty; give at least one character to continue from")
         if len(prompt) > limits.max_prompt_chars:
-            raise ArgumentValueError(f"{name} has {len(prompt)} characters; at most {limits.max_prompt_chars}")
+            raise value_error(name, f"{name} has {len(prompt)} characters; at most {limits.max_prompt_chars}")
     return prompts
 
 
 def _sampling(data: dict) -> SamplingConfig:
-    temperature = checks.check_temperature(1.0 if data.get("temperature") is None else data["temperature"],
-                                           "temperature")
-    top_p = checks.check_top_p(data.get("top_p"), "top_p")
-    top_k = data.get("top_k")
-    if top_k is not None:
-        top_k = checks.check_int(top_k, "top_k", minimum=-1, maximum=2**31 - 1)  # the engine keeps it in int64
-        top_k = top_k if top_k > 0 else None  # 0 and -1 mean off, as vLLM's top_k
-    return SamplingConfig(temperature, top_k, None if top_p == 1.0 else top_p)
+    """The request's settings, checked by SamplingConfig.checked (checks.py), as the Python API's."""
+    temperature, top_k = data.get("temperature"), data.get("top_k")
+    if type(top_k) is int and top_k in (0, -1):  # 0 and -1 mean off, as vLLM's top_k
+        top_k = None
+    return SamplingConfig.checked(SamplingConfig.temperature if temperature is None else temperature, top_k,
+                                  data.get("top_p"))
 
 
 def _stops(value, limits: Limits) -> tuple[str, ...]:
@@ -201,12 +199,12 @@ def _stops(value, limits: Limits) -> tuple[str, ...]:
         return ()
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ArgumentTypeError(f"stop must be a string or a list of strings, got {checks.shown(value)}")
+        raise type_error("stop", f"stop must be a string or a list of strings, got {checks.shown(value)}")
     if len(stops) > limits.max_stops:
-        raise ArgumentValueError(f"stop must hold at most {limits.max_stops} strings, got {len(stops)}")
+        raise value_error("stop", f"stop must hold at most {limits.max_stops} strings, got {len(stops)}")
     for stop in stops:
         if not stop or len(stop) > limits.max_stop_chars:
-            raise ArgumentValueError(f"stop strings must have 1 to {limits.max_stop_chars} characters, got {stop!r}")
+            raise value_error("stop", f"stop strings must have 1 to {limits.max_stop_chars} characters, got {stop!r}")
     return tuple(dict.fromkeys(stops))
 
 
@@ -214,8 +212,8 @@ def _include_usage(value, stream: bool) -> bool:
     if value is None:
         return False
     if not isinstance(value, dict) or set(value) - {"include_usage"}:
-        raise ArgumentTypeError(f"stream_options must be an object like {{\"include_usage\": true}}, "
-                                f"got {checks.shown(value)}")
+        raise type_error("stream_options", f"stream_options must be an object like {{\"include_usage\": true}}, "
+                         f"got {checks.shown(value)}")
     if not stream:
-        raise ArgumentValueError("stream_options is only for stream: true")
+        raise value_error("stream_options", "stream_options is only for stream: true")
     return checks.check_bool(value.get("include_usage", False), "stream_options.include_usage")
