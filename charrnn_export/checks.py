@@ -274,7 +274,7 @@ def check_finite_logits(logits: np.ndarray) -> None:
     Call it on the runtime's output *before* masking ids with -inf (the [UNK] row): a model
     with broken weights (a diverged run, a damaged file) would otherwise make the sampler pick
     garbage or fail on an index, and greedy decoding would repeat id 0 without a word."""
-    if np.isfinite(logits).all():  # one pass; the common case costs about a microsecond
+    if np.isfinite(logits).all():  # one pass: the common case is cheap
         return
     nan = int(np.isnan(logits).sum())
     inf = int(np.isinf(logits).sum())

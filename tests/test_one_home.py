@@ -165,3 +165,28 @@ def test_the_control_columns_are_named_once():
     assert idle[:, CONTROL_COLUMNS.index(contract.TEMPERATURE)].tolist() == [1.0] * 3
     assert idle[:, CONTROL_COLUMNS.index(contract.TOP_P)].tolist() == [1.0] * 3
     assert idle[:, CONTROL_COLUMNS.index(contract.RESET)].tolist() == [1.0] * 3
+
+
+def test_the_engine_driver_reads_every_end_the_same_way(tiny_export):
+    """drive/step_once: what the Python API, the server and the benchmarks read an engine through."""
+    from charrnn_export.engine import FINISH_ABORT, FINISH_LENGTH, Engine, HostSampler, drive, step_once, submit_rows
+    from charrnn_export.generate import Generator
+    from charrnn_export.runtimes.onnx import OnnxRuntime
+
+    engine = Engine(HostSampler(OnnxRuntime(tiny_export / "model.onnx"), 4), 4)
+    sampling = SamplingConfig.checked(0.8)
+    rids = submit_rows(engine, [[1, 2], [3], [4, 5, 6]], 20, sampling, seed=7)
+    first = step_once(engine)
+    engine.cancel(rids[2])
+    made: dict[int, list[int]] = {rid: [] for rid in rids}
+    finishes = {}
+    for step in [first, *drive(engine)]:
+        for rid, token in zip(*(a.tolist() for a in step[:2])):
+            made[rid].append(token)
+        finishes.update({end.rid: (end.finish, end.cause) for end in step[2]})
+    assert finishes == {rids[0]: (FINISH_LENGTH, None), rids[1]: (FINISH_LENGTH, None),
+                        rids[2]: (FINISH_ABORT, None)}
+    # Row i is seeded row_seed(7, i): the text Generator.generate makes with seed 7 + i.
+    generator = Generator.load(str(tiny_export / "model.onnx"), sampler="host")
+    chars = generator.vocab.chars
+    assert "".join(chars[t] for t in made[rids[1]]) == generator.generate(chars[3], 20, temperature=0.8, seed=8)

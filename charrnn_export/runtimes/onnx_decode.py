@@ -4,7 +4,7 @@
     BlockDecoder(path, capacity, steps=8, device="cuda", ...)        `steps` steps per call, on the device
 
 OnnxDecoder runs the decode model as it is written: on a CPU that is as fast as anything else
-(onnxruntime copies numpy arrays in a few microseconds there). BlockDecoder is for a GPU, where
+(onnxruntime's copies of numpy arrays cost little there). BlockDecoder is for a GPU, where
 each host round trip costs more than the step itself: it builds decode.block_model in memory
 (the `onnx` package: `pip install "charrnn-export[gpu]"`), so one call runs `steps` steps with
 the sampled ids fed back on the device, and binds every input and output to fixed device

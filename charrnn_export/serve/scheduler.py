@@ -210,7 +210,7 @@ class Scheduler:
         # Hand the GIL to the event loop between steps: a thread that only waits for the
         # GIL gets it back late (the switch interval), and a starved event loop admits
         # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
-        # and costs 0.5 us; time.sleep(0) costs 70 us (the kernel's timer slack).
+        # at once; time.sleep(0) waits out the kernel's timer slack, far longer.
         os.sched_yield()
 
     def _fail_live(self, cause: str) -> None:

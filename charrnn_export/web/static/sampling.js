@@ -27,7 +27,7 @@ const MASK = (1n << 64n) - 1n;
 
 // Uniform number `counter` (0, 1, 2, ...) of the stream `seed`: output `counter` of SplitMix64
 // started at state `seed`, its top 53 bits as a float64 in [0, 1). BigInt keeps every 64-bit
-// product exact; a number costs about a microsecond, far below a model step.
+// product exact; a number costs far less than a model step.
 export function uniform(seed, counter) {
   let z = (BigInt(seed) + (BigInt(counter) + 1n) * GOLDEN) & MASK;
   z = ((z ^ (z >> 30n)) * MIX1) & MASK;
