@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..rng import row_seed
 from ..vocab import Vocab
 from ..errors import DataError, ParityError
 from .config import BenchConfig, needs_tensorflow
@@ -195,7 +196,7 @@ def measure_rows(config: BenchConfig, contestants: list, device: str) -> list[di
         log.info(f"[{device}] repeat {repeat + 1}/{config.repeats} ...")
         rotated = plan[repeat % len(plan):] + plan[:repeat % len(plan)]  # no contestant always goes first
         for c, b in rotated:
-            run = timed_run(c, config.start, b, config.steps(b), False, config.seed + repeat)
+            run = timed_run(c, config.start, b, config.steps(b), False, row_seed(config.seed, repeat))
             run.pop("texts")
             samples[(c.name, b)].append(run)
     return [summarise(c.name, c.precision, b, config.steps(b), samples[(c.name, b)]) for c, b in plan]
