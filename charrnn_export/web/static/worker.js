@@ -4,7 +4,7 @@
 //
 //   page -> worker  {type: "load", modelUrl, vocabUrl, threads, site}
 //                   {type: "generate", job, startIds, length, settings, seed}   {type: "stop", job}
-//   worker -> page  {type: "loaded", vocab, config, units, threads} | {type: "load-error", message}
+//   worker -> page  {type: "loaded", vocab, config, units (the state width), threads} | {type: "load-error", message}
 //                   {type: "chars", job, text, made, seconds}  (batches, a few dozen per second)
 //                   {type: "done", job, made, seconds, primeSeconds, stopped} | {type: "error", job, message}
 
@@ -13,7 +13,7 @@ import { choose, Stream } from "./sampling.js";
 
 const FLUSH_MS = 25; // how often characters go to the page (and stop requests are looked at)
 
-let ort, session, vocab, config, units, names;
+let ort, session, vocab, config, stateSize, names;
 const stopped = new Set(); // job ids the page asked to stop
 
 // Fetches a URL and checks its subresource-integrity hash (the CDN's copy must be the pinned one).
@@ -65,12 +65,31 @@ async function load({ modelUrl, vocabUrl, threads, site }) {
   const missing = [names.token, names.state].filter((n) => !session.inputNames.includes(n))
     .concat([names.logits, names.stateOut].filter((n) => !session.outputNames.includes(n)));
   if (missing.length) throw new Error(`${modelUrl} is not a charrnn-export step model (no ${missing.join(", ")})`);
-  const stateShape = session.inputMetadata?.find?.((m) => m.name === names.state)?.shape;
-  units = Number.isInteger(stateShape?.[1]) ? stateShape[1] : config.rnn_units;
-  if (!Number.isInteger(units)) throw new Error(`${modelUrl}: the state width is unknown; export it again`);
+  stateSize = stateSizeOf(config, session, modelUrl);
   // Warm up once so the first generation's rate does not include onnxruntime's first-run setup.
-  await step(0, new ort.Tensor("float32", new Float32Array(units), [1, units]));
-  return { vocab, config, units, threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated };
+  await step(0, zeroState());
+  // `units` is the state width for the page (charrnn.js); the layers are in config.architecture.
+  return { vocab, config, units: stateSize, threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated };
+}
+
+// The packed state's width, as cells.architecture.state_size_of reads it: config.state_size (every
+// layer's state, LSTM h and c, packed layer by layer), else rnn_units (an export of one GRU made
+// before the architecture was recorded); the graph's state input, when its width is fixed, must agree.
+function stateSizeOf(config, session, modelUrl) {
+  const recorded = config.state_size ?? config.rnn_units;
+  const shape = session.inputMetadata?.find?.((m) => m.name === names.state)?.shape;
+  const inGraph = Number.isInteger(shape?.[1]) ? shape[1] : undefined;
+  if (recorded !== undefined && inGraph !== undefined && recorded !== inGraph) {
+    throw new Error(`${modelUrl}: its graph's state is ${inGraph} wide but its metadata says ${recorded}; export it again`);
+  }
+  const width = recorded ?? inGraph;
+  if (!Number.isInteger(width) || width < 1) throw new Error(`${modelUrl}: the state width is unknown; export it again`);
+  return width;
+}
+
+// A zero state starts a sequence: every layer's slice zero.
+function zeroState() {
+  return new ort.Tensor("float32", new Float32Array(stateSize), [1, stateSize]);
 }
 
 // One step of the model: the id's logits (Float32Array, ours to change) and the next state.
@@ -97,7 +116,7 @@ async function generate({ job, startIds, length, settings, seed }) {
   let made = 0;
   let pending = "";
   let logits;
-  let state = new ort.Tensor("float32", new Float32Array(units), [1, units]); // a zero state starts a sequence
+  let state = zeroState();
   if (length > 0) for (const id of startIds) [logits, state] = await step(id, state);
   const rng = new Stream(seed); // greedy draws nothing from it
   const t1 = performance.now();
