@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from . import checks
-from .contract import DEVICES, MODEL_FILES, RUNTIMES, TUTORIAL_START, model_file
+from .contract import MODEL_FILES, TUTORIAL_START, model_file
 from .engine import FINISH_ERROR, Engine, HostSampler, drive, submit_rows
 from .errors import ConfigError, DataError, ModelError
 from .rng import random_seed
@@ -49,20 +49,20 @@ class SampleOptions:
     """What generating text starts from unless told otherwise: the one home of the defaults of
     Generator.load, generate / stream / generate_batch and the `sample` command's flags."""
 
-    runtime: str = RUNTIMES[0]  # onnx: onnxruntime alone
+    runtime: str = "onnx"  # onnxruntime alone, no TensorFlow
     model: str | None = None  # the shipped fp32 model
     vocab: str | None = None
-    device: str = DEVICES[0]  # cpu
+    device: str = "cpu"
     threads: int | None = None  # the runtime's own choice
-    sampler: str = SAMPLERS[0]  # auto
-    gpu_precision: str = GPU_PRECISIONS[0]  # fp16
+    sampler: str = "auto"
+    gpu_precision: str = "fp16"
     start: str = TUTORIAL_START
-    unknown: str = UNKNOWN_MODES[0]  # error
+    unknown: str = "error"
     length: int = 1000
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    greedy: bool = False
+    temperature: float = SamplingConfig.temperature  # the sampling settings' defaults are SamplingConfig's
+    top_k: int | None = SamplingConfig.top_k
+    top_p: float | None = SamplingConfig.top_p
+    greedy: bool = SamplingConfig.greedy
     seed: int | None = None  # a random one, reported
     num_samples: int = 1
 

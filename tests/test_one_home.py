@@ -45,6 +45,17 @@ def test_sample_flags_default_to_sample_options():
     assert len(names) >= 12, names  # every flag that drives generation, not a handful
 
 
+def test_sample_choices_are_the_constants_they_name():
+    from charrnn_export.commands.sample import build_parser
+    from charrnn_export.generate import DEFAULTS, GPU_PRECISIONS, SAMPLERS
+
+    choices = {a.dest: tuple(a.choices) for a in build_parser()._actions if a.choices}
+    assert choices == {"runtime": contract.RUNTIMES, "device": contract.DEVICES, "unknown": checks.UNKNOWN_MODES}
+    for field, allowed in (("runtime", contract.RUNTIMES), ("device", contract.DEVICES), ("sampler", SAMPLERS),
+                           ("gpu_precision", GPU_PRECISIONS), ("unknown", checks.UNKNOWN_MODES)):
+        assert getattr(DEFAULTS, field) in allowed
+
+
 def test_bench_flags_default_to_bench_config_or_to_the_mode():
     from charrnn_export.bench.config import QUICK, BenchConfig
     from charrnn_export.commands.bench import add_bench_arguments
