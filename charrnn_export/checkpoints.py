@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import ConfigError, ModelError
 from .files import atomic_write_bytes
+from .cells import Architecture, LayerSpec, LayerWeights, ModelWeights, get_kind
 from .model import WEIGHT_NAMES, GRUWeights
 from .vocab import Vocab, read_vocab_file, with_unknown_slot
 
@@ -30,22 +31,35 @@ from .vocab import Vocab, read_vocab_file, with_unknown_slot
 # ---------------------------------------------------------------- this project's checkpoints
 
 
-def save_checkpoint(path, weights: GRUWeights, meta: dict, optimizer_state: list[np.ndarray] | None = None,
+def save_checkpoint(path, weights: ModelWeights, meta: dict, optimizer_state: list[np.ndarray] | None = None,
                     root=None) -> None:
-    """One .npz holding the weights, optionally the optimizer's variables, and a JSON meta; atomic
-    (`root`: the run folder, which no link on the way may lead out of)."""
-    arrays = {f"weights/{n}": a for n, a in zip(WEIGHT_NAMES, weights.arrays())}
+    """One .npz holding the weights (ModelWeights.named_arrays, any architecture), optionally the
+    optimizer's variables, and a JSON meta recording the architecture; atomic (`root`: the run
+    folder, which no link on the way may lead out of)."""
+    weights = as_model_weights(weights)
+    arrays = {f"weights/{name}": np.asarray(a) for name, a in weights.named_arrays().items()}
     for i, a in enumerate(optimizer_state or []):
         arrays[f"optimizer/{i:04d}"] = np.asarray(a)
+    meta = {**meta, "architecture": weights.architecture().to_json()}
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue(), root)
 
 
+def as_model_weights(weights) -> ModelWeights:
+    """ModelWeights as they are; model.py's single-GRU GRUWeights (the form older callers hold) as
+    the ModelWeights of gru x1."""
+    if isinstance(weights, ModelWeights):
+        return weights
+    if isinstance(weights, GRUWeights):
+        return ModelWeights.from_gru_weights(weights)
+    raise TypeError(f"save_checkpoint: weights must be ModelWeights, not {type(weights).__name__}")
+
+
 @dataclass
 class Checkpoint:
-    weights: GRUWeights
+    weights: ModelWeights
     meta: dict
     optimizer_state: list[np.ndarray] = field(default_factory=list)
 
@@ -53,8 +67,8 @@ class Checkpoint:
 def read_checkpoint(path) -> Checkpoint:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            weights = GRUWeights(*(npz[f"weights/{n}"] for n in WEIGHT_NAMES))
             meta = json.loads(str(npz["meta"]))
+            arrays = {k[len("weights/"):]: npz[k] for k in npz.files if k.startswith("weights/")}
             optimizer = [npz[k] for k in sorted(k for k in npz.files if k.startswith("optimizer/"))]
     except FileNotFoundError:
         raise ModelError(f"checkpoint not found: {path}") from None
@@ -62,7 +76,28 @@ def read_checkpoint(path) -> Checkpoint:
         # numpy's own words would advise allow_pickle=True: loading pickles runs code from the file.
         reason = "it holds Python objects, not arrays" if "allow_pickle" in str(e) else str(e)
         raise ModelError(f"checkpoint {path} is corrupt or not a charrnn-export checkpoint ({reason})") from None
-    return Checkpoint(weights.check(str(path)), check_meta(meta, path), optimizer)
+    meta = check_meta(meta, path)
+    return Checkpoint(checkpoint_weights(arrays, meta, str(path)), meta, optimizer)
+
+
+def checkpoint_weights(arrays: dict[str, np.ndarray], meta: dict, source: str) -> ModelWeights:
+    """A run checkpoint's weights: named by ModelWeights.named_arrays with the architecture in the
+    meta, or (a checkpoint from before architectures) the six arrays of one GRU, read as gru x1."""
+    if "architecture" in meta:
+        architecture = Architecture.from_json(meta["architecture"], f"checkpoint {source}")
+        return ModelWeights.from_named_arrays(architecture, arrays, f"checkpoint {source}")
+    missing = [name for name in WEIGHT_NAMES if name not in arrays]
+    if missing:
+        raise ModelError(f"checkpoint {source} is corrupt or not a charrnn-export checkpoint "
+                         f"(no weight {missing[0]!r} and no architecture in its meta)")
+    old = dict(zip(WEIGHT_NAMES, (arrays[name] for name in WEIGHT_NAMES)))
+    spec_options = get_kind("gru").options_from_bias(int(old["recurrent_kernel"].shape[0]), tuple(old["bias"].shape))
+    units = int(old["recurrent_kernel"].shape[0]) if old["recurrent_kernel"].ndim == 2 else 0
+    if spec_options is None or units < 1:
+        raise ModelError(f"checkpoint {source}: its GRU's bias has shape {tuple(old['bias'].shape)} and recurrent "
+                         f"kernel {tuple(old['recurrent_kernel'].shape)}, which fit no GRU")
+    layer = LayerWeights(LayerSpec("gru", units, spec_options), old["kernel"], old["recurrent_kernel"], old["bias"])
+    return ModelWeights(old["embedding"], (layer,), old["dense_kernel"], old["dense_bias"]).check(source)
 
 
 def check_meta(meta, path) -> dict:

@@ -8,6 +8,10 @@
                                         LSTM 2 * units, h then c)
         .to_json() / from_json(...)     the form config.json and the ONNX metadata hold
         .describe()                     "gru(512) x1", "lstm(256) -> gru(256)"
+        from_config(config)             an exported model's config (or a run's): its "architecture",
+                                        or, for an old export without one, gru(rnn_units) x1
+    state_size_of(config) -> int        the packed state's width from such a config: the one
+                                        function every reader of the state width uses
 
 Constructing a LayerSpec checks it (ConfigError: an option was given wrong); from_json checks
 every type and key of what it reads (ModelError naming the field: a file was written wrong).
@@ -160,6 +164,53 @@ class Architecture:
         architecture = cls(data["vocab_size"], data["embedding_dim"], tuple(layers))
         check_layout(architecture, data, entries, source)
         return architecture
+
+    @classmethod
+    def from_config(cls, config, source: str = "config") -> "Architecture":
+        """The architecture an exported model's config (or a run's config.json) describes: its
+        "architecture" entry, or, for an export older than architectures (vocab_size, embedding_dim,
+        rnn_units only), a single GRU of rnn_units, reset_after as recorded (Keras' default True)."""
+        if not isinstance(config, dict):
+            raise ModelError(f"{source}: the config must be a JSON object, not {type(config).__name__}")
+        if "architecture" in config:
+            architecture = cls.from_json(config["architecture"], source)
+        else:
+            reset_after = config.get("reset_after", True)
+            if type(reset_after) is not bool:
+                raise ModelError(f"{source}: reset_after must be true or false, not {reset_after!r}")
+            for name in ("vocab_size", "embedding_dim", "rnn_units"):
+                value = config.get(name)
+                if type(value) is not int or value < 1:
+                    raise ModelError(f"{source}: {name} must be a positive integer, not {value!r}")
+            architecture = cls(config["vocab_size"], config["embedding_dim"],
+                               (LayerSpec("gru", config["rnn_units"], {"reset_after": reset_after}),))
+        for name in ("vocab_size", "embedding_dim"):
+            if name in config and config[name] != getattr(architecture, name):
+                raise ModelError(f"{source}: {name} is {config[name]!r} but its architecture says "
+                                 f"{getattr(architecture, name)}")
+        if "rnn_units" in config and len(architecture.layers) == 1 and config["rnn_units"] != architecture.layers[0].units:
+            raise ModelError(f"{source}: rnn_units is {config['rnn_units']!r} but its architecture says "
+                             f"{architecture.describe()}")
+        state_size_of(config, source, architecture)
+        return architecture
+
+
+def state_size_of(config, source: str = "config", architecture: "Architecture | None" = None) -> int:
+    """The packed state's width S from a model's config: "state_size", else (an export older than
+    architectures, one GRU) "rnn_units". Checked against `architecture` (or the config's own
+    "architecture") when there is one: a reader may trust the number it returns."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{source}: the config must be a JSON object, not {type(config).__name__}")
+    name = "state_size" if "state_size" in config else "rnn_units"
+    value = config.get(name)
+    if type(value) is not int or value < 1:
+        raise ModelError(f"{source}: {name} must be a positive integer, not {value!r}")
+    if architecture is None and "architecture" in config:
+        architecture = Architecture.from_json(config["architecture"], source)
+    if architecture is not None and value != architecture.state_size:
+        raise ModelError(f"{source}: {name} is {value} but its architecture "
+                         f"({architecture.describe()}) has a state {architecture.state_size} wide")
+    return value
 
 
 def layer_from_json(entry, where: str) -> LayerSpec:
