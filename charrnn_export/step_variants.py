@@ -1,81 +1,106 @@
 """Other graphs for the same step, built from an exported flat step model's weights, for GPUs.
 
-    native_gru_step(flat_model) -> a step model that uses the ONNX `GRU` op (cuDNN on CUDA)
-    float16_step(model)         -> the same graph with fp16 weights and math, fp32 in and out
+    flat_constants(flat_model) -> (Architecture, {name: array})   the flat step's weights, by name
+    native_step(flat_model)    -> the step with one native ONNX op per layer (GRU, LSTM, RNN: cuDNN
+                                  on CUDA), for any architecture the model's metadata describes
+    float16_step(model)        -> the same graph with fp16 weights and math, fp32 in and out
+    flat_weights(flat_model)   -> a single GRU's five arrays under their old names (litert_step.py
+                                  and benchmarks/peer_models.py read a single-GRU export this way)
 
-The flat cell (export.py) is fastest on a CPU; on onnxruntime's CUDA provider the native GRU op
-runs cuDNN's fused kernel and, with a CUDA graph, beats it (benchmarks/gpu_engine.py measures
-both). Both keep the step contract (token, state -> logits, state_out) and the metadata, so
+The flat cell (export.py) is fastest on a CPU; on onnxruntime's CUDA provider the native ops run
+cuDNN's fused kernels and, with a CUDA graph, beat it (benchmarks/gpu_engine.py measures both).
+Both keep the step contract (token, state -> logits, state_out) and the metadata, so
 decode.add_sampling and every runtime take them as they take the flat model.
 
-The flat model stores a folded input table [vocab, 3*units] (embedding times input kernel plus
-bias), not the embedding; the GRU op's input is therefore the token's one-hot row (a Gather from an identity matrix) and its input
-weights W the table itself: one-hot @ table picks the row exactly (1 * x + 0 * ... is exact).
-Keras' GRU (reset_after=True, gates z, r, h) is the ONNX GRU with linear_before_reset=1 and the
-same gate order. Needs the `onnx` package.
+The architecture comes from the model's metadata (config["architecture"]; an export older than
+it is one GRU of rnn_units), and each layer's constants from the initializers the exporter named
+after cells.tf_step.step_constants: "input_table" (the embedding folded into the first layer's
+input projection), "layer{i}_<name>", "dense_kernel", "dense_bias". cells/onnx_step.py turns them
+into the graph; this module knows no gate count. Needs the `onnx` package.
 """
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from . import contract
+from .cells import Architecture, LayerSpec, LayerWeights
 from .errors import ModelError
 
-WEIGHTS = ("input_table", "recurrent_kernel", "recurrent_bias", "dense_kernel", "dense_bias")
+# An export written before the architecture was recorded names its single GRU's arrays without
+# the layer prefix.
+LEGACY_NAMES = {"layer0_recurrent_kernel": "recurrent_kernel", "layer0_recurrent_bias": "recurrent_bias"}
+GRU_WEIGHTS = ("input_table", "recurrent_kernel", "recurrent_bias", "dense_kernel", "dense_bias")
 
 
-def flat_weights(model) -> dict[str, np.ndarray]:
+def model_config(model) -> dict:
+    """The config an exported model carries in its metadata ({} when it has none)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    try:
+        config = json.loads(meta.get(contract.META_CONFIG, "{}"))
+    except ValueError as e:
+        raise ModelError(f"the step model's config metadata is not JSON ({e}); export it again") from None
+    if not isinstance(config, dict):
+        raise ModelError("the step model's config metadata is not an object; export it again")
+    return config
+
+
+def constant_names(architecture: Architecture) -> list[str]:
+    """The names of the flat step's constants for this architecture, in step_constants' order.
+    Each kind says which arrays its step reads (step_arrays over zero weights of its shapes)."""
+    names, input_dim = ["input_table"], architecture.embedding_dim
+    for i, spec in enumerate(architecture.layers):
+        shapes = spec.cell.weight_shapes(spec, input_dim)
+        zeros = LayerWeights(spec, *(np.zeros(shapes[n], np.float32) for n in ("kernel", "recurrent_kernel", "bias")))
+        for name in spec.cell.step_arrays(spec, zeros):
+            if i > 0 or name not in ("kernel", "input_bias"):  # layer 0's are folded into input_table
+                names.append(f"layer{i}_{name}")
+        input_dim = spec.units
+    return names + ["dense_kernel", "dense_bias"]
+
+
+def flat_constants(flat_model) -> tuple[Architecture, dict[str, np.ndarray]]:
+    """The architecture (from the metadata) and the flat step's constants (by name) of an fp32
+    flat step model from `to-onnx`; ModelError naming what is missing."""
     from onnx import numpy_helper
 
-    found = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in WEIGHTS}
-    missing = sorted(set(WEIGHTS) - set(found))
+    architecture = Architecture.from_config(model_config(flat_model))
+    found = {init.name: init for init in flat_model.graph.initializer}
+    constants, missing = {}, []
+    for name in constant_names(architecture):
+        init = found.get(name) or found.get(LEGACY_NAMES.get(name, ""))
+        if init is None:
+            missing.append(name)
+        else:
+            constants[name] = numpy_helper.to_array(init)
     if missing:
-        raise ModelError(f"not an fp32 flat step model from `to-onnx` (missing weights {', '.join(missing)})")
-    return found
+        raise ModelError(f"not an fp32 flat step model of {architecture.describe()} from `to-onnx` "
+                         f"(missing weights {', '.join(missing)}); pass the export's model.onnx")
+    return architecture, constants
 
 
-def native_gru_step(flat_model):
-    """The flat step model's weights in a graph built around the ONNX GRU op."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+def flat_weights(flat_model) -> dict[str, np.ndarray]:
+    """A single GRU (reset_after=True) export's arrays under GRU_WEIGHTS' names."""
+    architecture, constants = flat_constants(flat_model)
+    if architecture.layers != (LayerSpec("gru", architecture.output_units),):
+        raise ModelError(f"a {architecture.describe()} model is not a single GRU with reset_after=True")
+    return {LEGACY_NAMES.get(name, name): array for name, array in constants.items()}
 
-    w = flat_weights(flat_model)
-    vocab_size, gates = w["input_table"].shape  # (vocab, 3 * units)
-    units = gates // 3
-    arrays = {
-        "gru_W": w["input_table"].T[None].astype(np.float32),  # (1, 3u, vocab): one-hot in
-        "gru_R": w["recurrent_kernel"].T[None].astype(np.float32),  # (1, 3u, u)
-        # B = [Wb, Rb]: the input bias is already folded into the table, so Wb is zero.
-        "gru_B": np.concatenate([np.zeros(gates, np.float32), w["recurrent_bias"]])[None].astype(np.float32),
-        "dense_kernel": w["dense_kernel"], "dense_bias": w["dense_bias"],
-        "identity": np.eye(vocab_size, dtype=np.float32),  # row t is token t's one-hot vector
-        "axis0": np.array([0], np.int64),
-    }
-    nodes = [
-        helper.make_node("Gather", ["identity", contract.TOKEN], ["onehot"]),  # Gather: every EP and dtype
-        helper.make_node("Unsqueeze", ["onehot", "axis0"], ["x"]),  # (1, batch, vocab): one time step
-        helper.make_node("Unsqueeze", [contract.STATE, "axis0"], ["h0"]),  # (1, batch, units)
-        helper.make_node("GRU", ["x", "gru_W", "gru_R", "gru_B", "", "h0"], ["", "h1"], hidden_size=units,
-                         linear_before_reset=1),
-        helper.make_node("Squeeze", ["h1", "axis0"], [contract.STATE_OUT]),
-        helper.make_node("MatMul", [contract.STATE_OUT, "dense_kernel"], ["dense"]),
-        helper.make_node("Add", ["dense", "dense_bias"], [contract.LOGITS]),
-    ]
-    batch = "batch"
-    graph = helper.make_graph(
-        nodes, "charrnn_native_gru_step",
-        [helper.make_tensor_value_info(contract.TOKEN, TensorProto.INT32, [batch]),
-         helper.make_tensor_value_info(contract.STATE, TensorProto.FLOAT, [batch, units])],
-        [helper.make_tensor_value_info(contract.LOGITS, TensorProto.FLOAT, [batch, vocab_size]),
-         helper.make_tensor_value_info(contract.STATE_OUT, TensorProto.FLOAT, [batch, units])],
-        [numpy_helper.from_array(np.ascontiguousarray(a), name) for name, a in arrays.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = flat_model.ir_version
-    _copy_metadata(flat_model, model, "native-gru")
-    onnx.checker.check_model(model)
+
+def native_step(flat_model):
+    """The flat step model's weights in a graph of native ONNX recurrent ops, one per layer."""
+    from .cells.onnx_step import native_step_model
+
+    architecture, constants = flat_constants(flat_model)
+    model = native_step_model(architecture, constants)
+    _copy_metadata(flat_model, model, "native")
     return model
+
+
+# The name the GPU benchmarks import (the graph was a single GRU op before there were others).
+native_gru_step = native_step
 
 
 def float16_step(model):
@@ -93,13 +118,10 @@ def float16_step(model):
         for attr in node.attribute:  # Constant nodes and OneHot-style value attributes
             if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == TensorProto.FLOAT:
                 attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
-    rename = {contract.STATE: "state_fp16"}
+    outputs = {contract.STATE_OUT: "state_out_fp16", contract.LOGITS: "logits_fp16"}
     for node in graph.node:
-        node.input[:] = [rename.get(n, n) for n in node.input]
-        node.output[:] = [{contract.STATE_OUT: "state_out_fp16", contract.LOGITS: "logits_fp16"}.get(n, n)
-                          for n in node.output]
-        node.input[:] = [{contract.STATE_OUT: "state_out_fp16", contract.LOGITS: "logits_fp16"}.get(n, n)
-                         for n in node.input]
+        node.input[:] = [{contract.STATE: "state_fp16", **outputs}.get(n, n) for n in node.input]
+        node.output[:] = [outputs.get(n, n) for n in node.output]
     graph.node.insert(0, helper.make_node("Cast", [contract.STATE], ["state_fp16"], to=TensorProto.FLOAT16))
     graph.node.append(helper.make_node("Cast", ["state_out_fp16"], [contract.STATE_OUT], to=TensorProto.FLOAT))
     graph.node.append(helper.make_node("Cast", ["logits_fp16"], [contract.LOGITS], to=TensorProto.FLOAT))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..cells.architecture import state_size_of
 from ..decode import CONTROL_COLUMNS
 from ..errors import ModelError
 from ..sampling import Settings
@@ -86,7 +87,7 @@ class OnnxDecoder:
         if not is_decode_model(self.session):
             raise ModelError(f"{path} is not a charrnn-export decode model; write one with `charrnn-export to-onnx`")
         self.vocab, self.config = read_metadata(self.session, path)
-        self.state = np.zeros((capacity, int(self.config["rnn_units"])), np.float32)
+        self.state = np.zeros((capacity, state_size_of(self.config)), np.float32)
         self.name = f"onnx decode model ({self.path.name}, {device})"
         self._one = None  # decode_one's inputs, kept while the settings stay the same
 
@@ -156,7 +157,7 @@ class BlockDecoder:
         if plain_decode_model is not None:
             self.variants["plain"] = block_model(plain_decode_model, steps).SerializeToString()
         self.vocab, self.config = parse_metadata({p.key: p.value for p in decode_model.metadata_props}, self.path)
-        self.units = int(self.config["rnn_units"])
+        self.state_size = state_size_of(self.config)
         self.graph_error = None
         graphs = cuda_graph and device == "cuda"
         try:
@@ -173,24 +174,25 @@ class BlockDecoder:
     @classmethod
     def for_gpu(cls, step_path, capacity: int, steps: int = 16, precision: str = "fp16", device: str = "cuda",
                 cuda_graph: bool = True) -> "BlockDecoder":
-        """The native ONNX GRU op (cuDNN) in fp16 or fp32, with sampling, from a flat fp32 step
-        model (model.onnx): on an H200 the fastest graph (benchmarks/gpu_engine.py)."""
+        """The native ONNX recurrent ops (cuDNN; one per layer) in fp16 or fp32, with sampling,
+        from a flat fp32 step model (model.onnx) of any architecture: on an H200 the fastest graph
+        (benchmarks/gpu_engine.py)."""
         import onnx
 
         from ..decode import decode_model_for
-        from ..step_variants import float16_step, native_gru_step
+        from ..step_variants import float16_step, native_step
 
-        step = native_gru_step(onnx.load(str(step_path)))
+        step = native_step(onnx.load(str(step_path)))
         if precision == "fp16":
             step = float16_step(step)
         return cls(step_path, capacity, steps, device, cuda_graph=cuda_graph, decode_model=decode_model_for(step),
                    plain_decode_model=decode_model_for(step, cuts=False),
-                   label=f"native GRU {precision} from {Path(step_path).name}")
+                   label=f"native ops {precision} from {Path(step_path).name}")
 
     def _open(self, threads, graphs: bool) -> None:
         sessions = {name: load_session(data, threads, self.device, cuda_graph=graphs)
                     for name, data in self.variants.items()}
-        self.buffers = _Buffers(sessions, self.capacity, self.units, self.steps, self.device, graphs)
+        self.buffers = _Buffers(sessions, self.capacity, self.state_size, self.steps, self.device, graphs)
         self.buffers.warm_up()
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
@@ -203,7 +205,7 @@ class _Buffers:
     """Fixed device buffers per bucket; state and fed-back ids ping-ponged between two sets, which
     every variant's bindings share (a call may use either variant)."""
 
-    def __init__(self, sessions: dict, capacity: int, units: int, steps: int, device: str, graphs: bool):
+    def __init__(self, sessions: dict, capacity: int, state_size: int, steps: int, device: str, graphs: bool):
         import onnxruntime as ort
 
         from ..decode import CONTROL, LAST_TOKEN, TOKENS
@@ -211,7 +213,7 @@ class _Buffers:
         self.sessions, self.sizes, self.steps = sessions, buckets(capacity), steps
         on_device = lambda array: ort.OrtValue.ortvalue_from_numpy(array, device, 0)  # noqa: E731
         # Kept on self: the bindings hold raw addresses into these buffers, not references.
-        self.state = state = [on_device(np.zeros((capacity, units), np.float32)) for _ in range(2)]  # A, B
+        self.state = state = [on_device(np.zeros((capacity, state_size), np.float32)) for _ in range(2)]  # A, B
         self.token = token = [on_device(np.zeros(capacity, np.int32)) for _ in range(2)]
         self.control, self.tokens, self.bindings, self.options = {}, {}, {}, {}
         self.current = 0  # which set holds the live state and ids
@@ -224,10 +226,10 @@ class _Buffers:
                 for direction in (0, 1):
                     b = session.io_binding()
                     b.bind_ortvalue_input(CONTROL, self.control[size])
-                    _bind_rows(b.bind_input, contract.STATE, state[direction], device, np.float32, [size, units])
+                    _bind_rows(b.bind_input, contract.STATE, state[direction], device, np.float32, [size, state_size])
                     _bind_rows(b.bind_input, contract.TOKEN, token[direction], device, np.int32, [size])
                     _bind_rows(b.bind_output, contract.STATE_OUT, state[1 - direction], device, np.float32,
-                               [size, units])
+                               [size, state_size])
                     _bind_rows(b.bind_output, LAST_TOKEN, token[1 - direction], device, np.int32, [size])
                     b.bind_ortvalue_output(TOKENS, self.tokens[size])
                     graph_id += 1
