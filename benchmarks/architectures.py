@@ -112,6 +112,22 @@ def units_for(kind: str, layers: int, target: int, vocab_size: int, embedding_di
 # ---------------------------------------------------------------- one architecture
 
 
+def epochs_for(config: ArchitecturesBenchConfig, data: str) -> int:
+    """Enough epochs for --steps steps (train() stops at max_steps; its schedule follows epochs)."""
+    from math import ceil
+
+    from charrnn_export import data as data_mod
+    from charrnn_export.vocab import Vocab
+
+    text = data_mod.load_text(data)[0]
+    train_ids, _ = data_mod.split_train_val(Vocab.from_text(text).encode(text), config.val_fraction)
+    per_epoch = data_mod.steps_in_epoch(train_ids, config.seq_length, config.batch_size, config.seed, 0)
+    if per_epoch < 1:
+        raise ConfigError(f"{data} is too short for one batch of {config.batch_size} x {config.seq_length} "
+                          "characters; pass a longer --data")
+    return ceil(config.steps / per_epoch) + 1  # + 1: a later epoch may hold a step fewer
+
+
 def train_one(config: ArchitecturesBenchConfig, kind: str, layers: int, units: int, data: str, run_dir: Path) -> dict:
     from charrnn_export.run_dir import RunDir
     from charrnn_export.train import TrainConfig, train
@@ -119,7 +135,7 @@ def train_one(config: ArchitecturesBenchConfig, kind: str, layers: int, units: i
     train_config = TrainConfig(
         data=data, cell=kind, layers=layers, rnn_units=units, embedding_dim=config.embedding_dim,
         seq_length=config.seq_length, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        max_steps=config.steps, epochs=10**6, val_fraction=config.val_fraction, seed=config.seed)
+        max_steps=config.steps, epochs=epochs_for(config, data), val_fraction=config.val_fraction, seed=config.seed)
     started = time.perf_counter()
     result = train(train_config, run_dir)
     rows = RunDir(run_dir).read_metrics()
@@ -127,7 +143,8 @@ def train_one(config: ArchitecturesBenchConfig, kind: str, layers: int, units: i
     chars = sum(row["chars_per_sec"] * row["epoch_time"] for row in rows)
     return {"val_loss": result["best_val_loss"], "last_val_loss": rows[-1]["val_loss"] if rows else None,
             "train_loss": rows[-1]["train_loss"] if rows else None, "steps": rows[-1]["global_step"] if rows else 0,
-            "chars_per_s": chars / seconds if seconds else None, "wall_seconds": round(time.perf_counter() - started, 1)}
+            "chars_per_s": chars / seconds if seconds else None,
+            "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
 def export_one(run_dir: Path, export_dir: Path) -> dict:
@@ -169,7 +186,8 @@ def run_architectures_bench(config: ArchitecturesBenchConfig) -> dict:
             kind, layers = ARCHITECTURES[name]
             units = units_for(kind, layers, config.params, vocab_size, config.embedding_dim)
             arch = architecture_of(kind, layers, units, vocab_size, config.embedding_dim)
-            repo.log(f"{name}: {arch.describe()}, {parameter_count(arch):,} parameters; training {config.steps} steps ...")
+            repo.log(f"{name}: {arch.describe()}, {parameter_count(arch):,} parameters; "
+                     f"training {config.steps} steps ...")
             row = {"name": name, "architecture": arch.describe(), "cell": kind, "layers": layers, "units": units,
                    "parameters": parameter_count(arch), "state_size": arch.state_size}
             row["training"] = train_one(config, kind, layers, units, data, scratch / name / "run")
