@@ -2,11 +2,12 @@
 
     atomic_write_bytes(path, data) / atomic_write_text(path, text)
         readers see the old file or the whole new one; OSError becomes WriteError (one line)
-    Manifest.read(folder) / Manifest.create(folder, kind) / manifest.add(*names) / manifest.remove_all()
-        `.charrnn-export.json` in a run or export folder: every file and folder the project wrote
-        there. `--force` removes exactly those, never anything else (a user's notes beside them,
-        a home directory passed as --out).
+    Manifest.read(folder, name=MANIFEST) / Manifest.create(folder, kind) / manifest.add(*names) / manifest.remove_all()
+        `.charrnn-export.json` in a run or export folder (`.charrnn-export-site.json` in a to-web
+        site): every file and folder the project wrote there. `--force` removes exactly those,
+        never anything else (a user's notes beside them, a home directory passed as --out).
     foreign_entries(folder, manifest)   what in a folder the project did not write
+    check_no_foreign(folder, manifest, what, advice)   the one refusal of a folder holding such files
     FolderLock(folder).acquire()        fcntl.flock on `.charrnn-export.lock`, held while a run or
         export writes; the kernel drops it when the process dies, so a killed run never blocks
         its own --resume. A second writer gets FolderInUse naming the holder's pid.
@@ -41,6 +42,9 @@ from pathlib import Path, PurePosixPath
 from .errors import ConfigError, FolderInUse, LinkOutside, WriteError
 
 MANIFEST = ".charrnn-export.json"
+SITE_MANIFEST = ".charrnn-export-site.json"  # a to-web site's (kept apart from run/export manifests)
+LITERT_MANIFEST = ".charrnn-export-litert.json"  # a to-tflite folder's
+MANIFEST_KINDS = {MANIFEST: ("run", "export"), SITE_MANIFEST: ("site",), LITERT_MANIFEST: ("litert",)}
 LOCK = ".charrnn-export.lock"
 OWN_NAMES = frozenset({MANIFEST, LOCK})  # never "foreign", whatever the manifest says
 STAGING_PREFIX = ".charrnn-export-staging-"  # an export is built in FOLDER/.charrnn-export-staging-XXXX/
@@ -218,34 +222,35 @@ class Manifest:
     leaves a name without a file (harmless) rather than a file the project cannot claim.
     """
 
-    def __init__(self, folder: Path, kind: str, files=(), dirs=()):
+    def __init__(self, folder: Path, kind: str, files=(), dirs=(), name: str = MANIFEST):
         self.folder = Path(folder)
-        self.kind = kind  # "run" or "export"
+        self.kind = kind  # "run" or "export" (MANIFEST), "site" (SITE_MANIFEST)
         self.files = set(files)
         self.dirs = set(dirs)
+        self.name = name
 
     @property
     def path(self) -> Path:
-        return self.folder / MANIFEST
+        return self.folder / self.name
 
     @classmethod
-    def read(cls, folder: str | os.PathLike) -> "Manifest | None":
-        """The folder's manifest; None when it has none. A damaged one is an error: what the
-        project wrote there is then unknown, so nothing may be removed."""
-        path = Path(folder) / MANIFEST
+    def read(cls, folder: str | os.PathLike, name: str = MANIFEST) -> "Manifest | None":
+        """The folder's manifest `name`; None when it has none. A damaged one is an error: what
+        the project wrote there is then unknown, so nothing may be removed."""
+        path = Path(folder) / name
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            if raw.get("tool") != TOOL or raw.get("kind") not in ("run", "export"):
+            if not isinstance(raw, dict) or raw.get("tool") != TOOL or raw.get("kind") not in MANIFEST_KINDS[name]:
                 raise ValueError("not a charrnn-export manifest")
             files, dirs = (list(map(str, raw.get(k, []))) for k in ("files", "dirs"))
-            for name in files + dirs:
-                check_relative(name)
+            for entry in files + dirs:
+                check_relative(entry)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path} is damaged ({e}); what charrnn-export wrote in {Path(folder)} is unknown, "
                               "so nothing there will be replaced: choose another output folder") from None
-        return cls(Path(folder), raw["kind"], files, dirs)
+        return cls(Path(folder), raw["kind"], files, dirs, name)
 
     @classmethod
     def create(cls, folder: str | os.PathLike, kind: str) -> "Manifest":
@@ -267,7 +272,7 @@ class Manifest:
             self.save()
 
     def owns(self, name: str) -> bool:
-        return name in OWN_NAMES or name in self.files or name in self.dirs
+        return name in OWN_NAMES or name == self.name or name in self.files or name in self.dirs
 
     def remove_all(self) -> None:
         """remove_files(), then the manifest itself."""
@@ -311,10 +316,19 @@ def foreign_entries(folder: str | os.PathLike, manifest: "Manifest | None") -> l
         return []
     owned_tops = set()
     if manifest is not None:
-        owned_tops = {PurePosixPath(n).parts[0] for n in manifest.files | manifest.dirs}
+        owned_tops = {PurePosixPath(n).parts[0] for n in manifest.files | manifest.dirs} | {manifest.name}
     return sorted(p.name for p in folder.iterdir()
                   if p.name not in OWN_NAMES and p.name not in owned_tops and not is_partial_write(p.name)
                   and not p.name.startswith(STAGING_PREFIX))
+
+
+def check_no_foreign(folder: str | os.PathLike, manifest: "Manifest | None", what: str, advice: str) -> None:
+    """ConfigError, one line naming the first few, when `folder` holds what the project did not
+    write (foreign_entries): `what` names the folder as its user gave it, `advice` what to do."""
+    foreign = foreign_entries(folder, manifest)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise ConfigError(f"{what} holds files {TOOL} did not write ({shown}); {advice}")
 
 
 def tree_entries(root: Path) -> tuple[set[str], set[str]]:

@@ -34,15 +34,13 @@ from pathlib import Path
 from .. import contract
 from ..errors import ConfigError, ModelError
 from ..errors import WriteError
-from ..files import (STAGING_PREFIX, FolderLock, atomic_write_bytes, atomic_write_text, check_no_link_out,
-                     check_relative, inside, is_partial_write, make_dirs, remove_dirs, staging_dir, write_error)
+from ..files import (SITE_MANIFEST, FolderLock, Manifest, atomic_write_bytes, check_no_foreign,
+                     check_no_link_out, inside, make_dirs, remove_dirs, staging_dir, write_error)
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = ("index.html", "style.css", "app.js", "charrnn.js", "worker.js", "sampling.js", "onnx-metadata.js")
 SITE_CONFIG = "site-config.js"
 VOCAB = "vocab.json"
-SITE_MANIFEST = ".charrnn-export-site.json"  # what to-web wrote here (kept apart from run/export manifests)
-LOCK = ".charrnn-export.lock"  # files.FolderLock's, held while building
 
 ORT_VERSION = "1.30.0"
 ORT_CDN = f"https://cdn.jsdelivr.net/npm/onnxruntime-web@{ORT_VERSION}/dist/"
@@ -63,9 +61,7 @@ def resolve_model(model: str | None) -> tuple[Path, object]:
     from ..generate import resolve_model_path
     from ..runtimes.onnx import OnnxRuntime
 
-    path = Path(resolve_model_path(model, "onnx"))
-    if path.is_dir():
-        path = path / "model.onnx"  # an export directory
+    path = contract.step_model_path(resolve_model_path(model, "onnx"))  # an export directory: its model.onnx
     if not path.is_file():
         raise ModelError(f"--model {model}: no such model file ({path}); give 'fp32', 'int8', an exported "
                          ".onnx file or an export directory")
@@ -90,24 +86,9 @@ def read_ort_web(folder: str) -> dict[str, bytes]:
     return files
 
 
-def read_manifest(out: Path) -> set[str] | None:
-    """The files an earlier to-web wrote in `out`; None when it wrote none there."""
-    path = out / SITE_MANIFEST
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        if record.get("tool") != "charrnn-export" or record.get("kind") != "site":
-            raise ValueError("not a to-web manifest")
-        return {check_relative(str(name)) for name in record["files"]}
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-        raise ConfigError(f"{path} is damaged ({e}); what to-web wrote in {out} is unknown, so nothing there "
-                          "will be replaced: choose another --out") from None
-
-
 def write_manifest(out: Path, files: set[str]) -> None:
-    record = {"tool": "charrnn-export", "kind": "site", "ort_web": ORT_VERSION, "files": sorted(files)}
-    atomic_write_text(out / SITE_MANIFEST, json.dumps(record, indent=1) + "\n", out)
+    """SITE_MANIFEST: the files this site is made of (files.Manifest, as a run's or an export's)."""
+    Manifest(out, "site", files, name=SITE_MANIFEST).save()
 
 
 def check_out(out: Path) -> set[str]:
@@ -116,15 +97,9 @@ def check_out(out: Path) -> set[str]:
         raise ConfigError(f"--out {out} is a file; give a folder (new, empty, or an earlier to-web site)")
     if not out.exists():
         return set()
-    earlier = read_manifest(out) or set()
-    tops = {Path(name).parts[0] for name in earlier} | {SITE_MANIFEST, LOCK}
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in tops and not is_partial_write(p.name)
-                     and not p.name.startswith(STAGING_PREFIX))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise ConfigError(f"--out {out} holds files that to-web did not write ({shown}); it never overwrites "
-                          "them: choose a new or empty folder")
-    return earlier
+    manifest = Manifest.read(out, SITE_MANIFEST)
+    check_no_foreign(out, manifest, f"--out {out}", "to-web never overwrites them: choose a new or empty folder")
+    return manifest.files if manifest is not None else set()
 
 
 def site_config(model_name: str, local_ort: bool) -> str:
