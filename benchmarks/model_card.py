@@ -220,8 +220,10 @@ def shipped_state_size() -> int:
 
 def refresh(card_path: Path) -> None:
     from charrnn_export.decode import write_decode_models
+    from charrnn_export.parity import check_decode_models
 
-    report = write_decode_models(ARTIFACTS)
+    write_decode_models(ARTIFACTS)
+    report = check_decode_models(ARTIFACTS)
     text = card_path.read_text(encoding="utf-8")
     text = replace_section(text, "## Decode models", decode_section(report), "## Samples")
     text = replace_section(text, "## Samples", sample_section(ARTIFACTS / "model.onnx"), "## Rebuild")

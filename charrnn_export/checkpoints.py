@@ -1,7 +1,9 @@
 """Checkpoints of every kind, and the vocabulary that goes with one.
 
-    save_checkpoint / read_checkpoint   this project's .npz checkpoints (weights + optimizer + meta)
-    load_any_checkpoint(path)           a run directory, a tutorial TF checkpoint, or a .weights.h5
+    save_checkpoint / read_checkpoint   this project's .npz checkpoints (ModelWeights of any
+                                        architecture + optimizer + meta with the architecture)
+    load_any_checkpoint(path)           a run directory, a tutorial TF checkpoint, a .weights.h5 or
+                                        .keras -> LoadedWeights(.weights: cells.ModelWeights)
     checkpoint_kind(path)               "run", "keras-h5" or "tutorial-tf", from the path alone
     resolve_vocab(loaded, text, vocab_path) -> (Vocab, where it came from, whether id 0 is [UNK])
 
@@ -24,6 +26,8 @@ import numpy as np
 from .errors import ConfigError, ModelError
 from .files import atomic_write_bytes
 from .cells import Architecture, LayerSpec, LayerWeights, ModelWeights, get_kind
+from .cells.registry import KINDS
+from .cells.variables import weights_from_variables
 from .model import WEIGHT_NAMES, GRUWeights
 from .vocab import Vocab, read_vocab_file, with_unknown_slot
 
@@ -155,16 +159,20 @@ CHECKPOINT_KINDS = (
 
 @dataclass
 class LoadedWeights:
-    weights: GRUWeights
+    weights: ModelWeights
     kind: str  # "run", "tutorial-tf", "keras-h5"
     vocab: Vocab | None
     meta: dict
     source: str
     # How the checkpoint names its layers: "run" (this project), "sequential" (a Sequential model:
-    # the original tutorial's stateful tf_keras model, or build_model's), "subclassed" (the
+    # the original tutorial's stateful tf_keras model, or build_keras_model's), "subclassed" (the
     # current tutorial's MyModel). Only a tf_keras "sequential" TF checkpoint can be loaded back
     # into the original tutorial's model for the parity reference.
     layout: str = "run"
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.weights.architecture()
 
 
 def load_any_checkpoint(path: str | os.PathLike) -> LoadedWeights:
@@ -260,12 +268,13 @@ def tf_checkpoint_prefix(path: Path) -> str | None:
     return None
 
 
-def read_tutorial_checkpoint(prefix: str) -> tuple[GRUWeights, str]:
-    """Weights saved by the tutorial's `model.save_weights(prefix)` (TF checkpoint format), and the layout.
+def read_tutorial_checkpoint(prefix: str) -> tuple[ModelWeights, str]:
+    """Weights saved by the tutorial's `model.save_weights(prefix)` or ModelCheckpoint (TF
+    checkpoint format), and the layout.
 
-    The tutorial's Sequential model stores its layers as layer_with_weights-0/1/2; a subclassed
-    model stores them by attribute (embedding, gru, dense). Layers are found by the shapes of
-    their variables (see assign_layers), so the attribute names do not matter.
+    A Sequential model stores its layers as layer_with_weights-0/1/..., a subclassed one by
+    attribute (embedding, gru, dense). cells/variables.py recognises each recurrent layer's kind
+    by its arrays' shapes and chains the stack by them, so the attribute names do not matter.
     """
     from .tfsetup import import_tensorflow
 
@@ -287,19 +296,20 @@ def read_tutorial_checkpoint(prefix: str) -> tuple[GRUWeights, str]:
         # .index as DataLossError; both mean the same thing to the user.
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"cannot read TF checkpoint {prefix}: it is corrupt or truncated ({first_line[:200]})") from None
-    weights = assign_layers(variables, f"TF checkpoint {prefix}")
+    weights = weights_from_variables(variables, f"TF checkpoint {prefix}")
     layout = "sequential" if any(n.startswith("layer_with_weights-") for n, _ in variables) else "subclassed"
     return weights, layout
 
 
-def read_keras_h5(path: Path) -> tuple[GRUWeights, str]:
+def read_keras_h5(path: Path) -> tuple[ModelWeights, str]:
     """Weights from a Keras `.weights.h5` (or a `.keras` archive holding one), and the layout.
 
     Keras 3 stores each layer's variables as vars/0, vars/1, ... under the layer's path:
     `embedding/vars/0`, `gru/cell/vars/0..2`, `dense/vars/0..1` for the current tutorial's
     subclassed MyModel, the same under `layers/` for a Sequential model, and the optimizer's
     variables under `optimizer/`. tf_keras' legacy .h5 names them instead (`gru/gru/gru_cell/kernel:0`).
-    Either way the layers are found by shape (see assign_layers), never by layer name.
+    Either way cells/variables.py recognises the layers by shape, never by name; a .keras
+    archive's config.json, which names every layer's class in order, is then held against that.
     """
     import h5py
 
@@ -310,9 +320,13 @@ def read_keras_h5(path: Path) -> tuple[GRUWeights, str]:
         if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in ("optimizer", "optimizer_weights"):
             variables.append((name, np.asarray(obj[()])))
 
+    model_config = None
     try:
         if zipfile.is_zipfile(path):  # a .keras archive: config.json + model.weights.h5
             with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                if "config.json" in names:
+                    model_config = json.loads(archive.read("config.json"))
                 source = io.BytesIO(archive.read("model.weights.h5"))
         else:
             source = str(path)
@@ -322,75 +336,79 @@ def read_keras_h5(path: Path) -> tuple[GRUWeights, str]:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"cannot read {path} as Keras weights: it is corrupt, truncated or not a Keras "
                          f"weights file ({first_line[:200]})") from None
+    if model_config is not None:
+        check_keras_config(model_config, path)
     if any(n.startswith("layers/") for n, _ in variables):
         layout = "sequential"  # Keras 3 Sequential
     elif any(":" in n for n, _ in variables):
         layout = "tf_keras-h5"  # tf_keras' legacy format: LAYER/LAYER/kernel:0
     else:
         layout = "subclassed"
-    return assign_layers(variables, str(path)), layout
+    weights = weights_from_variables(variables, str(path))
+    if model_config is not None:
+        check_config_kinds(model_config, weights, path)
+    return weights, layout
 
 
-def variable_order(leaf: str) -> int:
-    """Position of a variable in its layer: Keras 3 numbers them; older formats name them."""
-    leaf = leaf.split(":")[0]
-    if leaf.isdigit():
-        return int(leaf)
-    return {"embeddings": 0, "kernel": 0, "recurrent_kernel": 1, "bias": 9}.get(leaf, 99)
+# Layers a char model may hold beside its weighted ones: they change nothing the step computes
+# at inference (Dropout), or only how the model is fed.
+INERT_LAYERS = {"InputLayer", "Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "ActivityRegularization"}
 
 
-def assign_layers(variables: list[tuple[str, np.ndarray]], source: str) -> GRUWeights:
-    """Map (path, array) pairs to the tutorial's three layers by shape.
+def keras_config_layers(model_config) -> list[dict] | None:
+    """The layer entries of a .keras archive's config.json for a Sequential (or Functional) model,
+    in model order; None for a subclassed model, whose config lists no layers."""
+    config = model_config.get("config") if isinstance(model_config, dict) else None
+    layers = config.get("layers") if isinstance(config, dict) else None
+    if not isinstance(layers, list):
+        return None
+    return [entry for entry in layers if isinstance(entry, dict)]
 
-    Variables are grouped by their parent path (one group per layer, or per GRU cell), ordered
-    within a group as Keras stores them, and each group must be exactly one of: the embedding
-    (one matrix), the GRU cell (kernel, recurrent kernel, bias with a 3*units width), the dense
-    layer (matrix and vector). Any other weighted layer is an error: silently dropping it would
-    export a different model.
-    """
-    groups: dict[str, list[tuple[str, np.ndarray]]] = {}
-    for name, array in variables:
-        parent, _, leaf = name.rpartition("/")
-        if parent.endswith("/vars") or parent == "vars":  # Keras 3: LAYER/vars/N
-            parent = parent[: -len("vars")].rstrip("/")
-        groups.setdefault(parent, []).append((leaf, array))
-    found: dict[str, tuple[str, list[np.ndarray]]] = {}
-    unknown = []
-    for parent, items in sorted(groups.items()):
-        arrays = [a for _, a in sorted(items, key=lambda item: variable_order(item[0]))]
-        if all(a.ndim == 0 for a in arrays):
-            continue  # counters and metric totals
-        ndims = [a.ndim for a in arrays]
-        if ndims == [2]:
-            role = "embedding"
-        elif ndims == [2, 1]:
-            role = "dense"
-        elif len(arrays) == 3 and ndims[:2] == [2, 2] and arrays[0].shape[1] == arrays[1].shape[1]:
-            role = "gru"
-            if arrays[1].shape[1] != 3 * arrays[1].shape[0]:
-                raise ModelError(f"{source}: the recurrent layer at {parent!r} has a recurrent kernel of shape "
-                                 f"{arrays[1].shape}, not (units, 3 * units): it is not a GRU (an LSTM has 4 gates); "
-                                 "only the tutorial's GRU is supported")
-        else:
-            unknown.append(f"{parent or '/'} {[tuple(a.shape) for a in arrays]}")
+
+def check_keras_config(model_config, path: Path) -> None:
+    """Refuse, by name, any layer of a .keras archive the char model's step does not compute."""
+    layers = keras_config_layers(model_config)
+    if layers is None:
+        return
+    recurrent = {kind.keras_class for kind in KINDS.values()}
+    allowed = {"Embedding", "Dense"} | recurrent | INERT_LAYERS
+    for entry in layers:
+        class_name = entry.get("class_name")
+        name = (entry.get("config") or {}).get("name", "?") if isinstance(entry.get("config"), dict) else "?"
+        if class_name not in allowed:
+            inner = ((entry.get("config") or {}).get("layer") or {}).get("class_name") if class_name == "Bidirectional" else None
+            what = f"Bidirectional({inner})" if inner else class_name
+            raise ModelError(f"{path}: its layer {name!r} is a {what}; only Embedding -> GRU/LSTM/SimpleRNN layers "
+                             "(one-directional) -> Dense char models can be exported")
+
+
+def check_config_kinds(model_config, weights: ModelWeights, path: Path) -> None:
+    """The recurrent layers the shapes gave must be the ones config.json names, in its order."""
+    layers = keras_config_layers(model_config)
+    if layers is None:
+        return
+    classes = {kind.keras_class: kind.name for kind in KINDS.values()}
+    named = [(classes[e["class_name"]], (e.get("config") or {}).get("units")) for e in layers
+             if e.get("class_name") in classes]
+    found = [(layer.spec.kind, layer.spec.units) for layer in weights.layers]
+    if named != found:
+        show = lambda pairs: " -> ".join(f"{k}({u})" for k, u in pairs)  # noqa: E731
+        raise ModelError(f"{path}: its config.json names the recurrent layers {show(named)} but its weights are "
+                         f"{show(found)}; the archive is inconsistent: save the model again")
+
+
+def non_finite_arrays(weights: ModelWeights) -> list[str]:
+    """The arrays holding NaN or Inf, as "NaN in layers/0/kernel (3 of 1536 values)"; empty when none."""
+    found = []
+    for name, array in weights.named_arrays().items():
+        array = np.asarray(array)
+        if array.dtype.kind != "f":
             continue
-        if role in found:
-            unknown.append(f"{parent} (a second {role})")
-            continue
-        found[role] = (parent, arrays)
-    missing = [r for r in ("embedding", "gru", "dense") if r not in found]
-    if missing or unknown:
-        seen = ", ".join(f"{p or '/'} {[tuple(a.shape) for a in arrays]}" for p, arrays in found.values())
-        raise ModelError(
-            f"{source} does not hold the tutorial's model (Embedding -> GRU -> Dense): "
-            + (f"no {' or '.join(missing)} layer found" if missing else "")
-            + ("; " if missing and unknown else "")
-            + (f"unexpected weights {'; '.join(unknown)}" if unknown else "")
-            + (f" (recognised: {seen})" if seen else "")
-        )
-    (embedding,), (kernel, recurrent_kernel, bias), (dense_kernel, dense_bias) = (
-        found[r][1] for r in ("embedding", "gru", "dense"))
-    return GRUWeights(embedding, kernel, recurrent_kernel, bias, dense_kernel, dense_bias).check(source)
+        bad = ~np.isfinite(array)
+        if bad.any():
+            kinds = " and ".join(k for k, hit in (("NaN", np.isnan(array).any()), ("Inf", np.isinf(array).any())) if hit)
+            found.append(f"{kinds} in {name} ({int(bad.sum())} of {array.size} values)")
+    return found
 
 
 # ---------------------------------------------------------------- the vocabulary of a checkpoint

@@ -2,9 +2,11 @@
 
     export(checkpoint, out_dir, ...) -> report dict
 
-Read top to bottom, export_locked is the recipe: read_inputs (checkpoint, vocabulary, text;
-no TensorFlow) -> staging_folder -> write_step_models (step_model.py builds the flat step) ->
-check_and_measure (parity.py; int8; decode models; validation loss) -> move_into_place.
+Read top to bottom, export_locked is the recipe: read_inputs (checkpoint of any architecture,
+vocabulary, text; no TensorFlow) -> staging_folder -> build (step_model.py's flat step as
+saved_model/ and model.onnx, the int8 model, the decode models) -> validate (parity.py: every
+parity check at once, one ParityError listing every failure) -> measure (the report, the
+validation loss) -> move_into_place.
 
 out_dir receives model.onnx, saved_model/, vocab.json, export_report.json (and model.int8.onnx),
 and `.charrnn-export.json`, the manifest of those files: `--force` replaces exactly them and
@@ -32,9 +34,9 @@ from .decode import write_decode_models
 from .errors import ConfigError, DataError, ModelError, WriteError
 from .files import (FolderLock, Manifest, atomic_write_text, check_no_link_out, check_writable_dir, foreign_entries,
                     make_dirs, move_tree, remove_dirs, staging_dir, tree_entries, write_error)
-from .checkpoints import LoadedWeights, checkpoint_kind, load_any_checkpoint, resolve_vocab
-from .step_model import (DEFAULT_OPSET, MIN_OPSET, build_step_module, convert_to_onnx, gru_step_arrays,
-                         name_initializers, quantize_int8, save_saved_model, set_metadata)
+from .checkpoints import LoadedWeights, checkpoint_kind, load_any_checkpoint, non_finite_arrays, resolve_vocab
+from .step_model import (DEFAULT_OPSET, MIN_OPSET, build_step_module, convert_to_onnx, name_initializers,
+                         quantize_int8, save_saved_model, set_metadata, step_arrays)
 from .vocab import Vocab
 
 
@@ -84,7 +86,7 @@ class ExportInputs:
     loaded: LoadedWeights
     vocab: Vocab
     vocab_source: str
-    config: dict  # vocab_size, embedding_dim, rnn_units, rnn_type, reset_after (+ unk_id)
+    config: dict  # vocab_size, embedding_dim, architecture, state_size (+ unk_id; see model_config)
     data_sha256: str | None
     val_loss: float | None  # the run's best validation loss, when a run recorded one
     val_text: str | None  # the held-out end of --text, to measure the exported models on
@@ -99,9 +101,12 @@ def export_locked(checkpoint: str, out: Path, earlier: Manifest | None, *, text,
     from .tfsetup import import_tensorflow
 
     import_tensorflow()  # quietly, before tf2onnx, keras or parity import it
+    from .parity import validate
+
     with staging_folder(out) as staging:
-        model_proto = write_step_models(inputs, staging, opset)
-        report = check_and_measure(inputs, staging, model_proto, opset=opset, atol=atol, quantize=quantize, seed=seed)
+        model_proto = build(inputs, staging, opset, quantize)
+        figures = validate(inputs.loaded, inputs.vocab, staging, atol=atol, seed=seed, text=inputs.val_text)
+        report = measure(inputs, staging, model_proto, figures, opset=opset, atol=atol)
         report["seconds"] = round(time.perf_counter() - started, 2)
         atomic_write_text(staging / "export_report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         move_into_place(staging, out, earlier)
@@ -117,7 +122,7 @@ def read_inputs(checkpoint: str, text: str | None, vocab_path: str | None) -> Ex
             "tutorial did) or --vocab vocab.json"
         )
     loaded = load_any_checkpoint(checkpoint)
-    non_finite = loaded.weights.non_finite()
+    non_finite = non_finite_arrays(loaded.weights)
     if non_finite:
         # Said here: parity would only report that every runtime disagrees with every other.
         raise ModelError(f"{loaded.source}: the weights hold {'; '.join(non_finite)}; the checkpoint is damaged or "
@@ -129,7 +134,7 @@ def read_inputs(checkpoint: str, text: str | None, vocab_path: str | None) -> Ex
         raise ConfigError(f"--text {text} is not the text {loaded.source} was trained on (sha256 {text_sha256[:12]}... "
                           f"vs {data_sha256[:12]}...); pass the run's training text or leave --text out")
     vocab, vocab_source, unk = resolve_vocab(loaded, text_str, vocab_path)
-    config = {**loaded.weights.config(), "rnn_type": contract.RNN_TYPE, "reset_after": True}
+    config = loaded.architecture.to_config()
     if unk:
         config["unk_id"] = 0  # never a real character: a sampler should mask it, as the tutorial does
     val_text = None
@@ -160,14 +165,16 @@ def staging_folder(out: Path):
             raise
 
 
-def write_step_models(inputs: ExportInputs, staging: Path, opset: int):
-    """vocab.json, saved_model/ and model.onnx (with its metadata) in `staging`; the ONNX proto."""
+def build(inputs: ExportInputs, staging: Path, opset: int, quantize) -> object:
+    """Every file of the export in `staging`, unchecked: vocab.json, saved_model/, model.onnx with
+    its metadata, model.int8.onnx (with --quantize int8), and the decode model of each step
+    model. Returns the fp32 ONNX proto."""
     weights, vocab = inputs.loaded.weights, inputs.vocab
     vocab.save(staging / "vocab.json")
     module = build_step_module(weights, vocab, inputs.config, staging / "vocab.json")
     save_saved_model(module, staging / "saved_model")
-    model_proto = convert_to_onnx(module, weights.rnn_units, opset)
-    name_initializers(model_proto, gru_step_arrays(weights))
+    model_proto = convert_to_onnx(module, weights.architecture().state_size, opset)
+    name_initializers(model_proto, step_arrays(weights))
     metadata = {
         contract.META_VOCAB: vocab.to_json(),
         contract.META_CONFIG: json.dumps(inputs.config),
@@ -179,41 +186,40 @@ def write_step_models(inputs: ExportInputs, staging: Path, opset: int):
     if inputs.val_loss is not None:
         metadata[contract.META_VAL_LOSS] = f"{inputs.val_loss:.6f}"
     set_metadata(model_proto, metadata)
-    (staging / "model.onnx").write_bytes(model_proto.SerializeToString())
+    onnx_path = contract.model_file(staging)
+    onnx_path.write_bytes(model_proto.SerializeToString())
+    if quantize == "int8":
+        quantize_int8(onnx_path, contract.model_file(staging, "int8"))
+    write_decode_models(staging)  # sampling in the graph
     return model_proto
 
 
-def check_and_measure(inputs: ExportInputs, staging: Path, model_proto, *, opset: int, atol: float, quantize,
-                      seed: int) -> dict:
-    """Parity of the step models with Keras (raises ParityError), then int8, the decode models and
-    the validation loss: the export report."""
-    from .parity import check_parity, compare_int8, stream_loss
+def measure(inputs: ExportInputs, staging: Path, model_proto, figures: dict, *, opset: int, atol: float) -> dict:
+    """The export report: where it came from, what it is, validate's figures, and the validation
+    loss of the fp32 model over the held-out text."""
+    from .parity import stream_loss
 
-    loaded, vocab, onnx_path = inputs.loaded, inputs.vocab, staging / "model.onnx"
+    loaded, vocab = inputs.loaded, inputs.vocab
     report = {
         "source": loaded.source,
         "source_kind": loaded.kind,
         "source_layout": loaded.layout,
         "vocab_source": inputs.vocab_source,
         "config": inputs.config,
+        "architecture": loaded.architecture.describe(),
         "vocab_size": len(vocab),
         "opset": opset,
         "atol": atol,
         "data_sha256": inputs.data_sha256,
         "train_val_loss": inputs.val_loss,
-        "parity": check_parity(loaded, vocab, staging / "saved_model", onnx_path, atol=atol, seed=seed),
+        **figures,
         "onnx_ops": sorted({n.op_type for n in model_proto.graph.node}),
         "versions": library_versions(),
     }
-    if quantize == "int8":
-        int8_path = staging / "model.int8.onnx"
-        quantize_int8(onnx_path, int8_path)
-        report["int8"] = compare_int8(onnx_path, int8_path, vocab, inputs.val_text, seed=seed)
-    report["decode"] = write_decode_models(staging, seed=seed)  # sampling in the graph; parity checked
     if inputs.val_text is not None:
         # compare_int8 already measured fp32 over the same text: one pass less on a long text.
         fp32 = ({"loss": report["int8"]["val_loss_fp32"], "bpc": report["int8"]["val_bpc_fp32"]}
-                if "int8" in report else stream_loss(onnx_path, vocab, inputs.val_text))
+                if "int8" in report else stream_loss(contract.model_file(staging), vocab, inputs.val_text))
         # A run held the last val_fraction out of training; the tutorial trained on all of its text.
         report["validation"] = {"chars": len(inputs.val_text), "held_out": loaded.kind == "run", "fp32": fp32}
     return report

@@ -1,15 +1,19 @@
 """The exported step: the trained weights as a flat tf.function, saved, converted and made int8.
 
     build_step_module(weights, vocab, config, vocab_file) -> a tf.Module with the step signature
-    save_saved_model(module, path); convert_to_onnx(module, rnn_units, opset) -> ModelProto
+    save_saved_model(module, path); convert_to_onnx(module, state_size, opset) -> ModelProto
     name_initializers / set_metadata         the ONNX file names its weights and carries vocab + config
     quantize_int8(fp32_path, int8_path)      dynamic int8 MatMuls and int8 input-table rows
+    check_int8_graph(int8_model)             every float MatMul became int8; what was counted
 
-The step is built as a flat tf.function from the trained weights rather than from the Keras
-GRU layer: tf2onnx turns a Keras 3 GRU into an ONNX Loop that runs several times slower, while the
-flat graph (Gather of a folded [vocab, 3*units] input table, two MatMuls, the gates) converts
-to plain ops that onnxruntime fuses, and that can be made int8: the two MatMuls by
-quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8 rows).
+The step is built as a flat tf.function from the trained weights (cells/tf_step.py, any stack
+of the registered kinds) rather than from the Keras layers: tf2onnx turns a Keras 3 RNN layer
+into an ONNX Loop that runs several times slower, while the flat graph (a Gather of the first
+layer's folded [vocab, gates * units] input table, the MatMuls of each layer, the gates, one
+Dense MatMul) converts to plain ops that onnxruntime fuses, and that can be made int8: every
+MatMul by quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8
+rows). The state is one float32 [batch, state_size], packed layer by layer (the metadata's
+config["architecture"] records each layer's offset and width).
 TensorFlow, tf2onnx and onnx are imported inside the functions (tfsetup.py imports TensorFlow).
 """
 
@@ -22,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import contract
-from .model import GRUWeights
+from .cells import ModelWeights
+from .cells.tf_step import flat_step, step_constants
 from .vocab import Vocab
 
 DEFAULT_OPSET = 18  # the newest opset tf2onnx 1.17 converts to; onnxruntime >= 1.15 runs it
@@ -32,61 +37,50 @@ MIN_OPSET = 13  # the oldest opset tried here (its Split takes `split` as an inp
 # ---------------------------------------------------------------- the step as a TensorFlow function
 
 
-def gru_step_arrays(weights: GRUWeights) -> dict[str, np.ndarray]:
-    """The four constants of the flat step; the embedding is folded into the input projection."""
-    return {
-        # Embedding then the input kernel is a fixed map from id to gate inputs: one lookup.
-        "input_table": (weights.embedding @ weights.kernel + weights.bias[0]).astype(np.float32),  # (vocab, 3u)
-        "recurrent_kernel": weights.recurrent_kernel.astype(np.float32),  # (units, 3u)
-        "recurrent_bias": weights.bias[1].astype(np.float32),  # (3u,)
-        "dense_kernel": weights.dense_kernel.astype(np.float32),  # (units, vocab)
-        "dense_bias": weights.dense_bias.astype(np.float32),  # (vocab,)
-    }
+def model_weights(weights) -> ModelWeights:
+    """ModelWeights as they are; model.py's single-GRU GRUWeights (older callers') as gru x1."""
+    return weights if isinstance(weights, ModelWeights) else ModelWeights.from_gru_weights(weights)
 
 
-def step_signature(rnn_units: int):
+def step_arrays(weights) -> dict[str, np.ndarray]:
+    """The flat step's constants, named as the ONNX file names them (cells.tf_step.step_constants)."""
+    return step_constants(model_weights(weights))
+
+
+def step_signature(state_size: int):
     import tensorflow as tf
 
     return [
         tf.TensorSpec([None], tf.int32, name=contract.TOKEN),
-        tf.TensorSpec([None, rnn_units], tf.float32, name=contract.STATE),
+        tf.TensorSpec([None, state_size], tf.float32, name=contract.STATE),
     ]
 
 
-def build_step_module(weights: GRUWeights, vocab: Vocab, config: dict, vocab_file: Path | None = None):
-    """A tf.Module whose `step` is one GRU step with Keras' reset_after=True equations.
+def build_step_module(weights, vocab: Vocab, config: dict, vocab_file: Path | None = None):
+    """A tf.Module whose `step` is one step of the whole stack (cells.tf_step.flat_step).
 
     The vocabulary travels inside the SavedModel twice: as the `vocab_json` variable (readable
     with TensorFlow alone) and, given `vocab_file`, as the tracked asset assets/vocab.json.
     """
     import tensorflow as tf
 
-    arrays = gru_step_arrays(weights)
+    weights = model_weights(weights)
+    architecture = weights.architecture()
+    constants = step_constants(weights)
 
     class CharRNNStep(tf.Module):
         def __init__(self):
             super().__init__(name="charrnn_step")
-            self.input_table = tf.Variable(arrays["input_table"], trainable=False, name="input_table")
-            self.recurrent_kernel = tf.Variable(arrays["recurrent_kernel"], trainable=False, name="recurrent_kernel")
-            self.recurrent_bias = tf.Variable(arrays["recurrent_bias"], trainable=False, name="recurrent_bias")
-            self.dense_kernel = tf.Variable(arrays["dense_kernel"], trainable=False, name="dense_kernel")
-            self.dense_bias = tf.Variable(arrays["dense_bias"], trainable=False, name="dense_bias")
+            self.constants = {name: tf.Variable(array, trainable=False, name=name) for name, array in constants.items()}
             self.vocab_json = tf.Variable(vocab.to_json(), trainable=False, name="vocab_json")
             self.config_json = tf.Variable(json.dumps(config), trainable=False, name="config_json")
             if vocab_file is not None:
                 self.vocab_file = tf.saved_model.Asset(str(vocab_file))  # copied to assets/vocab.json
+            self.flat = flat_step(tf, architecture, self.constants)
 
-        @tf.function(input_signature=step_signature(weights.rnn_units))
+        @tf.function(input_signature=step_signature(architecture.state_size))
         def step(self, token, state):
-            x = tf.gather(self.input_table, token)  # (batch, 3u)
-            h = tf.matmul(state, self.recurrent_kernel) + self.recurrent_bias  # (batch, 3u)
-            x_z, x_r, x_h = tf.split(x, 3, axis=1)
-            h_z, h_r, h_h = tf.split(h, 3, axis=1)
-            z = tf.sigmoid(x_z + h_z)
-            r = tf.sigmoid(x_r + h_r)
-            candidate = tf.tanh(x_h + r * h_h)
-            new_state = z * state + (1.0 - z) * candidate  # (batch, units)
-            logits = tf.matmul(new_state, self.dense_kernel) + self.dense_bias  # (batch, vocab)
+            logits, new_state = self.flat(token, state)  # (batch, vocab), (batch, state_size)
             return {contract.LOGITS: logits, contract.STATE_OUT: new_state}
 
     return CharRNNStep()
@@ -98,12 +92,12 @@ def save_saved_model(module, path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={contract.SIGNATURE: module.step})
 
 
-def convert_to_onnx(module, rnn_units: int, opset: int):
+def convert_to_onnx(module, state_size: int, opset: int):
     """tf2onnx conversion of the step function; returns an onnx.ModelProto."""
     import tf2onnx
 
     model_proto, _ = tf2onnx.convert.from_function(
-        module.step, input_signature=step_signature(rnn_units), opset=opset
+        module.step, input_signature=step_signature(state_size), opset=opset
     )
     drop_initializer_inputs(model_proto)
     return model_proto
@@ -126,7 +120,7 @@ def set_metadata(model_proto, metadata: dict[str, str]) -> None:
 
 
 def name_initializers(model_proto, arrays: dict[str, np.ndarray]) -> None:
-    """Give the weights the names of gru_step_arrays ("recurrent_kernel", ...) instead of tf2onnx's
+    """Give the weights the names of step_arrays ("layer0_recurrent_kernel", ...) instead of tf2onnx's
     "MatMul/ReadVariableOp:0": matched by value, so a wrong match is impossible."""
     from onnx import numpy_helper
 
@@ -145,8 +139,9 @@ def name_initializers(model_proto, arrays: dict[str, np.ndarray]) -> None:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8: int8 weights for the recurrent and output MatMuls (MatMulInteger, the state
-    quantised per step) and for the input table (int8 rows, one scale per row)."""
+    """Dynamic int8: int8 weights for every MatMul, each layer's recurrent ones, a later layer's
+    input kernel and the Dense (MatMulInteger, the activations quantised per step), and for the
+    first layer's input table (int8 rows, one scale per row)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -209,3 +204,23 @@ def quantize_gather_tables(model) -> int:
         del graph.initializer[:]
         graph.initializer.extend(keep)
     return len(replaced)
+
+
+def check_int8_graph(int8_model) -> dict:
+    """Every float MatMul of the fp32 step must have become an int8 one (MatMulInteger, or
+    DynamicQuantizeMatMul once onnxruntime fuses it), and the input table int8 rows: a float
+    matrix left over means quantize_dynamic skipped a layer. Returns the counts; raises
+    ModelError naming what stayed float."""
+    import onnx
+
+    from .errors import ModelError
+
+    ops = [node.op_type for node in int8_model.graph.node]
+    float_matrices = [i.name for i in int8_model.graph.initializer  # (rows, 1) scales aside
+                      if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) > 1]
+    counts = {"MatMul": ops.count("MatMul"), "MatMulInteger": ops.count("MatMulInteger"),
+              "DynamicQuantizeMatMul": ops.count("DynamicQuantizeMatMul"), "float_matrices": float_matrices}
+    if counts["MatMul"] or float_matrices:
+        raise ModelError(f"the int8 model keeps {counts['MatMul']} float MatMul(s) and float weight matrices "
+                         f"{float_matrices}: quantize_dynamic left part of the model in float32")
+    return counts

@@ -6,6 +6,8 @@ the CLI in a subprocess, the one-line error check, a closed port, and headless C
                                          made-up play holding its 65 characters), and its export
     text_file / trained_run              a made-up play, and a finished 4-epoch `train` run of TINY_ARGS
                                          on it through the CLI (the runs --resume and --force tests copy)
+    arch_export(spec) / arch_weights(spec)   an export of random weights (trained for nothing) for
+                                         each architecture of ARCH_SPECS, and those weights
     run_cli(...), assert_one_line_error(result, *fragments), closed_port(), chromium_browser()
 """
 
@@ -184,3 +186,97 @@ def trained_run(tmp_path_factory, text_file) -> Path:
     result = run_cli("train", "--data", text_file, "--out", out, "--epochs", "4", *TINY_ARGS)
     assert result.returncode == 0, result.stderr
     return out
+
+
+# ---------------------------------------------------------------- every architecture, untrained
+
+# The contract's specs (issue 19): each cell kind, a GRU with reset_after=False, a stack of one
+# kind, and a stack of every kind.
+ARCH_SPECS = {
+    "gru": (("gru", 32, {}),),
+    "gru_reset_before": (("gru", 32, {"reset_after": False}),),
+    "lstm": (("lstm", 32, {}),),
+    "rnn": (("rnn", 32, {}),),
+    "lstm2": (("lstm", 24, {}), ("lstm", 24, {})),
+    "mixed": (("lstm", 24, {}), ("gru", 16, {}), ("rnn", 16, {})),
+}
+ARCH_EMBEDDING_DIM = 16
+
+
+def arch_of(spec: str, vocab_size: int):
+    from charrnn_export.cells import Architecture, LayerSpec
+
+    return Architecture(vocab_size, ARCH_EMBEDDING_DIM,
+                        tuple(LayerSpec(kind, units, options) for kind, units, options in ARCH_SPECS[spec]))
+
+
+def random_model_weights(architecture, seed: int = 0, scale: float = 0.3):
+    """Seeded random weights of every array's shape for `architecture`, through cells' own shapes."""
+    import numpy as np
+
+    from charrnn_export.cells import LayerWeights, ModelWeights
+
+    rng = np.random.default_rng(seed)
+
+    def normal(shape):
+        return rng.normal(0, scale, shape).astype(np.float32)
+
+    layers, input_dim = [], architecture.embedding_dim
+    for spec in architecture.layers:
+        shapes = spec.cell.weight_shapes(spec, input_dim)
+        layers.append(LayerWeights(spec, *(normal(shapes[n]) for n in ("kernel", "recurrent_kernel", "bias"))))
+        input_dim = spec.units
+    return ModelWeights(normal((architecture.vocab_size, architecture.embedding_dim)), tuple(layers),
+                        normal((input_dim, architecture.vocab_size)) * 4, normal((architecture.vocab_size,))
+                        ).check("random weights")
+
+
+def write_random_run(run_dir: Path, weights, vocab) -> Path:
+    """A run folder as `train` leaves one (best.npz, vocab.json, config.json), of `weights`."""
+    import json
+
+    from charrnn_export.checkpoints import save_checkpoint
+
+    run_dir.mkdir(parents=True)
+    vocab.save(run_dir / "vocab.json")
+    config = {"seed": 0, "val_fraction": 0.1, "architecture": weights.architecture().to_json()}
+    (run_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    save_checkpoint(run_dir / "best.npz", weights, {"config": config, "metrics": {}})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def arch_weights(text_file):
+    """arch_weights(spec) -> the ModelWeights of arch_export(spec)'s model (seeded by the spec)."""
+    from charrnn_export.vocab import Vocab
+
+    vocab = Vocab(tuple(sorted(set(text_file.read_text(encoding="utf-8")))))
+    cache = {}
+
+    def weights(spec: str):
+        if spec not in cache:
+            cache[spec] = random_model_weights(arch_of(spec, len(vocab)), seed=sorted(ARCH_SPECS).index(spec))
+        return cache[spec], vocab
+
+    return weights
+
+
+@pytest.fixture(scope="session")
+def arch_export(tmp_path_factory, text_file, arch_weights):
+    """arch_export(spec) -> an export folder (model.onnx, model.int8.onnx, decode models,
+    saved_model/, export_report.json) of random weights for ARCH_SPECS[spec], exported by
+    export() from a run folder holding them, with text_file as --text; made once per session."""
+    from charrnn_export.export import export
+
+    cache = {}
+
+    def exported(spec: str) -> Path:
+        if spec not in cache:
+            weights, vocab = arch_weights(spec)
+            root = tmp_path_factory.mktemp(f"arch-{spec}")
+            run_dir = write_random_run(root / "run", weights, vocab)
+            export(str(run_dir), str(root / "export"), text=str(text_file), quantize="int8")
+            cache[spec] = root / "export"
+        return cache[spec]
+
+    return exported

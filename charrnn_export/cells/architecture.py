@@ -8,6 +8,7 @@
                                         LSTM 2 * units, h then c)
         .to_json() / from_json(...)     the form config.json and the ONNX metadata hold
         .describe()                     "gru(512) x1", "lstm(256) -> gru(256)"
+        .to_config()                    the config an export carries (metadata, config_json)
         from_config(config)             an exported model's config (or a run's): its "architecture",
                                         or, for an old export without one, gru(rnn_units) x1
     state_size_of(config) -> int        the packed state's width from such a config: the one
@@ -165,6 +166,18 @@ class Architecture:
         check_layout(architecture, data, entries, source)
         return architecture
 
+    def to_config(self) -> dict:
+        """The config an exported model carries (ONNX metadata, the SavedModel's config_json):
+        vocab_size, embedding_dim, the architecture with its state layout (to_json) and
+        state_size. A single layer also keeps the fields older readers read: rnn_units, rnn_type
+        (its kind) and its options (a GRU's reset_after). from_config reads it back."""
+        config = {"vocab_size": self.vocab_size, "embedding_dim": self.embedding_dim,
+                  "architecture": self.to_json(), "state_size": self.state_size}
+        if len(self.layers) == 1:
+            (layer,) = self.layers
+            config.update({"rnn_units": layer.units, "rnn_type": layer.kind, **layer.options})
+        return config
+
     @classmethod
     def from_config(cls, config, source: str = "config") -> "Architecture":
         """The architecture an exported model's config (or a run's config.json) describes: its
@@ -210,6 +223,10 @@ def state_size_of(config, source: str = "config", architecture: "Architecture | 
     if architecture is not None and value != architecture.state_size:
         raise ModelError(f"{source}: {name} is {value} but its architecture "
                          f"({architecture.describe()}) has a state {architecture.state_size} wide")
+    units = config.get("rnn_units")
+    if (name == "state_size" and units is not None and architecture is not None and len(architecture.layers) == 1
+            and units != architecture.layers[0].units):
+        raise ModelError(f"{source}: rnn_units is {units!r} but its architecture is {architecture.describe()}")
     return value
 
 

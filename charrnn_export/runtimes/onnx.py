@@ -1,7 +1,9 @@
 """The ONNX step through onnxruntime: numpy and onnxruntime only, never TensorFlow.
 
 An exported model.onnx carries its vocabulary and config in metadata_props, so the file alone
-is enough to sample from it.
+is enough to sample from it. The state's width S comes from the graph's `state` input, checked
+against the metadata's (cells.architecture.state_size_of: state_size, or rnn_units for an
+export older than architectures), and proven by one step at load.
 """
 
 from __future__ import annotations
@@ -30,12 +32,26 @@ def parse_metadata(meta: dict, path) -> tuple[Vocab, dict]:
         config = json.loads(meta.get(contract.META_CONFIG, "{}"))
         if not isinstance(config, dict):
             raise ValueError(f"`{contract.META_CONFIG}` is a JSON {json_type(config)}, not an object")
-        units = config.get("rnn_units")
-        if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units <= 0):
-            raise ValueError(f"`{contract.META_CONFIG}` gives rnn_units {units!r}, not a positive whole number")
+        for name in ("rnn_units", "state_size"):
+            units = config.get(name)
+            if units is not None and (isinstance(units, bool) or not isinstance(units, int) or units <= 0):
+                raise ValueError(f"`{contract.META_CONFIG}` gives {name} {units!r}, not a positive whole number")
     except ValueError as e:
         raise ModelError(f"{path} has corrupt vocabulary/config metadata ({e}); export it again") from None
     return vocab, config
+
+
+def metadata_state_size(config: dict, path) -> int | None:
+    """The state width the metadata gives (cells.architecture.state_size_of, checked against its
+    architecture when it records one), or None when it gives none (a model written by hand)."""
+    from ..cells.architecture import state_size_of
+
+    if not any(key in config for key in ("state_size", "rnn_units", "architecture")):
+        return None
+    try:
+        return state_size_of(config, f"{path}: its metadata")
+    except ModelError as e:
+        raise ModelError(f"{e}; export it again") from None
 
 
 def session_options(threads: int | None):
@@ -109,10 +125,13 @@ class OnnxRuntime:
         self.vocab_size = len(self.vocab)
         state_shape = inputs[contract.STATE].shape
         self.state_width_from_metadata = not (len(state_shape) > 1 and isinstance(state_shape[1], int))
-        self.rnn_units = fixed_dim(state_shape, 1, self.config.get("rnn_units"), path, "state")
-        if self.config.get("rnn_units", self.rnn_units) != self.rnn_units:
-            raise ModelError(f"{path}: its graph's state is {self.rnn_units} wide but its metadata says rnn_units "
-                             f"{self.config['rnn_units']}; export it again")
+        from_metadata = metadata_state_size(self.config, path)
+        # rnn_units is the Runtime protocol's name for the packed state's width S (state_size).
+        self.rnn_units = self.state_size = fixed_dim(state_shape, 1, from_metadata, path, "state")
+        if from_metadata is not None and from_metadata != self.rnn_units:
+            name = "state_size" if "state_size" in self.config else "rnn_units"
+            raise ModelError(f"{path}: its graph's state is {self.rnn_units} wide but its metadata says {name} "
+                             f"{from_metadata}; export it again")
         logits_width = fixed_dim(outputs[contract.LOGITS].shape, 1, self.vocab_size, path, "logits")
         if logits_width != self.vocab_size:
             raise ModelError(f"{path} has {logits_width} logits but {self.vocab_size} characters in its "

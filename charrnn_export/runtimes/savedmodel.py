@@ -1,8 +1,9 @@
 """The exported SavedModel's step signature through TensorFlow.
 
-The signature is `serving_default(token int32 [batch], state float32 [batch, units]) ->
+The signature is `serving_default(token int32 [batch], state float32 [batch, S]) ->
 {logits, state_out}`; the vocabulary is the asset assets/vocab.json (the `vocab_json`
-variable holds the same list) and the config is the `config_json` variable.
+variable holds the same list) and the config is the `config_json` variable. S, the packed
+state's width, is the config's (cells.architecture.state_size_of), checked against the signature.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..cells.architecture import state_size_of
 from ..vocab import Vocab
 from ..errors import ModelError
 from ..tfsetup import tensorflow_for
@@ -39,10 +41,11 @@ class SavedModelRuntime:
             self.vocab = Vocab.load(vocab_file) if vocab_file.exists() else Vocab.from_json(
                 self.loaded.vocab_json.numpy().decode())
             self.config = json.loads(self.loaded.config_json.numpy().decode())
-            self.rnn_units = int(self.config["rnn_units"])
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise ModelError(f"SavedModel {path} lacks its vocabulary or config ({e}); export it again with "
                              "`charrnn-export to-onnx`") from None
+        # rnn_units is the Runtime protocol's name for the packed state's width S (state_size).
+        self.rnn_units = self.state_size = state_size_of(self.config, f"SavedModel {path}: its config")
         self.vocab_size = len(self.vocab)
         self.check_signature(path)
 
@@ -59,9 +62,10 @@ class SavedModelRuntime:
                 raise ModelError(f"SavedModel {path}: input `{name}` is {inputs[name].dtype.name}, the step contract "
                                  f"says {expected.name}; export it again")
         state_width = inputs[contract.STATE].shape[-1]
-        if self.rnn_units <= 0 or (state_width is not None and state_width != self.rnn_units):
+        if state_width is not None and state_width != self.rnn_units:
             raise ModelError(f"SavedModel {path}: its signature's state is {state_width} wide but its config says "
-                             f"rnn_units {self.rnn_units}; export it again")
+                             f"{'state_size' if 'state_size' in self.config else 'rnn_units'} {self.rnn_units}; "
+                             "export it again")
         width = outputs[contract.LOGITS].shape[-1]
         if width is not None and width != self.vocab_size:
             raise ModelError(f"SavedModel {path} has {width} logits but {self.vocab_size} characters in its "
