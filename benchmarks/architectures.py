@@ -26,12 +26,10 @@ for a session on a CPU; the lead runs it on a quiet machine. Writes architecture
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from charrnn_export import bench
@@ -195,20 +193,12 @@ def run_architectures_bench(config: ArchitecturesBenchConfig) -> dict:
             row["export"] = export_one(scratch / name / "run", scratch / name / "export")
             row["generation"] = generation_one(config, scratch / name / "export")
             rows.append(row)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
-    settings.update(data=data, vocab_size=vocab_size)
     results = {
-        "benchmark": "architectures",
-        "schema": 1,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": config.command or bench.command_line(),
-        "quick": config.quick,
-        "machine": machine,
-        "settings": settings,
+        **bench.results_head("architectures", config, machine, data=data, vocab_size=vocab_size),
         "rows": rows,
         "best": min(rows, key=lambda r: r["training"]["val_loss"])["name"] if rows else None,
     }
-    results["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["machine"]["load_average_after"] = bench.load_average()
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -270,13 +260,11 @@ def plot(results: dict) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charrnn_export.commands.common import Parser, run_guarded
+    from charrnn_export.commands.common import run_guarded
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     d = ArchitecturesBenchConfig()
-    p = Parser(prog="python -m benchmarks.architectures", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="UTF-8 text or URL (default: ../shared/data/tinyshakespeare.txt when present, "
-                   "else the tutorial's URL)")
+    p = repo.suite_parser("benchmarks.architectures", __doc__)
+    repo.add_data_flag(p)
     p.add_argument("--archs", nargs="+", default=None, metavar="NAME",
                    help=f"which to run (default: all of {', '.join(ARCHITECTURES)})")
     p.add_argument("--params", type=int, default=None, help=f"parameters each is sized to (default {d.params:,})")
@@ -284,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-dim", type=int, default=None, help=f"(default {d.embedding_dim})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quick", action="store_true", help="tiny sizes and a few steps: checks the suite in minutes")
-    p.add_argument("--out", help=f"results folder (default: {repo.RESULTS_DIR})")
-    p.add_argument("--results-md", action="store_true",
-                   help="also rewrite RESULTS.md beside the results folder from the latest results there")
+    repo.add_results_flags(p)
     return run_guarded(measure, p.parse_args(argv))
 
 

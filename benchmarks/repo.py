@@ -4,6 +4,8 @@
     machine_info() -> dict        the package's bench.machine_info() plus the checkout's git commit
     refresh_results_md(out_dir)   rewrite RESULTS.md beside out_dir from the latest results there
     log(message)                  a progress line on stderr
+    suite_parser(module, doc)     a suite's one-line-error parser, TensorFlow's C++ log off
+    add_data_flag(parser), add_results_flags(parser)   --data; --out and --results-md, as the suites name them
 
 The package (charrnn_export) never refers to this folder; these suites import it.
 """
@@ -24,6 +26,30 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def suite_parser(module: str, doc: str):
+    """The parser of `python -m MODULE` (one-line errors, exit 2), described by its docstring's
+    first paragraph; TensorFlow's C++ log is turned off first, as every suite that trains wants."""
+    import os
+
+    from charrnn_export.commands.common import Parser
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return Parser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+
+
+def add_data_flag(parser) -> None:
+    """--data: the text a training suite reads (training.default_data chooses when it is not given)."""
+    parser.add_argument("--data", help="UTF-8 text or URL (default: ../shared/data/tinyshakespeare.txt when "
+                        "present, else the tutorial's URL)")
+
+
+def add_results_flags(parser) -> None:
+    """--out (default RESULTS_DIR) and --results-md."""
+    parser.add_argument("--out", help=f"results folder (default: {RESULTS_DIR})")
+    parser.add_argument("--results-md", action="store_true",
+                        help="also rewrite RESULTS.md beside the results folder from the latest results there")
 
 
 def git_commit() -> str | None:

@@ -24,13 +24,11 @@ Writes training-<stamp>.json/.md/.png (and training-latest.*) to benchmarks/resu
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -222,22 +220,14 @@ def run_training_bench(config: TrainingBenchConfig) -> dict:
         fit = run_fit(config, data)
         repo.log(f"project train(): {config.warmup_steps} + {config.steps} steps ...")
         project = run_project(config, data, scratch)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
-    settings["data"] = data
     results = {
-        "benchmark": "training",
-        "schema": 1,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": config.command or bench.command_line(),
-        "quick": config.quick,
-        "machine": machine,
-        "settings": settings,
+        **bench.results_head("training", config, machine, data=data),
         "fit": fit,
         "project": project,
         "project_over_fit": project["loop"]["chars_per_s"] / fit["loop"]["chars_per_s"],
         "notes": ["fit ran first; the project's train() then enabled TensorFlow op determinism, which it always does"],
     }
-    results["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["machine"]["load_average_after"] = bench.load_average()
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
@@ -292,13 +282,11 @@ def plot(results: dict) -> bytes | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from charrnn_export.commands.common import Parser, run_guarded
+    from charrnn_export.commands.common import run_guarded
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     d = TrainingBenchConfig()
-    p = Parser(prog="python -m benchmarks.training", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="UTF-8 text or URL (default: ../shared/data/tinyshakespeare.txt when present, "
-                   "else the tutorial's URL)")
+    p = repo.suite_parser("benchmarks.training", __doc__)
+    repo.add_data_flag(p)
     p.add_argument("--embedding-dim", type=int, default=None, help=f"(default {d.embedding_dim})")
     p.add_argument("--rnn-units", type=int, default=None, help=f"(default {d.rnn_units})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default %(default)s)")
@@ -307,9 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=None, help=f"left-out first steps (default {d.warmup_steps})")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--quick", action="store_true", help="tiny dims (16, 32) and 2 + 8 steps: checks the suite")
-    p.add_argument("--out", help=f"results folder (default: {repo.RESULTS_DIR})")
-    p.add_argument("--results-md", action="store_true",
-                   help="also rewrite RESULTS.md beside the results folder from the latest results there")
+    repo.add_results_flags(p)
     g = p.add_argument_group("--workers: one process against multi-worker runs (see benchmarks/training_workers.py)")
     g.add_argument("--workers", type=int, nargs="+", metavar="N",
                    help="measure `train --strategy multi-worker` with N processes on this machine instead of fit")

@@ -15,11 +15,10 @@ imported inside the functions that use them, and only when a contestant needs th
 
 from .config import CONTESTANTS, DEFAULT_BATCH_SIZES, NO_GPU, BenchConfig, needs_tensorflow
 from .contestants import available_devices
-from .report import (command_line, cpu_model, fmt_load, fmt_ms, machine_info, plot, png_bytes, pyplot, render_markdown,
-                     write_results)
+from .report import (command_line, cpu_model, fmt_load, fmt_ms, load_average, machine_info, plot, png_bytes, pyplot,
+                     render_markdown, results_head, write_results)
 from .run import compare_greedy, run_generation_bench
 
 __all__ = ["BenchConfig", "CONTESTANTS", "DEFAULT_BATCH_SIZES", "NO_GPU", "available_devices", "command_line",
-           "compare_greedy", "cpu_model", "fmt_load", "fmt_ms", "machine_info", "needs_tensorflow", "plot", "png_bytes",
-           "pyplot", "render_markdown",
-           "run_generation_bench", "write_results"]
+           "compare_greedy", "cpu_model", "fmt_load", "fmt_ms", "load_average", "machine_info", "needs_tensorflow",
+           "plot", "png_bytes", "pyplot", "render_markdown", "results_head", "run_generation_bench", "write_results"]

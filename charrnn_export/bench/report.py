@@ -1,6 +1,8 @@
 """The results of a generation benchmark, for a reader: the machine, markdown, a chart, the files.
 
     machine_info() -> dict        CPU, cores, memory, load, library versions (benchmarks/ adds git)
+    load_average() -> [1, 5, 15 min] or None
+    results_head(benchmark, config, machine, **settings) -> what every suite's results start with
     command_line() -> str         the command as typed, recorded with the results
     render_markdown(results, level=1) -> str
     plot(results) -> PNG bytes, or None without matplotlib (a plain install has none)
@@ -20,7 +22,8 @@ import os
 import platform
 import shlex
 import sys
-from datetime import datetime
+from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -68,8 +71,22 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": {p: v for p in packages if (v := package_version(p)) is not None},
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "load_average": load_average(),
     }
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages, or None where the system keeps none."""
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def results_head(benchmark: str, config, machine: dict, **settings) -> dict:
+    """What every suite's results start with: its name, schema 1, the date (UTC), the command, the
+    mode, the machine, and the config's fields as settings (out and command aside) plus `settings`."""
+    fields = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
+    return {"benchmark": benchmark, "schema": 1, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": config.command or command_line(), "quick": config.quick, "machine": machine,
+            "settings": {**fields, **settings}}
 
 
 def command_line() -> str:

@@ -14,11 +14,8 @@ contestant or the export needs it (config.needs_tensorflow). Progress goes to th
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
-from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from ..errors import DataError, ParityError
 from .config import BenchConfig, needs_tensorflow
 from .contestants import available_devices, build_contestants, timed_run
 from .floors import measure_floors
-from .report import command_line, find_row, machine_info
+from .report import find_row, load_average, machine_info, results_head
 from .sources import Sources, prepare_sources
 
 log = logging.getLogger("charrnn_export.bench")
@@ -120,22 +117,12 @@ def run_generation_bench(config: BenchConfig, machine: dict | None = None) -> di
         results_by_device = {d: {"available": False, "note": note, "rows": []} for d, note in device_notes.items()}
         for device in devices:
             results_by_device[device] = run_device(config, sources, tf, device, tf_gpu, ort_cuda, scratch)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
-    settings["steps_by_batch"] = {str(b): config.steps(b) for b in config.batch_sizes}
-    settings["tf_intra_op_threads"] = tf.config.threading.get_intra_op_parallelism_threads() if tf else None
-    results = {
-        "benchmark": "generation",
-        "schema": 1,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": config.command or command_line(),
-        "quick": config.quick,
-        "machine": machine,
-        "model": sources.description,
-        "settings": settings,
-        "devices": results_by_device,
-    }
+    results = results_head(
+        "generation", config, machine, steps_by_batch={str(b): config.steps(b) for b in config.batch_sizes},
+        tf_intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads() if tf else None)
+    results.update(model=sources.description, devices=results_by_device)
     results["targets"] = evaluate_targets(results)
-    results["machine"]["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["machine"]["load_average_after"] = load_average()
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
