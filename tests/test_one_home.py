@@ -201,3 +201,22 @@ def test_the_engine_driver_reads_every_end_the_same_way(tiny_export):
     generator = Generator.load(str(tiny_export / "model.onnx"), sampler="host")
     chars = generator.vocab.chars
     assert "".join(chars[t] for t in made[rids[1]]) == generator.generate(chars[3], 20, temperature=0.8, seed=8)
+
+
+def test_to_web_reads_and_refuses_through_the_one_manifest_reader(tmp_path):
+    from charrnn_export.errors import ConfigError
+    from charrnn_export.files import SITE_MANIFEST, Manifest, check_no_foreign
+    from charrnn_export.web import build
+
+    build.write_manifest(tmp_path, {"index.html", "ort/ort.wasm"})
+    (tmp_path / "index.html").write_text("ours")
+    assert Manifest.read(tmp_path, SITE_MANIFEST).files == {"index.html", "ort/ort.wasm"} == build.check_out(tmp_path)
+    assert Manifest.read(tmp_path) is None  # a site's manifest is not a run's or an export's
+    (tmp_path / "notes.txt").write_text("the user's")
+    with pytest.raises(ConfigError, match=r"holds files charrnn-export did not write \(notes.txt\)"):
+        build.check_out(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--out x holds files charrnn-export did not write \(notes.txt\); fix$"):
+        check_no_foreign(tmp_path, Manifest.read(tmp_path, SITE_MANIFEST), "--out x", "fix")
+    (tmp_path / SITE_MANIFEST).write_text('{"tool": "charrnn-export", "kind": "export", "files": []}')
+    with pytest.raises(ConfigError, match="damaged"):  # an export's record under the site's name
+        build.check_out(tmp_path)
