@@ -129,3 +129,17 @@ def test_to_onnx_force_never_writes_through_a_link_out_of_the_export(tiny_export
     result = run_cli("to-onnx", "--checkpoint", tiny_run, "--out", out, "--force")
     assert_one_line_error(result, f"{out / name} is a symbolic link", "outside")
     assert snapshot(tmp_path) == before
+
+
+def test_bench_results_never_go_through_a_link_out_of_out(tmp_path):
+    """bench (and the benchmarks' suites) write results with write_results: a `-latest` file in
+    --out that is a link to a file elsewhere is refused, and that file is left as it was."""
+    from charrnn_export.bench.report import write_results
+
+    out, outside = tmp_path / "results", tmp_path / "elsewhere.json"
+    out.mkdir()
+    outside.write_text("the user's file\n")
+    (out / "engine-latest.json").symlink_to(outside)
+    with pytest.raises(LinkOutside):
+        write_results({"a": 1}, out, "engine", "# table\n", None)
+    assert outside.read_text() == "the user's file\n"

@@ -354,7 +354,7 @@ def write_results(results: dict, out_dir, name: str, markdown: str, png: bytes |
     paths = {}
     for suffix, data in contents.items():
         path = out / f"{name}-{stamp}.{suffix}"
-        atomic_write_bytes(path, data)
-        atomic_write_bytes(out / f"{name}-latest.{suffix}", data)
+        atomic_write_bytes(path, data, root=out)  # a link in --out that leads out of it is refused
+        atomic_write_bytes(out / f"{name}-latest.{suffix}", data, root=out)
         paths[suffix] = path
     return paths
