@@ -4,7 +4,8 @@
     is_chief(options) -> bool            pure Python (reads TF_CONFIG): decides who may write files
     start(options, tf) -> Distribution   creates the strategy (call it before any other TensorFlow op)
     Distribution.scope()                 where the model and the optimizer must be built
-    Distribution.train_step(...)         step(x, y, seed_pair) -> mean loss, as train.py's own step
+    Distribution.train_step(...)         step(x, y, seed_pair) -> mean loss, as train.py's own step,
+                                         through the same forward pass (forward.py)
     Distribution.sync_from_chief(...)    every worker takes the chief's weights, optimizer and position
     local_tf_configs(n)                  TF_CONFIG values for n workers on free 127.0.0.1 ports
 
@@ -12,7 +13,8 @@ Why the training is the same as one process: every worker builds the same global
 a function of seed and step) and each replica takes its own contiguous slice of it, so each window
 is used once per epoch; each replica's loss is its sum over characters divided by the *global*
 batch's characters, and the optimizer sums the replicas' gradients, giving the global mean's
-gradient; dropout masks are the slices of the mask a one-process run draws for the whole batch.
+gradient; dropout masks are the slices of the mask a one-process run draws for the whole batch
+(forward.dropout draws both).
 Keras' `model.fit` does not run under MultiWorkerMirroredStrategy with Keras 3, hence the custom step.
 
 A worker that dies leaves the others waiting inside a collective; `CommunicationOptions(timeout_seconds)`
@@ -180,32 +182,26 @@ class Distribution:
 
     # ------------------------------------------------------------ the step
 
-    def train_step(self, model, optimizer, config):
-        """step(x, y, seed_pair) -> the global batch's mean loss; x, y (batch, seq_length) numpy, the global batch."""
+    def train_step(self, model, optimizer, config, logits):
+        """step(x, y, seed_pair) -> the global batch's mean loss; x, y (batch, seq_length) numpy, the global batch.
+
+        logits(x, seed_pair, training, rows) is train.py's forward pass (forward.py), the same one a
+        single process runs; each replica passes its rows of the global batch for the dropout masks."""
         tf, strategy = self.tf, self.strategy
         import keras
 
+        from .forward import Rows
+
         local_batch = self.check_batch(config.batch_size)
         replicas = self.replicas
-        embedding, gru, dense = (model.get_layer(n) for n in ("embedding", "gru", "dense"))
         characters = float(config.batch_size * config.seq_length)  # the global batch: the mean's denominator
-
-        def dropout(h, seed_pair, offset):
-            # The one-process run's mask for the whole batch, then this replica's rows (as stateless_dropout).
-            if config.dropout == 0:
-                return h
-            shape = tf.concat([[config.batch_size], tf.shape(h)[1:]], 0)
-            noise = tf.random.stateless_uniform(shape, seed=seed_pair, dtype=h.dtype)[offset : offset + local_batch]
-            scaled = h * tf.constant(1 / (1 - config.dropout), dtype=h.dtype)
-            return tf.where(noise >= config.dropout, scaled, tf.zeros([], h.dtype))
 
         def replica_step(x, y, seed_pair):  # x, y: (local_batch, seq_length)
             context = tf.distribute.get_replica_context()
-            offset = context.replica_id_in_sync_group * local_batch
+            rows = Rows(context.replica_id_in_sync_group * local_batch, local_batch, config.batch_size)
             with tf.GradientTape() as tape:
-                h = dropout(embedding(x), seed_pair, offset)  # (local_batch, time, embedding_dim)
-                h = dropout(gru(h, training=True), seed_pair + [0, 1], offset)  # (local_batch, time, units)
-                losses = keras.losses.sparse_categorical_crossentropy(y, dense(h), from_logits=True)
+                predicted = logits(x, seed_pair, training=True, rows=rows)  # (local_batch, time, vocab)
+                losses = keras.losses.sparse_categorical_crossentropy(y, predicted, from_logits=True)
                 loss = tf.reduce_sum(losses) / characters
             grads = tape.gradient(loss, model.trainable_variables)
             if config.clip_norm is not None:

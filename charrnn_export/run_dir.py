@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .cells import Architecture
 from .checkpoints import json_type
-from .errors import ConfigError
+from .errors import CharRNNError, ConfigError
 from .files import MANIFEST, Manifest, atomic_write_text, check_no_link_out, foreign_entries
 
 class RunDir:
@@ -106,14 +107,15 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool, resuma
     if not isinstance(previous, dict):
         raise ConfigError(f"{run.config} is corrupt (a JSON {json_type(previous)}, not an object); "
                           "pass --force to start the run over")
+    previous = as_current_config(previous)
     differences = sorted(
         k for k in set(previous) | set(stored)
-        if k not in resumable and previous.get(k) != stored.get(k)
+        if k not in resumable and k not in DERIVED and previous.get(k) != stored.get(k)
     )
     if differences:
         shown = ", ".join(f"{k}: {previous.get(k)!r} -> {stored.get(k)!r}" for k in differences[:4])
         raise ConfigError(
-            f"{run.path} holds a run with a different config ({shown}); "
+            f"{run.path} holds a run with a different config ({shown}{models_compared(previous, stored)}); "
             "pass --force to overwrite it or choose another --out"
         )
     if not resume:
@@ -121,6 +123,30 @@ def prepare_run_dir(run: RunDir, stored: dict, resume: bool, force: bool, resuma
     if legacy:
         run.manifest = adopt_legacy_run(run)
     return run.newest_checkpoint() is not None
+
+
+# config.json fields computed from the others (compared through them: their differences say more).
+DERIVED = ("architecture", "state_size")
+# A config.json from before architectures trained one GRU and said so with rnn_type.
+OLD_RUN_FIELDS = {"cell": "gru", "layers": 1}
+
+
+def as_current_config(config: dict) -> dict:
+    """A run's config.json in today's fields: one written before --cell and --layers is gru x1."""
+    if "cell" in config or "layers" in config:
+        return config
+    old = {k: v for k, v in config.items() if k != "rnn_type"}
+    return {**OLD_RUN_FIELDS, **old}
+
+
+def models_compared(previous: dict, stored: dict) -> str:
+    """"; the run's model is gru(32) x1, this one lstm(32) x1" when the architectures differ, else ""."""
+    try:
+        before = Architecture.from_config(previous, "config.json").describe()
+        after = Architecture.from_config(stored, "config").describe()
+    except CharRNNError:  # a hand-edited config.json: the field-by-field list above says enough
+        return ""
+    return f"; the run's model is {before}, this one {after}" if before != after else ""
 
 
 def adopt_legacy_run(run: RunDir) -> Manifest:

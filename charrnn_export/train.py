@@ -1,9 +1,11 @@
-"""Train the tutorial's model: text -> run directory with checkpoints, best weights and metrics.
+"""Train a char model (the tutorial's, or any stack of GRU / LSTM / SimpleRNN layers the cells
+package knows): text -> run directory with checkpoints, best weights and metrics.
 
     train(TrainConfig, out_dir, resume=..., force=...) -> summary dict
 
 A run directory holds:
-    config.json       everything that defines the run (model, data, optimisation, seed)
+    config.json       everything that defines the run (model, data, optimisation, seed), and the
+                      architecture (cells.Architecture.to_json) the flags make of it
     vocab.json        the characters in id order
     checkpoints/      ckpt-eEEE-sSSSSSSS.npz: weights + optimizer state + position, one per epoch
     best.npz          the weights with the lowest validation loss so far
@@ -47,7 +49,9 @@ from .contract import TUTORIAL_URL
 class TrainConfig:
     data: str = TUTORIAL_URL
     embedding_dim: int = 256
-    rnn_units: int = 1024
+    rnn_units: int | tuple[int, ...] = 1024  # every layer's units, or one per layer
+    cell: str = "gru"  # a registered cell kind (cells.kind_names()): gru, lstm, rnn
+    layers: int | None = None  # recurrent layers; None: one, or as many as rnn_units lists
     seq_length: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -55,18 +59,39 @@ class TrainConfig:
     max_steps: int | None = None
     val_fraction: float = 0.1
     seed: int = 0
-    dropout: float = 0.0
+    dropout: float = 0.0  # after the embedding and after every recurrent layer
     lr_schedule: str = "constant"  # or "cosine": decays to min_lr_ratio over the planned steps
     warmup_steps: int = 0
     min_lr_ratio: float = 0.05
     clip_norm: float | None = None
     weight_decay: float = 0.0  # > 0: AdamW's decoupled weight decay
 
-    # Options that may change when a run is resumed (e.g. train for more epochs).
+    # Options that may change when a run is resumed (e.g. train for more epochs). The architecture
+    # (cell, layers, rnn_units, embedding_dim) never may: the checkpoint's weights fit only it.
     RESUMABLE = ("epochs", "max_steps", "data")
 
+    def __post_init__(self):
+        if isinstance(self.rnn_units, list):
+            self.rnn_units = tuple(self.rnn_units)
+        if self.layers is None:
+            self.layers = len(self.rnn_units) if isinstance(self.rnn_units, tuple) and self.rnn_units else 1
+        self.rnn_units = canonical_units(self.rnn_units, self.layers)
+
+    @property
+    def units_per_layer(self) -> tuple[int, ...]:
+        if isinstance(self.rnn_units, tuple):
+            return self.rnn_units
+        return (self.rnn_units,) * self.layers
+
+    def architecture(self, vocab_size: int):
+        """The model this config trains on a vocabulary of `vocab_size` (cells.Architecture)."""
+        from .cells import Architecture, LayerSpec
+
+        return Architecture(vocab_size, self.embedding_dim, tuple(LayerSpec(self.cell, u) for u in self.units_per_layer))
+
     def validate(self) -> None:
-        for name in ("embedding_dim", "rnn_units", "seq_length", "batch_size", "epochs"):
+        self.validate_architecture()
+        for name in ("embedding_dim", "seq_length", "batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps <= 0:
@@ -93,8 +118,42 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         check_seed(self.seed, "--seed")  # numpy's and Keras' seeds are 32-bit, as the samplers' are
 
+    def validate_architecture(self) -> None:
+        """--cell, --layers and --rnn-units, each named in its own one-line error."""
+        from .cells import kind_names
+
+        if not isinstance(self.cell, str) or self.cell not in kind_names():
+            raise ConfigError(f"--cell must be one of {', '.join(kind_names())}, got {self.cell!r}")
+        if type(self.layers) is not int or self.layers <= 0:
+            raise ConfigError(f"--layers must be positive, got {self.layers}")
+        units = self.rnn_units if isinstance(self.rnn_units, tuple) else (self.rnn_units,)
+        for value in units:
+            if type(value) is not int:
+                raise ConfigError(f"--rnn-units must be a whole number or a comma list of them, one per layer "
+                                  f"(512 or 512,256), got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"--rnn-units must be positive, got {value}")
+        if isinstance(self.rnn_units, tuple) and len(self.rnn_units) != self.layers:
+            listed = ",".join(map(str, self.rnn_units))
+            raise ConfigError(f"--rnn-units {listed} gives {len(self.rnn_units)} layers' units but --layers is "
+                              f"{self.layers}: give one number for every layer, or one per layer")
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as config.json holds them (JSON types: a per-layer rnn_units is a list)."""
+        fields = dataclasses.asdict(self)
+        if isinstance(self.rnn_units, tuple):
+            fields["rnn_units"] = list(self.rnn_units)
+        return fields
+
+
+def canonical_units(rnn_units, layers):
+    """rnn_units as one spelling per architecture: a list becomes a tuple, and a list of one value
+    for every layer becomes that value, so `--rnn-units 64,64` and `--rnn-units 64 --layers 2`
+    record (and resume) the same run. Anything odd is left for validate() to name."""
+    if isinstance(rnn_units, tuple) and len(rnn_units) == layers and len(set(rnn_units)) == 1:
+        if type(rnn_units[0]) is int:
+            return rnn_units[0]
+    return rnn_units
 
 
 # ---------------------------------------------------------------- progress
@@ -186,8 +245,9 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     train_ids, val_ids = data_mod.split_train_val(ids, config.val_fraction)
     data_mod.check_enough_text(train_ids, val_ids, config.seq_length, config.batch_size)
 
+    architecture = config.architecture(len(vocab))
     stored = {**config.to_dict(), "vocab_size": len(vocab), "data_sha256": sha256, "data_chars": len(text),
-              "rnn_type": "gru"}
+              "architecture": architecture.to_json(), "state_size": architecture.state_size}
     resuming = prepare_run_dir(run, stored, resume, force, TrainConfig.RESUMABLE)
     if resuming and Vocab.load(run.vocab) != vocab:
         raise DataError(f"the data's vocabulary differs from the one in {run.vocab}; resume with the same --data")
@@ -202,8 +262,9 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     dist = distribute.start(distribution, tf)  # before any other op, as tf.distribute requires
     import keras
 
+    from .cells.keras_model import build_keras_model, set_keras_weights, weights_from_keras_model
     from .checkpoints import read_checkpoint, save_checkpoint
-    from .model import build_model, set_model_weights, weights_from_model
+    from .forward import forward, model_parts
 
     tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)
@@ -212,7 +273,8 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     atomic_write_text(run.config, json.dumps(stored, indent=2, ensure_ascii=False) + "\n", run.path)
 
     with dist.scope():  # under --strategy, variables made here are mirrored on every replica
-        model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
+        # glorot_uniform recurrent weights, as the tutorial's GRU (Keras' default is orthogonal)
+        model = build_keras_model(architecture, recurrent_initializer="glorot_uniform")
         steps_per_epoch = [data_mod.steps_in_epoch(train_ids, config.seq_length, config.batch_size, config.seed, e)
                            for e in range(config.epochs)]
         # --max-steps only stops the run early; the schedule follows --epochs so a resumed run matches.
@@ -226,33 +288,27 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
         optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-    embedding, gru, dense = (model.get_layer(n) for n in ("embedding", "gru", "dense"))
+    parts = model_parts(model, architecture)
 
-    def forward(x, seed_pair, training: bool):
-        h = embedding(x)  # (batch, time, embedding_dim)
-        if training and config.dropout > 0:
-            h = tf.nn.experimental.stateless_dropout(h, config.dropout, seed=seed_pair)
-        h = gru(h, training=training)  # (batch, time, units)
-        if training and config.dropout > 0:
-            h = tf.nn.experimental.stateless_dropout(h, config.dropout, seed=seed_pair + [0, 1])
-        return dense(h)  # (batch, time, vocab)
+    def logits(x, seed_pair, training: bool, rows=None):  # the one forward pass (forward.py)
+        return forward(tf, parts, x, training, config.dropout, seed_pair, rows)
 
     batch_spec = tf.TensorSpec([None, config.seq_length], tf.int32)
 
     @tf.function(input_signature=[batch_spec, batch_spec, tf.TensorSpec([2], tf.int64)])
     def train_step(x, y, seed_pair):
         with tf.GradientTape() as tape:
-            loss = loss_fn(y, forward(x, seed_pair, training=True))
+            loss = loss_fn(y, logits(x, seed_pair, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
     if dist.active:  # the same step split over the replicas: the global batch in, its mean loss out
-        train_step = dist.train_step(model, optimizer, config)
+        train_step = dist.train_step(model, optimizer, config, logits)
 
     @tf.function(input_signature=[batch_spec, batch_spec])
     def val_loss_sum(x, y):
-        losses = keras.losses.sparse_categorical_crossentropy(y, forward(x, None, training=False), from_logits=True)
+        losses = keras.losses.sparse_categorical_crossentropy(y, logits(x, None, training=False), from_logits=True)
         return tf.reduce_sum(losses)
 
     def validate() -> float:
@@ -271,7 +327,10 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     if resuming:
         newest = run.newest_checkpoint()
         ckpt = read_checkpoint(newest)
-        set_model_weights(model, ckpt.weights)
+        if ckpt.weights.architecture() != architecture:  # config.json matched; the checkpoint must too
+            raise ConfigError(f"{newest} holds a {ckpt.weights.architecture().describe()} model, but the run's "
+                              f"config.json says {architecture.describe()}; pass --force to start over")
+        set_keras_weights(model, ckpt.weights)
         if len(ckpt.optimizer_state) != len(optimizer.variables):
             raise ConfigError(f"{newest} holds {len(ckpt.optimizer_state)} optimizer variables, expected "
                               f"{len(optimizer.variables)}; pass --force to start over")
@@ -340,7 +399,7 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
             "learning_rate": float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy")
                                    else optimizer.learning_rate),
         }
-        weights = weights_from_model(model)
+        weights = weights_from_keras_model(model)
         is_best = val_loss < best_val
         best_val = min(best_val, val_loss)
         position = {"epoch": epoch, "batch": batch_in_epoch, "global_step": global_step,

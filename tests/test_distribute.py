@@ -23,7 +23,6 @@ from conftest import ERROR_PREFIX, cli_command, cli_env, make_text, run_cli
 
 from charrnn_export.distribute import local_tf_configs
 from charrnn_export.checkpoints import read_checkpoint
-from charrnn_export.model import WEIGHT_NAMES
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                 reason="TensorFlow is not installed (the train extra)")
@@ -60,9 +59,10 @@ def assert_same_training(run: Path, reference: Path) -> None:
     """Same checkpoints, final weights and optimizer state within TOLERANCE, the same losses."""
     assert [p.name for p in checkpoints(run)] == [p.name for p in checkpoints(reference)]
     last, expected = read_checkpoint(checkpoints(run)[-1]), read_checkpoint(checkpoints(reference)[-1])
-    for name in WEIGHT_NAMES:
-        np.testing.assert_allclose(getattr(last.weights, name), getattr(expected.weights, name), rtol=0,
-                                   atol=TOLERANCE, err_msg=name)
+    arrays, expected_arrays = last.weights.named_arrays(), expected.weights.named_arrays()
+    assert arrays.keys() == expected_arrays.keys()
+    for name in arrays:
+        np.testing.assert_allclose(arrays[name], expected_arrays[name], rtol=0, atol=TOLERANCE, err_msg=name)
     for got, want in zip(last.optimizer_state, expected.optimizer_state, strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -120,6 +120,18 @@ def test_mirrored_on_two_cpu_devices_trains_the_weights_of_one_process(data, one
     assert result.returncode == 0, result.stderr
     assert "--strategy mirrored, 2 replicas" in result.stderr
     assert_same_training(out, one_process)
+
+
+def test_mirrored_trains_a_stacked_lstm_as_one_process(data, tmp_path):
+    # The one forward pass (forward.py) under both: dropout after the embedding and between the layers.
+    stacked = (*ARGS, "--cell", "lstm", "--layers", "2", "--rnn-units", "16")
+    reference, out = tmp_path / "one", tmp_path / "mirrored"
+    result = run_cli("train", "--data", data, "--out", reference, *stacked)
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", "--data", data, "--out", out, *stacked, "--strategy", "mirrored", "--cpu-replicas", "2")
+    assert result.returncode == 0, result.stderr
+    assert read_checkpoint(checkpoints(out)[-1]).weights.architecture().describe() == "lstm(16) x2"
+    assert_same_training(out, reference)
 
 
 def test_a_killed_worker_stops_the_chief_with_one_line_and_resume_finishes_the_run(data, one_process, tmp_path):

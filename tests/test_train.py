@@ -17,7 +17,7 @@ from conftest import TINY_ARGS, cli_command, cli_env, run_cli
 
 from charrnn_export.vocab import Vocab
 from charrnn_export.checkpoints import read_checkpoint, save_checkpoint
-from charrnn_export.model import WEIGHT_NAMES
+from charrnn_export.cells import Architecture, LayerSpec
 
 EPOCHS = 4
 LOSSES = ("global_step", "train_loss", "val_loss", "val_bpc")
@@ -36,8 +36,8 @@ def checkpoints(run: Path) -> list[Path]:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    wa, wb = read_checkpoint(a).weights, read_checkpoint(b).weights
-    return all(np.array_equal(getattr(wa, n), getattr(wb, n)) for n in WEIGHT_NAMES)
+    wa, wb = read_checkpoint(a).weights.named_arrays(), read_checkpoint(b).weights.named_arrays()
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[n], wb[n]) for n in wa)
 
 
 def leftovers(run: Path) -> list[Path]:
@@ -56,6 +56,7 @@ def test_loss_falls_and_the_run_directory_is_complete(trained_run, text_file):
     assert [r["wall_time"] for r in rows] == sorted(r["wall_time"] for r in rows)
 
     config = json.loads((trained_run / "config.json").read_text(encoding="utf-8"))
+    assert (config["cell"], config["layers"], config["state_size"]) == ("gru", 1, 32)  # the defaults: one GRU
     assert (config["embedding_dim"], config["rnn_units"], config["seq_length"], config["batch_size"],
             config["seed"], config["epochs"], config["data"]) == (16, 32, 16, 8, 7, EPOCHS, str(text_file))
     text = text_file.read_text(encoding="utf-8")
@@ -66,7 +67,8 @@ def test_loss_falls_and_the_run_directory_is_complete(trained_run, text_file):
     assert [p.name for p in ckpts] == [f"ckpt-e{r['epoch']:03d}-s{r['global_step']:08d}.npz" for r in rows]
     for path, row in zip(ckpts, rows):
         ckpt = read_checkpoint(path)
-        assert ckpt.weights.config() == {"vocab_size": len(vocab), "embedding_dim": 16, "rnn_units": 32}
+        assert ckpt.weights.architecture() == Architecture(len(vocab), 16, (LayerSpec("gru", 32),))
+        assert ckpt.meta["architecture"] == config["architecture"]
         assert ckpt.optimizer_state  # resumable: the optimizer's moments are saved too
         assert ckpt.meta["metrics"]["val_loss"] == row["val_loss"]
     best = read_checkpoint(trained_run / "best.npz")

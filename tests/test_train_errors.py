@@ -153,8 +153,8 @@ def test_force_starts_over(run_dir, text_file):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1]
     ckpts = sorted((run_dir / "checkpoints").iterdir())
-    assert len(ckpts) == 1 and read_checkpoint(ckpts[0]).weights.rnn_units == 24  # the old run's are gone
-    assert read_checkpoint(run_dir / "best.npz").weights.rnn_units == 24
+    assert len(ckpts) == 1 and read_checkpoint(ckpts[0]).weights.layers[0].spec.units == 24  # the old run's are gone
+    assert read_checkpoint(run_dir / "best.npz").weights.layers[0].spec.units == 24
 
 
 def test_resume_with_the_same_config_continues(run_dir, trained_run, text_file):
