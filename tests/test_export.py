@@ -38,9 +38,11 @@ def step_onnx(session, ids: np.ndarray, units: int) -> tuple[np.ndarray, np.ndar
 
 
 def run_weights(run_dir) -> dict[str, np.ndarray]:
-    """best.npz read with numpy alone, not with the project's reader."""
+    """best.npz of a single-layer run read with numpy alone, not with the project's reader:
+    embedding, kernel, recurrent_kernel, bias, dense_kernel, dense_bias (the layer's arrays are
+    stored as weights/layers/0/NAME, an older checkpoint's as weights/NAME)."""
     with np.load(run_dir / "best.npz") as npz:
-        return {k.split("/", 1)[1]: npz[k] for k in npz.files if k.startswith("weights/")}
+        return {k.split("/")[-1]: npz[k] for k in npz.files if k.startswith("weights/")}
 
 
 def test_export_dir_holds_the_artifacts_and_nothing_else(tiny_export):

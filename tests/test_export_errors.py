@@ -47,15 +47,10 @@ def listing(folder: Path) -> list[str]:
 
 
 def random_weights(vocab_size: int, embedding_dim: int = 8, units: int = 16, seed: int = 0):
-    from charrnn_export.model import GRUWeights
+    from charrnn_export.cells import Architecture, LayerSpec
+    from conftest import random_model_weights
 
-    rng = np.random.default_rng(seed)
-
-    def normal(*shape):
-        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
-
-    return GRUWeights(normal(vocab_size, embedding_dim), normal(embedding_dim, 3 * units), normal(units, 3 * units),
-                      normal(2, 3 * units), normal(units, vocab_size), normal(vocab_size))
+    return random_model_weights(Architecture(vocab_size, embedding_dim, (LayerSpec("gru", units),)), seed)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +61,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
 
     from charrnn_export.vocab import Vocab
     from charrnn_export.checkpoints import save_checkpoint
-    from charrnn_export.model import model_from_weights
+    from charrnn_export.cells.keras_model import build_keras_model, set_keras_weights
 
     root = tmp_path_factory.mktemp("checkpoints")
     weights = random_weights(len(VOCAB))
@@ -77,7 +72,9 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     (run / "config.json").write_text(json.dumps({"vocab_size": len(VOCAB), "val_fraction": 0.1}))
 
     h5 = root / "model.weights.h5"
-    model_from_weights(weights).save_weights(str(h5))
+    model = build_keras_model(weights.architecture())
+    set_keras_weights(model, weights)
+    model.save_weights(str(h5))
 
     tutorial = tf_keras.Sequential([
         tf_keras.layers.Embedding(len(VOCAB), 8, batch_input_shape=[4, None]),
@@ -227,7 +224,7 @@ def test_a_corrupt_checkpoint(damage, checkpoints, workdir, tmp_path, capfd):
             best.write_bytes(os.urandom(4096))
         else:
             with np.load(best) as npz:
-                arrays = {k: npz[k] for k in npz.files if k != "weights/recurrent_kernel"}
+                arrays = {k: npz[k] for k in npz.files if k != "weights/layers/0/recurrent_kernel"}
             with open(best, "wb") as f:
                 np.savez(f, **arrays)
         extra = []

@@ -192,8 +192,9 @@ def test_tutorial_legacy_h5_weights_read_the_same(tutorial_run, tmp_path):
     model.save_weights(str(tmp_path / "tutorial.h5"))
     from_h5 = load_any_checkpoint(tmp_path / "tutorial.h5").weights
     from_ckpt = load_any_checkpoint(tutorial_run["dir"]).weights
-    for a, b in zip(from_h5.arrays(), from_ckpt.arrays()):
-        np.testing.assert_array_equal(a, b)
+    assert from_h5.architecture() == from_ckpt.architecture()
+    for name, array in from_ckpt.named_arrays().items():
+        np.testing.assert_array_equal(from_h5.named_arrays()[name], array, err_msg=name)
 
 
 # ---------------------------------------------------------------- the current tutorial (Keras 3)
@@ -299,13 +300,14 @@ def test_exports_the_current_tutorials_weights_h5(current_tutorial, tmp_path):
 
 
 def test_keras3_sequential_weights_h5_reads_the_same(tmp_path):
-    """Our own build_model saved by Keras 3 (layers/... paths) reads back exactly."""
+    """A Keras 3 Sequential (cells.keras_model's) saved by Keras 3 (layers/... paths) reads back exactly."""
+    from charrnn_export.cells import Architecture, LayerSpec
+    from charrnn_export.cells.keras_model import build_keras_model, weights_from_keras_model
     from charrnn_export.checkpoints import load_any_checkpoint
-    from charrnn_export.model import build_model, weights_from_model
 
-    model = build_model(11, 8, 12)
+    model = build_keras_model(Architecture(11, 8, (LayerSpec("gru", 12),)))
     model.save_weights(str(tmp_path / "seq.weights.h5"))
     loaded = load_any_checkpoint(tmp_path / "seq.weights.h5")
     assert loaded.layout == "sequential"
-    for a, b in zip(loaded.weights.arrays(), weights_from_model(model).arrays()):
-        np.testing.assert_array_equal(a, b)
+    for name, array in weights_from_keras_model(model).named_arrays().items():
+        np.testing.assert_array_equal(loaded.weights.named_arrays()[name], array, err_msg=name)

@@ -11,7 +11,8 @@ def add_export_parser(sub) -> None:
                        "model.onnx, saved_model/, vocab.json and export_report.json in --out.")
     p.add_argument("--checkpoint", required=True,
                    help="a run directory from `train` (its best checkpoint), a tutorial training_checkpoints "
-                   "directory or prefix (e.g. training_checkpoints/ckpt_10), or a Keras .weights.h5 file")
+                   "directory or prefix (e.g. training_checkpoints/ckpt_10), or a Keras .weights.h5 or .keras "
+                   "file; the architecture (GRU, LSTM, SimpleRNN layers, stacked) is read from it")
     p.add_argument("--out", required=True, help="directory to write (created; must be empty unless --force)")
     p.add_argument("--text", help="the training text: rebuilds a tutorial checkpoint's vocabulary as the tutorial "
                    "did (sorted(set(text)), with [UNK] at id 0 when the embedding has one row more, as the current "
@@ -48,8 +49,10 @@ def run_export(args) -> int:
 
     report = export(args.checkpoint, args.out, text=args.text, vocab_path=args.vocab, atol=args.atol,
                     quantize=args.quantize, opset=args.opset, force=args.force, seed=args.seed)
-    parity = ", ".join(f"{k} {v['logits']:.2g}" for k, v in report["parity"].items() if isinstance(v, dict))
-    print(f"exported {report['source']} -> {args.out} (opset {report['opset']}); max logit diff: {parity}")
+    parity = ", ".join(f"{k} {v['logits']:.2g}" for k, v in report["parity"].items()
+                       if isinstance(v, dict) and "logits" in v)
+    print(f"exported {report['source']} ({report['architecture']}) -> {args.out} (opset {report['opset']}); "
+          f"max logit diff: {parity}")
     if "int8" in report:
         q = report["int8"]
         extra = f", top-1 agreement {q['top1_agreement']:.4f}" if "top1_agreement" in q else ""
