@@ -56,7 +56,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from .rng import Blocks, row_seed
-from .sampling import SamplingConfig, Settings, broken_rows, choose, mask_unknown, unknown_id
+from .sampling import OneRow, SamplingConfig, Settings, broken_rows, choose, mask_unknown, unknown_id
 
 LENGTH, CANCELLED, NONFINITE, FAILED = "length", "cancelled", "nonfinite", "failed"
 # The finish reason an end means to a client (OpenAI's "length"; "abort" and "error" as vLLM's).
@@ -91,6 +91,8 @@ class HostSampler:
         self.state = runtime.zero_state(capacity)  # (capacity, units)
         self.unk_id = unknown_id(runtime.config)
         self.name = f"{runtime.name} step + numpy sampler"
+        self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
+        self._token = np.zeros(1, np.int32)  # decode_one's input id
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
         state = self.state[:rows]
@@ -103,17 +105,17 @@ class HostSampler:
         ids[broken] = -1
         return ids[:, None]
 
-
     def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
-        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1."""
-        ids = self.decode(1, np.full((1, 1), token, np.int32), self.last_one, Settings(*(a[:1] for a in settings)),
-                          np.full((1, 1), uniform), _NO_RESET)
-        return int(ids[0, 0])
+        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
+        The same step and the same rule, with the per-call array work done once per request."""
+        if fresh:
+            self._one.set(settings)
+        self._token[0] = token
+        logits, new_state = self.runtime.step(self._token, self.state[:1])
+        self.state[:1] = new_state
+        return self._one.pick(logits[0], uniform)
 
-    last_one = np.zeros(1, np.int32)
 
-
-_NO_RESET = np.zeros(1, bool)
 
 
 class BackendFault(RuntimeError):

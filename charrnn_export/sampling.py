@@ -4,6 +4,7 @@
     SamplingConfig(...).validate()             the same checks for a config built directly
     Settings.of([config, ...])                 per-row settings as arrays (what a decode model takes)
     choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
+    OneRow(vocab, unk_id).set(settings).pick(logits (vocab,), uniform) -> id   the same, one row
     unknown_id(config), mask_unknown(logits, unk_id), broken_rows(logits, unk_id)   the [UNK] rule
 
 This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
@@ -128,6 +129,62 @@ def choose(logits: np.ndarray, settings: Settings, uniforms: np.ndarray) -> np.n
     threshold = uniforms * cdf[:, -1].astype(np.float64)  # (rows,) below the total: u < 1
     ids[sampled] = np.sum(cdf <= threshold[:, None], axis=1)
     return ids
+
+
+class OneRow:
+    """choose() for one row at a time, with its settings fixed: the same rule and the same
+    float arithmetic, on buffers made once. At batch 1 a generator calls the sampler once per
+    character, and choose()'s thirty small array operations, each with numpy's per-call cost,
+    weigh as much as the model's step; this does a third as many, in place. Rows with a top-k or
+    top-p cut go through choose() itself (the cuts are rare and their sort dominates anyway)."""
+
+    def __init__(self, vocab_size: int, unk_id: int | None):
+        self.unk_id = unk_id
+        self.scaled = np.empty(vocab_size, np.float32)
+        self.exp64 = np.empty(vocab_size, np.float64)
+        self.weights = np.empty(vocab_size, np.float32)
+        self.cdf = np.empty(vocab_size, np.float32)
+        self.settings = Settings.empty(1)
+        self.greedy = self.plain = False
+        self.temperature = np.float32(1.0)
+
+    def set(self, settings: Settings, row: int = 0) -> "OneRow":
+        """Take row `row` of `settings` as the settings of every following pick."""
+        self.settings = Settings(*(a[row:row + 1].copy() for a in settings))
+        temperature, top_k, top_p, greedy = (a[0] for a in self.settings)
+        self.greedy = bool(greedy) or not top_p > 0  # rule 1
+        vocab = self.scaled.shape[0]
+        self.plain = not self.greedy and not (0 < top_k < vocab) and not top_p < 1
+        self.temperature = np.float32(temperature)
+        return self
+
+    def pick(self, logits: np.ndarray, uniform: float) -> int:
+        """The id for `logits` (vocab,) float32 (changed in place: [UNK] masked), or -1 when they
+        are not all finite ([UNK] aside), as broken_rows and choose() decide together."""
+        unk = self.unk_id
+        if unk is not None:
+            logits[unk] = 0.0  # not judged (broken_rows), then never sampled (mask_unknown)
+        if not np.isfinite(logits).all():
+            return -1
+        if unk is not None:
+            logits[unk] = -np.inf
+        if self.greedy:
+            return int(logits.argmax())
+        if not self.plain:
+            return int(choose(logits[None], self.settings, np.array([uniform]))[0])
+        scaled, cdf = self.scaled, self.cdf
+        np.subtract(logits, logits.max(), out=scaled)
+        if self.temperature < 1:  # rule 2, as in choose(): only a temperature below 1 can overflow
+            with np.errstate(over="ignore"):
+                np.divide(scaled, self.temperature, out=scaled)
+        elif self.temperature != 1:
+            np.divide(scaled, self.temperature, out=scaled)
+        # Rule 4: the largest scaled value is exactly 0, so choose()'s "- max" changes nothing.
+        np.exp(scaled, out=self.exp64, dtype=np.float64)
+        np.copyto(self.weights, self.exp64, casting="same_kind")
+        np.add.accumulate(self.weights, out=cdf)  # rule 6: sequential float32 sums
+        # cdf never decreases, so the count of entries <= the threshold is a binary search's.
+        return int(np.searchsorted(cdf, uniform * float(cdf[-1]), side="right"))
 
 
 def unknown_id(config: Mapping) -> int | None:

@@ -268,3 +268,30 @@ def test_take_one_reads_the_same_stream_as_take():
     blocks.start(1, 5)
     got = [blocks.take_one(1) if i % 2 else float(blocks.take(np.array([1]), np.array([1]), 1)[0, 0]) for i in range(11)]
     assert got == Stream(5).random(11).tolist()
+
+
+# ---------------------------------------------------------------- the one-row sampler (batch 1)
+
+from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402
+
+from charrnn_export.sampling import OneRow, broken_rows, mask_unknown  # noqa: E402
+
+_LOGIT = st.one_of(st.floats(-80, 80, width=32), st.sampled_from([0.0, 1e-40, -1e-40, 3e38, -3e38]),
+                   st.sampled_from([float("nan"), float("inf"), -float("inf")]))
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(logits=st.lists(_LOGIT, min_size=2, max_size=12), unk=st.one_of(st.none(), st.integers(0, 1)),
+       temperature=st.sampled_from([1e-6, 0.05, 0.7, 1.0, 3.0, 1e30]),
+       top_k=st.sampled_from([0, 1, 3, 100]), top_p=st.sampled_from([1.0, 0.9, 0.3, 1e-46]),
+       greedy=st.booleans(), uniform=st.floats(0, 1, exclude_max=True))
+def test_one_row_picks_what_choose_and_broken_rows_pick(logits, unk, temperature, top_k, top_p, greedy, uniform):
+    """OneRow (the batch-1 path) is choose() and broken_rows() for one row, id for id, on any
+    logits (NaN and infinities included) and any settings, the cuts included."""
+    row = np.array(logits, np.float32)
+    settings = Settings(np.array([temperature], np.float32), np.array([top_k], np.int64),
+                        np.array([top_p], np.float32), np.array([greedy]))
+    broken = broken_rows(row[None].copy(), unk)[0]
+    expected = -1 if broken else int(choose(mask_unknown(row[None].copy(), unk), settings, np.array([uniform]))[0])
+    got = OneRow(row.size, unk).set(settings).pick(row.copy(), uniform)
+    assert got == expected
