@@ -80,7 +80,8 @@ def test_every_architecture_exports_with_parity_and_records_its_layout(spec, arc
     int8_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.INT8}
     assert "input_table_int8" in int8_weights
     assert report["int8"]["matmuls"]["MatMulInteger"] == matrices(weights)
-    assert report["int8"]["top1_agreement_random"] >= contract.INT8_MIN_TOP1_AGREEMENT
+    assert report["int8"]["relative_logit_error_random"] <= 0.1  # these weights give logits a spread
+    assert report["int8"]["top1_agreement_random"] >= 0.9
 
 
 @pytest.mark.parametrize("spec", ["lstm", "mixed"])
@@ -198,7 +199,7 @@ def test_the_current_tutorials_subclassed_model_with_an_lstm(tmp_path):
     reference = np.asarray(model(ids))
     model.save_weights(str(tmp_path / "tutorial.weights.h5"))
     report, config = exported_architecture(tmp_path / "tutorial.weights.h5", tmp_path)
-    assert report["source_layout"] == "subclassed" and report["architecture"] == "lstm(12) x1"
+    assert report["architecture"] == "lstm(12) x1"
     from charrnn_export.runtimes.onnx import OnnxRuntime
 
     runtime = OnnxRuntime(tmp_path / "export")
