@@ -51,7 +51,7 @@ class TrainConfig:
     embedding_dim: int = 256
     rnn_units: int | tuple[int, ...] = 1024  # every layer's units, or one per layer
     cell: str = "gru"  # a registered cell kind (cells.kind_names()): gru, lstm, rnn
-    layers: int | None = None  # recurrent layers; None: one, or as many as rnn_units lists
+    layers: int | None = None  # recurrent layers; None: as many as rnn_units lists, else one
     seq_length: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -73,15 +73,20 @@ class TrainConfig:
     def __post_init__(self):
         if isinstance(self.rnn_units, list):
             self.rnn_units = tuple(self.rnn_units)
-        if self.layers is None:
-            self.layers = len(self.rnn_units) if isinstance(self.rnn_units, tuple) and self.rnn_units else 1
+        if self.layers is None and isinstance(self.rnn_units, tuple) and self.rnn_units:
+            self.layers = len(self.rnn_units)  # the list says how many
         self.rnn_units = canonical_units(self.rnn_units, self.layers)
+
+    @property
+    def layer_count(self) -> int:
+        """--layers, or (not given) 1: what config.json records as "layers"."""
+        return 1 if self.layers is None else self.layers
 
     @property
     def units_per_layer(self) -> tuple[int, ...]:
         if isinstance(self.rnn_units, tuple):
             return self.rnn_units
-        return (self.rnn_units,) * self.layers
+        return (self.rnn_units,) * self.layer_count
 
     def architecture(self, vocab_size: int):
         """The model this config trains on a vocabulary of `vocab_size` (cells.Architecture)."""
@@ -124,7 +129,7 @@ class TrainConfig:
 
         if not isinstance(self.cell, str) or self.cell not in kind_names():
             raise ConfigError(f"--cell must be one of {', '.join(kind_names())}, got {self.cell!r}")
-        if type(self.layers) is not int or self.layers <= 0:
+        if self.layers is not None and (type(self.layers) is not int or self.layers <= 0):
             raise ConfigError(f"--layers must be positive, got {self.layers}")
         units = self.rnn_units if isinstance(self.rnn_units, tuple) else (self.rnn_units,)
         for value in units:
@@ -133,14 +138,14 @@ class TrainConfig:
                                   f"(512 or 512,256), got {value!r}")
             if value <= 0:
                 raise ConfigError(f"--rnn-units must be positive, got {value}")
-        if isinstance(self.rnn_units, tuple) and len(self.rnn_units) != self.layers:
+        if isinstance(self.rnn_units, tuple) and len(self.rnn_units) != self.layer_count:
             listed = ",".join(map(str, self.rnn_units))
             raise ConfigError(f"--rnn-units {listed} gives {len(self.rnn_units)} layers' units but --layers is "
                               f"{self.layers}: give one number for every layer, or one per layer")
 
     def to_dict(self) -> dict:
         """The fields as config.json holds them (JSON types: a per-layer rnn_units is a list)."""
-        fields = dataclasses.asdict(self)
+        fields = {**dataclasses.asdict(self), "layers": self.layer_count}
         if isinstance(self.rnn_units, tuple):
             fields["rnn_units"] = list(self.rnn_units)
         return fields

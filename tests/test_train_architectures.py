@@ -176,6 +176,7 @@ def test_the_python_api_names_the_flag():
             TrainConfig(**kwargs).validate()
     stacked = TrainConfig(cell="rnn", rnn_units=[32, 16], embedding_dim=8)
     assert (stacked.layers, stacked.rnn_units, stacked.to_dict()["rnn_units"]) == (2, (32, 16), [32, 16])
+    assert (TrainConfig().layer_count, TrainConfig().to_dict()["layers"]) == (1, 1)
     assert stacked.architecture(10).describe() == "rnn(32) -> rnn(16)"
     assert TrainConfig(rnn_units=(16, 16)).to_dict()["rnn_units"] == 16  # one spelling per model
 
