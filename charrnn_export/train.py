@@ -92,7 +92,8 @@ class TrainConfig:
         """The model this config trains on a vocabulary of `vocab_size` (cells.Architecture)."""
         from .cells import Architecture, LayerSpec
 
-        return Architecture(vocab_size, self.embedding_dim, tuple(LayerSpec(self.cell, u) for u in self.units_per_layer))
+        layers = tuple(LayerSpec(self.cell, units) for units in self.units_per_layer)
+        return Architecture(vocab_size, self.embedding_dim, layers)
 
     def validate(self) -> None:
         self.validate_architecture()
@@ -358,8 +359,8 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
             epoch, batch_in_epoch, epoch_loss_sum, epoch_chars, epoch_seconds = epoch + 1, 0, 0.0, 0, 0.0
         log(f"resuming {run.path} from {newest.name}: epoch {epoch + 1}, step {global_step}")
     else:
-        log(f"training {run.path}: {len(train_ids):,} train / {len(val_ids):,} validation characters, "
-            f"vocab {len(vocab)}, {config.epochs} epochs of {steps_per_epoch[0]} steps")
+        log(f"training {run.path}: {architecture.describe()}, {len(train_ids):,} train / {len(val_ids):,} "
+            f"validation characters, vocab {len(vocab)}, {config.epochs} epochs of {steps_per_epoch[0]} steps")
 
     if dist.active:  # every worker starts where the chief's checkpoint (or a fresh start) puts it
         log(f"{dist.describe()}; global batch {config.batch_size}")
