@@ -29,7 +29,6 @@ The soak run checks that nothing answers 500 and that the server's resident memo
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
