@@ -7,7 +7,9 @@
 Every peer is built from an export's files, never from a checkpoint: bare onnxruntime runs
 model.onnx / model.int8.onnx; OpenVINO reads model.onnx; LiteRT runs the .tflite files that
 charrnn_export.litert_step converts from the export's SavedModel; PyTorch gets the flat step's
-weights (step_variants.flat_weights: the embedding is already folded into the input table).
+constants (step_variants.flat_constants: the embedding is already folded into the input table).
+The ONNX, OpenVINO and LiteRT peers run any architecture; the PyTorch peers are nn.GRU, so they
+take a single GRU with reset_after=True and refuse another architecture in one line.
 
 PyTorch's nn.GRU is the same cell as Keras' GRU with reset_after=True, with its gates in the
 order r, z, n where Keras has z, r, h; its input is the token's one-hot row and its input weights
@@ -74,12 +76,18 @@ def load_peer(name: str, model_dir: Path, litert_dir: Path | None = None, thread
 
 
 def step_arrays(onnx_path: Path) -> dict[str, np.ndarray]:
-    """The flat step's five weights from an fp32 model.onnx."""
+    """The flat step's constants (cells.tf_step's names) of a single-GRU export's fp32 model.onnx."""
     import onnx
 
-    from charrnn_export.step_variants import flat_weights
+    from charrnn_export.cells import LayerSpec
+    from charrnn_export.errors import ModelError
+    from charrnn_export.step_variants import flat_constants
 
-    return flat_weights(onnx.load(str(onnx_path)))
+    architecture, constants = flat_constants(onnx.load(str(onnx_path)))
+    if architecture.layers != (LayerSpec("gru", architecture.output_units),):
+        raise ModelError(f"{onnx_path} is {architecture.describe()}: the PyTorch peers are nn.GRU, one GRU with "
+                         "reset_after=True; leave the torch-* peers out for this model")
+    return constants
 
 
 class NumpyStatePeer:
@@ -158,8 +166,8 @@ def torch_gru_step(arrays: dict[str, np.ndarray]):
     from torch import nn
 
     table = arrays["input_table"]  # (vocab, 3u)
-    vocab_size, gates = table.shape
-    units = gates // 3
+    vocab_size = table.shape[0]
+    units = arrays["layer0_recurrent_kernel"].shape[0]
 
     class GRUStep(nn.Module):
         def __init__(self):
@@ -180,9 +188,9 @@ def torch_gru_step(arrays: dict[str, np.ndarray]):
     module = GRUStep()
     with torch.no_grad():
         module.gru.weight_ih_l0.copy_(tensor(keras_to_torch_gates(table.T)))  # (3u, vocab)
-        module.gru.weight_hh_l0.copy_(tensor(keras_to_torch_gates(arrays["recurrent_kernel"].T)))  # (3u, u)
+        module.gru.weight_hh_l0.copy_(tensor(keras_to_torch_gates(arrays["layer0_recurrent_kernel"].T)))  # (3u, u)
         module.gru.bias_ih_l0.zero_()  # the input bias is folded into the table
-        module.gru.bias_hh_l0.copy_(tensor(keras_to_torch_gates(arrays["recurrent_bias"])))
+        module.gru.bias_hh_l0.copy_(tensor(keras_to_torch_gates(arrays["layer0_recurrent_bias"])))
         module.dense.weight.copy_(tensor(arrays["dense_kernel"].T))  # (vocab, u)
         module.dense.bias.copy_(tensor(arrays["dense_bias"]))
     return module.eval()
@@ -201,7 +209,7 @@ class TorchPeer:
                                                             dtype=torch.qint8)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.module = module.to(self.dtype) if precision == "bf16" else module
-        self.rnn_units = arrays["recurrent_kernel"].shape[0]
+        self.rnn_units = arrays["layer0_recurrent_kernel"].shape[0]
 
     def step(self, tokens, state):
         torch = self.torch

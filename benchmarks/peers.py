@@ -227,7 +227,10 @@ def write_reference(model_dir: Path, start: str, chars: int, path: Path) -> dict
                  "states": np.array(states, np.float32), "logits": np.array(logits, np.float32),
                  "state_out": np.array(state_out, np.float32)}
     np.savez(path, **reference)
-    return {"config": runtime.config, "vocab_size": runtime.vocab_size, "rnn_units": runtime.rnn_units}
+    from charrnn_export.cells import Architecture
+
+    return {"config": runtime.config, "vocab_size": runtime.vocab_size, "rnn_units": runtime.rnn_units,
+            "architecture": Architecture.from_config(runtime.config, runtime.name).describe()}
 
 
 def prepare_litert(args) -> int:
@@ -373,6 +376,11 @@ def fmt_check(row: dict) -> tuple[str, str]:
     return greedy, f"{check['max_logit_diff']:.2g} / {check['max_state_diff']:.2g}{precision}"
 
 
+def model_layers(model: dict) -> str:
+    """The model's recurrent layers as recorded ("gru(1024) x1"); an older results file has its GRU's units."""
+    return model.get("architecture") or f"gru({model['rnn_units']}) x1"
+
+
 def render_markdown(results: dict) -> str:
     m, s, model = results["machine"], results["settings"], results["model"]
     batches = [str(b) for b in s["batch_sizes"]]
@@ -385,7 +393,7 @@ def render_markdown(results: dict) -> str:
         f"{fmt_load(m.get('load_average'))} before, {fmt_load(m.get('load_average_after'))} after; git "
         f"{m.get('git_commit')}",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- model: GRU {model['rnn_units']} units, vocabulary {model['vocab_size']}, from {model['dir']}",
+        f"- model: {model_layers(model)}, vocabulary {model['vocab_size']}, from {model['dir']}",
         f"- characters per second generating with the state fed back: the start {s['start']!r} then {s['length']} "
         f"characters per run (chars/s = batch x {s['length']} / the run's time, start included, after "
         f"{s['warmup_steps']} warm-up steps); one process per contestant, rotating order, {s['repeats']} rounds: "
@@ -455,7 +463,7 @@ def plot(results: dict) -> bytes | None:
         ax.grid(axis="x", alpha=0.3)
         ax.margins(x=0.25)
     model = results["model"]
-    fig.suptitle(f"the same weights in other runtimes: GRU {model['rnn_units']}, vocab {model['vocab_size']}; "
+    fig.suptitle(f"the same weights in other runtimes: {model_layers(model)}, vocab {model['vocab_size']}; "
                  f"{results['machine']['cpu'][:48]}", fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()

@@ -156,7 +156,8 @@ def run_fit(config: TrainingBenchConfig, data: str) -> dict:
 
     from charrnn_export import data as data_mod
     from charrnn_export.vocab import Vocab
-    from charrnn_export.model import build_model
+    from charrnn_export.cells import Architecture, LayerSpec
+    from charrnn_export.cells.keras_model import build_keras_model
 
     text, _ = data_mod.load_text(data)
     vocab = Vocab.from_text(text)
@@ -177,7 +178,9 @@ def run_fit(config: TrainingBenchConfig, data: str) -> dict:
                .batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(len(vocab), config.embedding_dim, config.rnn_units)
+    # The tutorial's model: one GRU (its Keras defaults), glorot_uniform recurrent init.
+    architecture = Architecture(len(vocab), config.embedding_dim, (LayerSpec("gru", config.rnn_units),))
+    model = build_keras_model(architecture, recurrent_initializer="glorot_uniform")
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 

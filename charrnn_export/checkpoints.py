@@ -28,7 +28,6 @@ from .files import atomic_write_bytes
 from .cells import Architecture, LayerSpec, LayerWeights, ModelWeights, get_kind
 from .cells.registry import KINDS
 from .cells.variables import weights_from_variables
-from .model import WEIGHT_NAMES, GRUWeights
 from .vocab import Vocab, read_vocab_file, with_unknown_slot
 
 
@@ -52,13 +51,13 @@ def save_checkpoint(path, weights: ModelWeights, meta: dict, optimizer_state: li
 
 
 def as_model_weights(weights) -> ModelWeights:
-    """ModelWeights as they are; model.py's single-GRU GRUWeights (the form older callers hold) as
-    the ModelWeights of gru x1."""
     if isinstance(weights, ModelWeights):
         return weights
-    if isinstance(weights, GRUWeights):
-        return ModelWeights.from_gru_weights(weights)
     raise TypeError(f"save_checkpoint: weights must be ModelWeights, not {type(weights).__name__}")
+
+
+# A checkpoint written before architectures holds one GRU's six arrays under these names.
+OLD_GRU_ARRAYS = ("embedding", "kernel", "recurrent_kernel", "bias", "dense_kernel", "dense_bias")
 
 
 @dataclass
@@ -90,11 +89,11 @@ def checkpoint_weights(arrays: dict[str, np.ndarray], meta: dict, source: str) -
     if "architecture" in meta:
         architecture = Architecture.from_json(meta["architecture"], f"checkpoint {source}")
         return ModelWeights.from_named_arrays(architecture, arrays, f"checkpoint {source}")
-    missing = [name for name in WEIGHT_NAMES if name not in arrays]
+    missing = [name for name in OLD_GRU_ARRAYS if name not in arrays]
     if missing:
         raise ModelError(f"checkpoint {source} is corrupt or not a charrnn-export checkpoint "
                          f"(no weight {missing[0]!r} and no architecture in its meta)")
-    old = dict(zip(WEIGHT_NAMES, (arrays[name] for name in WEIGHT_NAMES)))
+    old = dict(zip(OLD_GRU_ARRAYS, (arrays[name] for name in OLD_GRU_ARRAYS)))
     spec_options = get_kind("gru").options_from_bias(int(old["recurrent_kernel"].shape[0]), tuple(old["bias"].shape))
     units = int(old["recurrent_kernel"].shape[0]) if old["recurrent_kernel"].ndim == 2 else 0
     if spec_options is None or units < 1:

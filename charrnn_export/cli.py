@@ -23,7 +23,7 @@ from .commands.web import add_web_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="charrnn-export", description="Train, export and sample character-level GRU models.")
+    parser = Parser(prog="charrnn-export", description="Train, export and sample character-level RNN models (GRU, LSTM, SimpleRNN).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add_parser in (add_train_parser, add_export_parser, add_tflite_parser, add_sample_parser, add_bench_parser,
                        add_web_parser, add_serve_parser):

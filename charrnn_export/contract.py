@@ -2,9 +2,11 @@
 
 One step for a batch of sequences:
     token     int32   [batch]         the current character id per sequence
-    state     float32 [batch, units]  the GRU hidden state (zeros start a sequence)
+    state     float32 [batch, S]      every recurrent layer's state, packed layer by layer
+                                      (zeros start a sequence; S and the layout: the metadata's
+                                      config, cells.architecture.state_size_of)
  -> logits    float32 [batch, vocab]  unnormalised next-character scores
-    state_out float32 [batch, units]  the hidden state after this character
+    state_out float32 [batch, S]      the state after this character
 """
 
 from pathlib import Path
@@ -33,8 +35,6 @@ META_PRODUCER = "charrnn_export"
 
 # Export parity tolerance (max abs difference of logits and state).
 DEFAULT_ATOL = 1e-4
-
-RNN_TYPE = "gru"
 
 # The int8 quality gate of `to-tflite` (the figure tests/test_export.py holds model.int8.onnx to):
 # the int8 step's most probable character is fp32's on at least this share of the positions

@@ -6,16 +6,16 @@
     saved_model_from_onnx(onnx_path, out_dir)                       a step SavedModel from a flat model.onnx
 
 The source is the SavedModel that `to-onnx` writes (saved_model/, signature `serving_default`:
-token int32 [batch], state float32 [batch, units] -> logits, state_out). The batch stays dynamic
+token int32 [batch], state float32 [batch, S] -> logits, state_out). The batch stays dynamic
 (shape signature -1): the interpreter resizes its inputs per batch (runtimes/litert.py).
 int8 is TFLiteConverter's dynamic-range quantization (Optimize.DEFAULT with no representative
 data): int8 weights with a scale per output channel, the activations quantized per step inside
 the kernels; inputs and outputs stay float32 and int32, so both files run the same loop.
 
 An export that has no SavedModel (the shipped artifacts/ hold the ONNX files only) gets one from
-its model.onnx: the flat step's weights (step_variants.flat_weights) are the trained weights with
-the embedding folded into the input table, and an identity embedding with that table as the
-input kernel (and a zero input bias) rebuilds the same tf.function exactly (1 * x + 0 * ... = x).
+its model.onnx: the flat step's constants (step_variants.flat_constants, by the names
+cells.tf_step.step_constants gives them, any architecture) are exactly what the step's
+tf.function reads, so step_model.step_module rebuilds the same function from them.
 TensorFlow is imported inside the functions (tfsetup.py), onnx inside saved_model_from_onnx.
 
 Metadata: a .tflite flatbuffer has a list of named byte buffers (Model.metadata) that the
@@ -33,7 +33,6 @@ import numpy as np
 from . import contract
 from .errors import ConfigError, ModelError
 from .files import atomic_write_bytes
-from .model import GRUWeights
 
 PRECISIONS = ("fp32", "int8")
 # File names beside model.onnx / model.int8.onnx in an export directory.
@@ -121,34 +120,20 @@ def write_litert_model(saved_model_dir, path, precision: str = "fp32", metadata:
     return path
 
 
-def weights_from_flat(arrays: dict[str, np.ndarray]) -> GRUWeights:
-    """GRUWeights whose folded input table (embedding @ kernel + bias[0]) is `input_table` exactly."""
-    table = arrays["input_table"].astype(np.float32)  # (vocab, 3u)
-    vocab_size, gates = table.shape
-    return GRUWeights(
-        embedding=np.eye(vocab_size, dtype=np.float32),  # (vocab, vocab): row t picks table row t
-        kernel=table,
-        recurrent_kernel=arrays["recurrent_kernel"].astype(np.float32),
-        bias=np.stack([np.zeros(gates, np.float32), arrays["recurrent_bias"].astype(np.float32)]),
-        dense_kernel=arrays["dense_kernel"].astype(np.float32),
-        dense_bias=arrays["dense_bias"].astype(np.float32),
-    ).check("flat step model")
-
-
 def saved_model_from_onnx(onnx_path, out_dir) -> Path:
     """A step SavedModel (the `to-onnx` signature, vocabulary and config) from a flat fp32 model.onnx."""
     import onnx
 
     from .runtimes.onnx import parse_metadata
-    from .step_model import build_step_module, save_saved_model
-    from .step_variants import flat_weights
+    from .step_model import save_saved_model, step_module
+    from .step_variants import flat_constants
 
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise ModelError(f"model file not found: {onnx_path}; pass an exported fp32 model.onnx")
     model = onnx.load(str(onnx_path))
     vocab, config = parse_metadata({p.key: p.value for p in model.metadata_props}, onnx_path)
-    weights = weights_from_flat(flat_weights(model))
-    module = build_step_module(weights, vocab, config)
+    architecture, constants = flat_constants(model)
+    module = step_module(architecture, constants, vocab, config)
     save_saved_model(module, out_dir)
     return out_dir

@@ -37,14 +37,9 @@ MIN_OPSET = 13  # the oldest opset tried here (its Split takes `split` as an inp
 # ---------------------------------------------------------------- the step as a TensorFlow function
 
 
-def model_weights(weights) -> ModelWeights:
-    """ModelWeights as they are; model.py's single-GRU GRUWeights (older callers') as gru x1."""
-    return weights if isinstance(weights, ModelWeights) else ModelWeights.from_gru_weights(weights)
-
-
-def step_arrays(weights) -> dict[str, np.ndarray]:
+def step_arrays(weights: ModelWeights) -> dict[str, np.ndarray]:
     """The flat step's constants, named as the ONNX file names them (cells.tf_step.step_constants)."""
-    return step_constants(model_weights(weights))
+    return step_constants(weights)
 
 
 def step_signature(state_size: int):
@@ -56,17 +51,20 @@ def step_signature(state_size: int):
     ]
 
 
-def build_step_module(weights, vocab: Vocab, config: dict, vocab_file: Path | None = None):
+def build_step_module(weights: ModelWeights, vocab: Vocab, config: dict, vocab_file: Path | None = None):
     """A tf.Module whose `step` is one step of the whole stack (cells.tf_step.flat_step).
 
     The vocabulary travels inside the SavedModel twice: as the `vocab_json` variable (readable
     with TensorFlow alone) and, given `vocab_file`, as the tracked asset assets/vocab.json.
     """
-    import tensorflow as tf
+    return step_module(weights.architecture(), step_constants(weights), vocab, config, vocab_file)
 
-    weights = model_weights(weights)
-    architecture = weights.architecture()
-    constants = step_constants(weights)
+
+def step_module(architecture, constants: dict[str, np.ndarray], vocab: Vocab, config: dict,
+                vocab_file: Path | None = None):
+    """build_step_module from the flat step's constants themselves (step_constants' names), as an
+    exported model.onnx holds them (step_variants.flat_constants)."""
+    import tensorflow as tf
 
     class CharRNNStep(tf.Module):
         def __init__(self):

@@ -4,8 +4,6 @@
     native_step(flat_model)    -> the step with one native ONNX op per layer (GRU, LSTM, RNN: cuDNN
                                   on CUDA), for any architecture the model's metadata describes
     float16_step(model)        -> the same graph with fp16 weights and math, fp32 in and out
-    flat_weights(flat_model)   -> a single GRU's five arrays under their old names (litert_step.py
-                                  and benchmarks/peer_models.py read a single-GRU export this way)
 
 The flat cell (export.py) is fastest on a CPU; on onnxruntime's CUDA provider the native ops run
 cuDNN's fused kernels and, with a CUDA graph, beat it (benchmarks/gpu_engine.py measures both).
@@ -26,13 +24,12 @@ import json
 import numpy as np
 
 from . import contract
-from .cells import Architecture, LayerSpec, LayerWeights
+from .cells import Architecture, LayerWeights
 from .errors import ModelError
 
 # An export written before the architecture was recorded names its single GRU's arrays without
 # the layer prefix.
 LEGACY_NAMES = {"layer0_recurrent_kernel": "recurrent_kernel", "layer0_recurrent_bias": "recurrent_bias"}
-GRU_WEIGHTS = ("input_table", "recurrent_kernel", "recurrent_bias", "dense_kernel", "dense_bias")
 
 
 def model_config(model) -> dict:
@@ -79,14 +76,6 @@ def flat_constants(flat_model) -> tuple[Architecture, dict[str, np.ndarray]]:
         raise ModelError(f"not an fp32 flat step model of {architecture.describe()} from `to-onnx` "
                          f"(missing weights {', '.join(missing)}); pass the export's model.onnx")
     return architecture, constants
-
-
-def flat_weights(flat_model) -> dict[str, np.ndarray]:
-    """A single GRU (reset_after=True) export's arrays under GRU_WEIGHTS' names."""
-    architecture, constants = flat_constants(flat_model)
-    if architecture.layers != (LayerSpec("gru", architecture.output_units),):
-        raise ModelError(f"a {architecture.describe()} model is not a single GRU with reset_after=True")
-    return {LEGACY_NAMES.get(name, name): array for name, array in constants.items()}
 
 
 def native_step(flat_model):

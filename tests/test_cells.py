@@ -279,22 +279,6 @@ def test_named_arrays_round_trip_and_must_fit_their_description():
         ModelWeights.from_named_arrays(architecture("mixed"), arrays)
 
 
-def test_the_single_gru_path_converts_both_ways():
-    from charrnn_export.model import GRUWeights
-
-    weights = random_weights(architecture("gru"))
-    gru = weights.to_gru_weights()
-    assert isinstance(gru, GRUWeights) and gru.check("x").rnn_units == 12
-    back = ModelWeights.from_gru_weights(gru)
-    assert back.architecture() == architecture("gru")
-    for a, b in zip(back.named_arrays().values(), weights.named_arrays().values()):
-        np.testing.assert_array_equal(a, b)
-    with pytest.raises(ModelError, match="a lstm\\(12\\) x1 model is not a single GRU"):
-        random_weights(architecture("lstm")).to_gru_weights()
-    with pytest.raises(ModelError, match="reset_after=True"):
-        random_weights(architecture("gru-reset-before")).to_gru_weights()
-
-
 # ---------------------------------------------------------------- recognising checkpoints
 
 

@@ -248,15 +248,16 @@ def test_a_bidirectional_layer_is_refused_in_one_line(tmp_path):
 
 def test_an_old_single_gru_checkpoint_still_exports(tmp_path, arch_weights):
     """A run checkpoint written before architectures (weights/embedding, weights/kernel, ...) reads as gru x1."""
-    from charrnn_export.model import WEIGHT_NAMES
+    from charrnn_export.checkpoints import OLD_GRU_ARRAYS
 
     weights, vocab = arch_weights("gru")
-    gru = weights.to_gru_weights()
+    (layer,) = weights.layers
+    old = (weights.embedding, *layer.arrays(), weights.dense_kernel, weights.dense_bias)
     run = tmp_path / "run"
     run.mkdir()
     vocab.save(run / "vocab.json")
     (run / "config.json").write_text(json.dumps({"val_fraction": 0.1}))
-    np.savez(run / "best.npz", **{f"weights/{n}": a for n, a in zip(WEIGHT_NAMES, gru.arrays())},
+    np.savez(run / "best.npz", **{f"weights/{n}": a for n, a in zip(OLD_GRU_ARRAYS, old)},
              meta=np.array(json.dumps({"metrics": {}})))
     report = export(str(run), str(tmp_path / "export"))
     assert report["architecture"] == "gru(32) x1" and report["config"]["rnn_units"] == 32

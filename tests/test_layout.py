@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "charrnn_export"
 # Layers from the bottom up; a module is in the layer of its own name or of the package it is in.
 LAYERS = {
     "base": ("contract", "errors", "files", "checks"),
-    "parts": ("runtimes", "checkpoints", "parity", "model", "vocab", "data", "sampling", "engine", "decode", "rng",
+    "parts": ("runtimes", "checkpoints", "parity", "vocab", "data", "sampling", "engine", "decode", "rng",
               "tfsetup", "step_variants", "distribute", "step_model", "run_dir", "litert_step", "cells",
               "forward"),
     "stages": ("train", "export", "generate", "bench", "serve", "web", "tflite_export"),

@@ -3,8 +3,10 @@
     layer_names(architecture)                      "gru", "gru_1", "lstm", ...: the names Keras itself
                                                    gives a fresh model's layers, so the paths in a
                                                    saved .weights.h5 are those of the user's model
-    build_keras_model(architecture, keras=None)    Sequential: Input ids -> Embedding -> layers -> Dense
-                                                   (logits); keras is `keras` (default) or `tf_keras`
+    build_keras_model(architecture, keras=None, batch_size=None, **layer_kwargs)
+                                                   Sequential: Input ids -> Embedding -> layers -> Dense
+                                                   (logits); keras is `keras` (default) or `tf_keras`;
+                                                   a fixed batch_size for stateful layers
     set_keras_weights(model, weights)
     weights_from_keras_model(model) -> ModelWeights  any Keras model whose weighted layers are, in order,
                                                    an Embedding, registered recurrent layers, a Dense
@@ -31,11 +33,12 @@ def layer_names(architecture: Architecture) -> list[str]:
     return names
 
 
-def build_keras_model(architecture: Architecture, keras=None, **layer_kwargs):
-    """ids (batch, time) -> logits (batch, time, vocab); layer_kwargs go to every recurrent layer."""
+def build_keras_model(architecture: Architecture, keras=None, batch_size: int | None = None, **layer_kwargs):
+    """ids (batch, time) -> logits (batch, time, vocab); layer_kwargs go to every recurrent layer
+    (stateful=True needs a fixed batch_size)."""
     if keras is None:
         import keras
-    layers = [keras.layers.Input(shape=(None,), dtype="int32"),
+    layers = [keras.layers.Input(shape=(None,), batch_size=batch_size, dtype="int32"),
               keras.layers.Embedding(architecture.vocab_size, architecture.embedding_dim, name="embedding")]
     for spec, name in zip(architecture.layers, layer_names(architecture)):
         layers.append(spec.cell.keras_layer(spec, keras, name=name, **layer_kwargs))

@@ -4,8 +4,6 @@
     ModelWeights(embedding, layers, dense_kernel, dense_bias)
         .architecture() / .check(source)                  the description; one-line ModelError
         .named_arrays() / from_named_arrays(...)          flat {name: array} for .npz checkpoints
-        from_gru_weights(w) / .to_gru_weights()           to and from model.py's GRUWeights, so the
-                                                          single-GRU path can move over step by step
 """
 
 from __future__ import annotations
@@ -100,22 +98,3 @@ class ModelWeights:
             raise ModelError(f"{source}: the weights are {weights.architecture().describe()}, "
                              f"the description says {architecture.describe()}")
         return weights
-
-    # ---------------------------------------------------------------- the single-GRU path
-
-    @classmethod
-    def from_gru_weights(cls, weights) -> "ModelWeights":
-        """From model.py's GRUWeights (one GRU, reset_after=True)."""
-        spec = LayerSpec("gru", int(weights.recurrent_kernel.shape[0]), {"reset_after": True})
-        layer = LayerWeights(spec, weights.kernel, weights.recurrent_kernel, weights.bias)
-        return cls(weights.embedding, (layer,), weights.dense_kernel, weights.dense_bias)
-
-    def to_gru_weights(self):
-        """model.py's GRUWeights; ModelError unless this is the one architecture it can hold."""
-        from ..model import GRUWeights
-
-        if len(self.layers) != 1 or self.layers[0].spec != LayerSpec("gru", self.layers[0].spec.units):
-            raise ModelError(f"a {self.architecture().describe()} model is not a single GRU with reset_after=True")
-        layer = self.layers[0]
-        return GRUWeights(self.embedding, layer.kernel, layer.recurrent_kernel, layer.bias, self.dense_kernel,
-                          self.dense_bias)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..cells.architecture import state_size_of
 from ..errors import ModelError, RuntimeUnavailable
 from ..vocab import Vocab
 
@@ -176,9 +177,9 @@ class LiteRTRuntime:
             raise ModelError(f"{path} has a corrupt config in its metadata ({e}); convert it again") from None
         if not isinstance(stored, dict):
             raise ModelError(f"{path}: its metadata's config is not a JSON object; convert it again")
-        state_size = stored.get("state_size")
-        if state_size is None and "layers" not in stored:
-            state_size = stored.get("rnn_units")  # one GRU layer: its units are the state's width
+        state_size = None
+        if "state_size" in stored or "rnn_units" in stored:
+            state_size = state_size_of(stored, f"{path}: its metadata's config")
         if state_size is not None and state_size != self.rnn_units:
             raise ModelError(f"{path}: its config gives a state {state_size} wide, its signature {self.rnn_units}; "
                              "convert it again")
