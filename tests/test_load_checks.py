@@ -54,8 +54,11 @@ def metadata_of(path: Path) -> tuple[list, dict]:
     ("rnn_units is text", "rnn_units 'many'"),
     ("vocabulary holds a lone surrogate", "lone surrogate (U+D800)"),
     ("vocabulary repeats a character", "repeats"),
+    ("rnn_units disagrees with the architecture", "its metadata: rnn_units is 99 but its architecture is gru("),
+    ("state_size disagrees with the architecture", "state_size is 99 but its architecture (gru("),
+    # An old-style config (no architecture) that is consistent in itself but not with the graph:
     ("free state width, wrong metadata", "state of width 99 (from its metadata) fails"),
-    ("fixed state width, other metadata", "metadata says rnn_units 99"),
+    ("fixed state width, other metadata", "metadata says state_size 99"),
 ])
 def test_wrong_onnx_metadata_is_refused_at_load(tiny_export, tmp_path, case, fragment):
     chars, config = metadata_of(tiny_export / "model.onnx")
@@ -70,8 +73,13 @@ def test_wrong_onnx_metadata_is_refused_at_load(tiny_export, tmp_path, case, fra
         edits[contract.META_VOCAB] = json.dumps(chars[:1] + ["\ud800"] + chars[2:])
     elif case == "vocabulary repeats a character":
         edits[contract.META_VOCAB] = json.dumps(chars[:1] + chars[:1] + chars[2:])
-    else:
+    elif case == "rnn_units disagrees with the architecture":
         edits[contract.META_CONFIG] = json.dumps({**config, "rnn_units": 99})
+    elif case == "state_size disagrees with the architecture":
+        edits[contract.META_CONFIG] = json.dumps({**config, "state_size": 99})
+    else:
+        old_style = {k: v for k, v in config.items() if k != "architecture"}
+        edits[contract.META_CONFIG] = json.dumps({**old_style, "rnn_units": 99, "state_size": 99})
         free = case.startswith("free")
     path = edited_model(tiny_export / "model.onnx", tmp_path / "model.onnx", free, **edits)
     with pytest.raises(ModelError, match="export it again") as error:
@@ -199,8 +207,9 @@ def test_weights_holding_nan_are_named_at_export(tiny_run, tmp_path, value, kind
         array[0, :3] = value
         return array
 
-    rewrite_best(run, recurrent_kernel=spoil)
+    rewrite_best(run, **{"layers/0/recurrent_kernel": spoil})  # ModelWeights.named_arrays' names
     out = tmp_path / "export"
     result = run_cli("to-onnx", "--checkpoint", run, "--out", out)
-    assert_one_line_error(result, f"the weights hold {kind} in gru/recurrent_kernel (3 of", "export an earlier checkpoint")
+    assert_one_line_error(result, f"the weights hold {kind} in layers/0/recurrent_kernel (3 of",
+                          "export an earlier checkpoint")
     assert not out.exists()

@@ -12,7 +12,7 @@ from TensorFlow's global seed, set once per process (`seed` is for the numpy sam
 
     tutorial     the seed tutorial's generate_text: a stateful tf_keras Sequential (batch 1) called
                  eagerly on one character at a time, tf.random.categorical (batch 1 only)
-    tf-function  the current tutorial's OneStep: a Keras 3 model whose GRU returns its state, called
+    tf-function  the current tutorial's OneStep: a Keras 3 model whose recurrent layers return their state, called
                  inside a tf.function that also looks characters up and samples (strings in and out)
     savedmodel   the exported SavedModel's step signature, through the decode engine + numpy sampler
     onnx-fp32    the decode engine over model.onnx: onnxruntime's step + the numpy sampler (HostSampler)
@@ -47,15 +47,14 @@ class TutorialContestant:
     def __init__(self, tf, weights, vocab: Vocab, temperature: float, device: str):
         import tf_keras
 
+        from ..cells.keras_model import build_keras_model, set_keras_weights
+
         self.tf, self.device, self.temperature = tf, device, temperature
         with tf.device(device):
-            self.model = tf_keras.Sequential([
-                tf_keras.layers.Embedding(weights.vocab_size, weights.embedding_dim, batch_input_shape=[1, None]),
-                tf_keras.layers.GRU(weights.rnn_units, return_sequences=True, stateful=True,
-                                    recurrent_initializer="glorot_uniform"),
-                tf_keras.layers.Dense(weights.vocab_size),
-            ])
-            self.model.set_weights(weights.arrays())  # Embedding, GRU (kernel, recurrent, bias), Dense
+            # The tutorial's Sequential (Embedding, its recurrent layers, Dense), stateful at batch 1.
+            self.model = build_keras_model(weights.architecture(), keras=tf_keras, batch_size=1, stateful=True,
+                                           recurrent_initializer="glorot_uniform")
+            set_keras_weights(self.model, weights)
         self.char2idx = vocab.index
         self.idx2char = np.array(vocab.chars)
 
@@ -99,31 +98,35 @@ class OneStepContestant:
     def __init__(self, tf, weights, vocab: Vocab, temperature: float, device: str):
         import keras
 
+        from ..cells.keras_model import set_keras_weights
+
         self.tf, self.device = tf, device
-        units = weights.rnn_units
+        architecture = weights.architecture()
 
         class MyModel(keras.Model):
-            def __init__(self, vocab_size, embedding_dim, rnn_units):
+            """The tutorial's MyModel, with each of the architecture's recurrent layers returning its state."""
+
+            def __init__(self):
                 super().__init__()
-                self.embedding = keras.layers.Embedding(vocab_size, embedding_dim)
-                self.gru = keras.layers.GRU(rnn_units, return_sequences=True, return_state=True)
-                self.dense = keras.layers.Dense(vocab_size)
+                self.embedding = keras.layers.Embedding(architecture.vocab_size, architecture.embedding_dim)
+                self.recurrent = [spec.cell.keras_layer(spec, keras, return_state=True) for spec in architecture.layers]
+                self.dense = keras.layers.Dense(architecture.vocab_size)
 
             def call(self, inputs, states=None, return_state=False, training=False):
                 x = self.embedding(inputs, training=training)
-                if states is None:
-                    states = tf.zeros([tf.shape(inputs)[0], units])
-                x, states = self.gru(x, initial_state=states, training=training)
+                states = states if states is not None else [None] * len(self.recurrent)  # None: Keras' zeros
+                new_states = []
+                for layer, state in zip(self.recurrent, states):
+                    x, *layer_state = layer(x, initial_state=state, training=training)  # an LSTM's is [h, c]
+                    new_states.append(layer_state)
                 x = self.dense(x, training=training)
-                return (x, states) if return_state else x
+                return (x, new_states) if return_state else x
 
         chars = list(vocab.chars)
         with tf.device(device):
-            model = MyModel(weights.vocab_size, weights.embedding_dim, units)
+            model = MyModel()
             model(tf.zeros([1, 1], tf.int32))  # build
-            model.embedding.set_weights([weights.embedding])
-            model.gru.set_weights([weights.kernel, weights.recurrent_kernel, weights.bias])
-            model.dense.set_weights([weights.dense_kernel, weights.dense_bias])
+            set_keras_weights(model, weights)
             ids_from_chars = keras.layers.StringLookup(vocabulary=chars, mask_token=None, num_oov_indices=0)
             chars_from_ids = keras.layers.StringLookup(vocabulary=chars, mask_token=None, num_oov_indices=0,
                                                        invert=True)

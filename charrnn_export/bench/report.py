@@ -131,7 +131,7 @@ def render_markdown(results: dict, level: int = 1) -> str:
         f"- machine: {m['cpu']}, {m['cores']} cores ({m.get('cores_usable')} usable), "
         f"load average {fmt_load(m.get('load_average'))} before, {fmt_load(m.get('load_average_after'))} after",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- model: embedding {cfg.get('embedding_dim')}, GRU {cfg.get('rnn_units')} units, vocabulary "
+        f"- model: embedding {cfg.get('embedding_dim')}, {model_layers(cfg)}, vocabulary "
         f"{cfg.get('vocab_size')}; weights from {model.get('checkpoint') or model.get('export_dir')}"
         + (" (random, untrained)" if model.get("random_weights") else ""),
         f"- every contestant in a row generates the same characters: {fmt_steps(s['steps_by_batch'])} steps per "
@@ -204,9 +204,23 @@ def fmt_steps(steps_by_batch: dict) -> str:
     return "/".join(str(v) for v in steps_by_batch.values())
 
 
+def model_layers(cfg: dict) -> str:
+    """The recurrent layers of a results file's model config, "gru(1024) x1" (an older file's
+    config, rnn_units alone, reads as its GRU)."""
+    from ..cells import Architecture
+    from ..errors import ModelError
+
+    try:
+        return Architecture.from_config(cfg).describe()
+    except ModelError:
+        return "layers unknown"
+
+
 def render_floors(floors: dict, h: str) -> list[str]:
-    lines = ["Floors: the step's two matrix products alone (state x recurrent kernel [units, 3 units] and x output "
-             "kernel [units, vocab]), the fastest of the libraries timed (same threads); GB/s counts the weights "
+    shapes = floors.get("matrices")
+    products = ", ".join(f"[{rows}, {columns}]" for rows, columns in shapes) if shapes else "each kernel"
+    lines = [f"Floors: the step's matrix products alone (an input as wide as each matrix's rows times {products}: "
+             "every layer's kernels and the output kernel), the fastest of the libraries timed (same threads); GB/s counts the weights "
              "read once per step (the batch-1 ceiling), GFLOP/s the multiply-adds (the large-batch ceiling):", "",
              "| batch | fp32 ms | fp32 GB/s | fp32 GFLOP/s | int8 ms | int8 GB/s | int8 GFLOP/s | fp32 ms by library |",
              "|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -309,7 +323,7 @@ def plot(results: dict) -> bytes | None:
         ax.set_ylim(bottom / 3, top * 4)
         ax.grid(axis="y", which="major", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", ncol=2)
-    fig.suptitle(f"char-RNN generation, embedding {cfg.get('embedding_dim')}, GRU {cfg.get('rnn_units')}, "
+    fig.suptitle(f"char-RNN generation, embedding {cfg.get('embedding_dim')}, {model_layers(cfg)}, "
                  f"vocab {cfg.get('vocab_size')}{' (quick: tiny random model)' if results.get('quick') else ''}",
                  fontsize=11)
     return png_bytes(fig)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cells import Architecture
 from ..rng import row_seed
 from ..vocab import Vocab
 from ..errors import DataError, ParityError
@@ -157,8 +158,9 @@ def run_device(config: BenchConfig, sources: Sources, tf, device: str, tf_gpu: b
                      f"agreement {r['agreement']:.1%}")
 
     log.info(f"[{device}] floors ...")
-    units, vocab_size = sources.description["config"]["rnn_units"], len(sources.vocab)
-    floors = measure_floors(units, vocab_size, config.batch_sizes, config.threads, device, tf, ort_cuda, scratch,
+    architecture = Architecture.from_config(sources.description["config"], f"{sources.export_dir}")
+    floors = measure_floors(architecture.step_matrices(), architecture.state_size, config.batch_sizes,
+                            config.threads, device, tf, ort_cuda, scratch,
                             budget_s=0.15 if config.quick else 0.5, export_dir=sources.export_dir)
     rows = measure_rows(config, contestants, device)
     reference = next((r for r in rows if r["contestant"] == "tutorial"), None)

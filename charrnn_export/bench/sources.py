@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cells import Architecture
 from ..vocab import Vocab
 from ..errors import ModelError
 from .config import EXPORT_FILES, FULL_SIZE, QUICK_CHARS, BenchConfig
@@ -27,7 +28,7 @@ log = logging.getLogger("charrnn_export.bench")
 
 @dataclass
 class Sources:
-    weights: object | None  # GRUWeights for the TF contestants
+    weights: object | None  # cells.ModelWeights, for the TF contestants
     vocab: Vocab
     export_dir: Path
     description: dict = field(default_factory=dict)
@@ -35,19 +36,25 @@ class Sources:
 
 def tiny_random_checkpoint(folder: Path, seed: int) -> Path:
     """A tiny untrained model as a checkpoint .npz with its vocab.json: --quick without --checkpoint."""
+    from ..cells import Architecture, LayerSpec, LayerWeights, ModelWeights
     from ..checkpoints import save_checkpoint
-    from ..model import GRUWeights
 
     vocab = Vocab.from_text(QUICK_CHARS)
     rng = np.random.default_rng(seed)
-    vocab_size, embedding_dim, units = len(vocab), 16, 64
+    architecture = Architecture(len(vocab), 16, (LayerSpec("gru", 64),))
 
-    def normal(fan_in: int, *shape: int) -> np.ndarray:
+    def normal(shape, fan_in: int) -> np.ndarray:
         return (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32)
 
-    weights = GRUWeights(normal(1, vocab_size, embedding_dim), normal(embedding_dim, embedding_dim, 3 * units),
-                         normal(units, units, 3 * units), normal(10, 2, 3 * units),
-                         normal(units, units, vocab_size) * 3, normal(10, vocab_size))
+    layers, input_dim = [], architecture.embedding_dim
+    for spec in architecture.layers:  # each array of the shape its kind gives it
+        shapes = spec.cell.weight_shapes(spec, input_dim)
+        layers.append(LayerWeights(spec, normal(shapes["kernel"], input_dim),
+                                   normal(shapes["recurrent_kernel"], spec.units), normal(shapes["bias"], 10)))
+        input_dim = spec.units
+    weights = ModelWeights(normal((architecture.vocab_size, architecture.embedding_dim), 1), tuple(layers),
+                           normal((input_dim, architecture.vocab_size), input_dim) * 3,
+                           normal((architecture.vocab_size,), 10))
     path = folder / "best.npz"
     save_checkpoint(path, weights.check("tiny model"), {"note": "bench --quick: random weights"})
     vocab.save(folder / "vocab.json")
@@ -94,14 +101,22 @@ def prepare_sources(config: BenchConfig, scratch: Path) -> Sources:
     vocab = probe.vocab if probe is not None else Vocab.load(export_dir / "vocab.json")
     export_config = dict(probe.config) if probe is not None else {}
     if loaded is not None:
-        if export_config and any(export_config.get(k) != v for k, v in loaded.weights.config().items()):
-            raise ModelError(f"--model {export_dir} ({export_config}) is not the model of --checkpoint "
-                             f"{loaded.source} ({loaded.weights.config()}); export that checkpoint, or drop --model")
+        described = loaded.weights.architecture()
+        if export_config and Architecture.from_config(export_config, f"--model {export_dir}") != described:
+            raise ModelError(f"--model {export_dir} ({Architecture.from_config(export_config).describe()}) is not "
+                             f"the model of --checkpoint {loaded.source} ({described.describe()}); export that "
+                             "checkpoint, or drop --model")
         if len(vocab) != loaded.weights.vocab_size:
             raise ModelError(f"--model {export_dir} has {len(vocab)} characters, the checkpoint "
                              f"{loaded.weights.vocab_size}")
-    model_config = loaded.weights.config() if loaded is not None else {
-        k: export_config.get(k) for k in ("vocab_size", "embedding_dim", "rnn_units")}
+    # The architecture's config (to_config): vocab_size, embedding_dim, architecture, state_size
+    # (and rnn_units for one layer), what the report and the floors read.
+    if loaded is not None:
+        model_config = loaded.weights.architecture().to_config()
+    elif export_config:
+        model_config = Architecture.from_config(export_config, f"--model {export_dir}").to_config()
+    else:
+        model_config = {}
     description = {
         "checkpoint": loaded.source if loaded is not None else None,
         "checkpoint_kind": loaded.kind if loaded is not None else None,

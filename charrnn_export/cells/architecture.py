@@ -8,6 +8,7 @@
                                         LSTM 2 * units, h then c)
         .to_json() / from_json(...)     the form config.json and the ONNX metadata hold
         .describe()                     "gru(512) x1", "lstm(256) -> gru(256)"
+        .step_matrices()                the shapes of the matrices one step multiplies by
         .to_config()                    the config an export carries (metadata, config_json)
         from_config(config)             an exported model's config (or a run's): its "architecture",
                                         or, for an old export without one, gru(rnn_units) x1
@@ -123,6 +124,17 @@ class Architecture:
     def output_units(self) -> int:
         """The width of what the Dense layer reads: the last layer's h."""
         return self.layers[-1].units
+
+    def step_matrices(self) -> tuple[tuple[int, int], ...]:
+        """The (rows, columns) of every matrix one step multiplies by, in the step's order: each
+        layer's input kernel but the first's (the flat step folds that one into a lookup), each
+        layer's recurrent kernel, the Dense kernel."""
+        shapes, input_dim = [], self.embedding_dim
+        for i, layer in enumerate(self.layers):
+            weights = layer.cell.weight_shapes(layer, input_dim)
+            shapes += ([weights["kernel"]] if i > 0 else []) + [weights["recurrent_kernel"]]
+            input_dim = layer.units
+        return tuple(shapes) + ((self.output_units, self.vocab_size),)
 
     def describe(self) -> str:
         if len(set(self.layers)) == 1:
