@@ -209,10 +209,33 @@ def write_decode_models(folder: Path) -> list[str]:
 
 # ---------------------------------------------------------------- several steps per call
 
-CONTROL = "control"  # float64 [batch, 5 + 2 * steps], see block_model
+CONTROL = "control"  # float64 [batch, control_width(steps)], see block_model
 TOKENS = "tokens"  # int32 [batch, steps]
 LAST_TOKEN = "last_token"  # int32 [batch]
+# The `control` input's layout, written here only: these per-row settings (each in the decode
+# model's own input type once cast), then one uniform per step, then one forced token per step.
 CONTROL_COLUMNS = (contract.TEMPERATURE, contract.TOP_K, contract.TOP_P, contract.GREEDY, contract.RESET)
+
+
+def control_width(steps: int) -> int:
+    """Columns of `control` for a block of `steps` steps."""
+    return len(CONTROL_COLUMNS) + 2 * steps
+
+
+def uniform_column(step: int) -> int:
+    """The column of step `step`'s uniform number."""
+    return len(CONTROL_COLUMNS) + step
+
+
+def forced_column(step: int, steps: int) -> int:
+    """The column of step `step`'s forced token (-1: feed back the id sampled before)."""
+    return len(CONTROL_COLUMNS) + steps + step
+
+
+def tokens_to_feed(forced: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """A one-step backend's input ids, the rule block_model applies on the device: the forced
+    start character (>= 0), else (-1) the id sampled last."""
+    return np.where(forced[:, 0] >= 0, forced[:, 0], last).astype(np.int32)
 
 
 def block_model(decode_model, steps: int):
@@ -221,9 +244,10 @@ def block_model(decode_model, steps: int):
 
     inputs   token int32 [batch]    the id each row fed back last (on the device between calls)
              state [batch, units]
-             control float64 [batch, 5 + 2 * steps]: temperature, top_k, top_p, greedy, reset,
-                     then one uniform per step, then one forced token per step (-1: feed back the
-                     id sampled at the step before; >= 0: feed this id, a start string's character)
+             control float64 [batch, control_width(steps)]: the CONTROL_COLUMNS settings
+                     (temperature, top_k, top_p, greedy, reset), then one uniform per step
+                     (uniform_column), then one forced token per step (forced_column; -1: feed back
+                     the id sampled at the step before; >= 0: feed this id, a start string's character)
     outputs  tokens int32 [batch, steps]   the id sampled at each step; the whole row -1 where the
                      last step's logits were not finite (NaN spreads through the state, so the
                      last step sees a broken model; one check per call saves a kernel per step)
@@ -241,22 +265,23 @@ def block_model(decode_model, steps: int):
         del field[:]
     g = _Graph(graph, main_opset(model))
     axis1 = g.const("block_axis1", np.array([1], np.int64))
-    width = 5 + 2 * steps
+    width = control_width(steps)
     columns = [g.one("Squeeze", c, axis1) for c in  # (batch,) each; one Split kernel for all
                g.node("Split", [CONTROL, g.const("split", np.ones(width, np.int64))], width, axis=1)]
-    shared = {contract.TEMPERATURE: g.one("Cast", columns[0], to=TensorProto.FLOAT),
-              contract.TOP_K: g.one("Cast", columns[1], to=TensorProto.INT64),
-              contract.TOP_P: g.one("Cast", columns[2], to=TensorProto.FLOAT),
-              contract.GREEDY: g.one("Cast", columns[3], to=TensorProto.BOOL)}
-    reset = g.one("Cast", columns[4], to=TensorProto.BOOL)
+    input_types = {i.name: i.type.tensor_type.elem_type for i in body.input}
+    settings = {name: g.one("Cast", columns[column], to=input_types[name])  # the decode model's own types
+                for column, name in enumerate(CONTROL_COLUMNS)}
+    reset = settings.pop(contract.RESET)
+    shared = settings
     no_reset = g.one("And", reset, g.const("false", np.array(False)))
     initializers = {i.name for i in body.initializer}
     zero_id = g.const("zero_id", np.array(0, np.int32))
     token, state, outputs, renamed = contract.TOKEN, contract.STATE, [], {}
     for step in range(steps):
-        forced = g.one("Cast", columns[5 + steps + step], to=TensorProto.INT32)
+        forced = g.one("Cast", columns[forced_column(step, steps)], to=TensorProto.INT32)
         token = g.one("Where", g.one("GreaterOrEqual", forced, zero_id), forced, token)
-        inputs = {**shared, contract.TOKEN: token, contract.STATE: state, contract.UNIFORM: columns[5 + step],
+        inputs = {**shared, contract.TOKEN: token, contract.STATE: state,
+                  contract.UNIFORM: columns[uniform_column(step)],
                   contract.RESET: reset if step == 0 else no_reset}
         renamed = _copy_step(graph, body, f"step{step}/", inputs, initializers)
         outputs.append(g.one("Unsqueeze", renamed[contract.NEXT_TOKEN], axis1))

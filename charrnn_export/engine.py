@@ -38,25 +38,34 @@ Each such request ends with "failed" and `engine.causes[request id]` says why. W
 Python API's engines) a backend error propagates to the caller, as any exception does. Each slot draws its random numbers from its request's own seeded stream
 (rng.py), so a request's text does not depend on what else is in the batch, nor on K.
 
-Backends: `decode(rows, forced (rows, K) int32, last (rows,) int32, settings, uniforms (rows, K),
-reset (rows,)) -> ids (rows, K) int32` (-1 where the logits were not finite), with the state kept
-inside; `capacity`, `steps`, `vocab`, `config`.
-  HostSampler(runtime, capacity)        any step runtime (onnx, savedmodel, keras) + sampling.choose
+Backends: the DecodeBackend protocol (below): `decode(rows, forced, last, settings, uniforms,
+reset) -> ids (rows, K)` with the state kept inside, and `capacity`, `steps`, `vocab`, `config`;
+a OneRowBackend also has `decode_one`, the batch-1 fast path. backend_factory(...) is the one
+place that chooses among them:
+  HostSampler(runtime, capacity)        any step runtime (onnx, savedmodel, keras, litert) + sampling.choose
   runtimes.onnx_decode.OnnxDecoder      a decode model (sampling in the graph) on the CPU
   runtimes.onnx_decode.BlockDecoder     K decode steps per call, state and ids on the device (CUDA)
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Sequence
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from .contract import MODEL_FILES
+from .decode import tokens_to_feed
+from .errors import ModelError
 from .rng import Blocks, row_seed
 from .sampling import OneRow, SamplingConfig, Settings, broken_rows, choose, mask_unknown, unknown_id
+from .vocab import Vocab
+
+log = logging.getLogger("charrnn_export")
 
 LENGTH, CANCELLED, NONFINITE, FAILED = "length", "cancelled", "nonfinite", "failed"
 # The finish reason an end means to a client (OpenAI's "length"; "abort" and "error" as vLLM's).
@@ -75,9 +84,80 @@ class _Request:
     seed: int
 
 
-def tokens_to_feed(forced: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """A one-step backend's input ids: the forced start character, else the id sampled last."""
-    return np.where(forced[:, 0] >= 0, forced[:, 0], last).astype(np.int32)
+# ---------------------------------------------------------------- the backends
+
+
+@runtime_checkable
+class DecodeBackend(Protocol):
+    """What the engine needs of a backend. `typing.Protocol`: a backend need not inherit from it,
+    only have these members (tests/test_engine.py checks every backend with isinstance)."""
+
+    capacity: int  # rows it holds state for
+    steps: int  # K: model steps per decode call
+    vocab: Vocab
+    config: dict  # the model's config (its metadata)
+
+    def decode(self, rows: int, forced: np.ndarray, last: np.ndarray, settings: Settings, uniforms: np.ndarray,
+               reset: np.ndarray) -> np.ndarray:
+        """rows [0, rows): forced (rows, K) int32 start characters to feed (-1: feed back `last`),
+        last (rows,) int32, settings per row, uniforms (rows, K), reset (rows,) zeroes a row's state
+        first -> ids (rows, K) int32, -1 where the logits were not finite. The state stays inside."""
+        ...
+
+
+@runtime_checkable
+class OneRowBackend(DecodeBackend, Protocol):
+    """A one-step backend with a fast path for a single generating row (batch 1)."""
+
+    def decode_one(self, token: int, settings: Settings, uniform: float, fresh: bool) -> int:
+        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
+        fresh: the settings are a new request's (the backend may cache per-request work)."""
+        ...
+
+
+SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
+BLOCK_STEPS = 16  # characters per GPU call (BlockDecoder); benchmarks/gpu_engine.py measures others
+
+
+def backend_factory(step, runtime: str = "onnx", sampler: str = "host", device: str = "cpu",
+                    threads: int | None = None, gpu_precision: str = "fp16") -> Callable[[int], DecodeBackend]:
+    """capacity -> a new backend: the one place a backend is chosen for a loaded step runtime.
+
+    HostSampler (the step + sampling.choose) for sampler 'host', for any runtime but onnx, and
+    for 'auto' on the CPU (the faster there; the text is the same); on CUDA a BlockDecoder (the
+    native-op graph, BLOCK_STEPS steps per call, state and ids on the GPU); on the CPU with
+    'graph' (or 'auto' where one is found) an OnnxDecoder over the decode model beside the step
+    model. 'graph' without a decode model is a ModelError."""
+    if runtime != "onnx" or sampler == "host" or (sampler == "auto" and device == "cpu"):
+        return lambda capacity: HostSampler(step, capacity)
+    from .runtimes.onnx_decode import BlockDecoder, OnnxDecoder, find_decode_model
+
+    if device == "cuda":
+        flat = gpu_step_model(step.path)
+        if gpu_precision == "fp16":
+            log.warning("device 'cuda': the GPU graph computes in fp16 (twice the fp32 speed); its text can part "
+                        "from the CPU's after a rounding difference; gpu_precision='fp32' keeps the CPU's text")
+        return lambda capacity: BlockDecoder.for_gpu(flat, capacity, steps=BLOCK_STEPS, precision=gpu_precision)
+    decode_path = find_decode_model(step.path)
+    if decode_path is None:
+        if sampler == "graph":
+            raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
+                             "or use sampler='host'")
+        return lambda capacity: HostSampler(step, capacity)
+    return lambda capacity: OnnxDecoder(decode_path, capacity, device=device, threads=threads)
+
+
+def gpu_step_model(step_path: Path) -> Path:
+    """The fp32 step model to build the GPU graph from: int8 (MatMulInteger) crashes
+    onnxruntime's CUDA provider, so an int8 model's fp32 sibling is used, and one line says so."""
+    if step_path.name != MODEL_FILES["int8"]:
+        return step_path
+    fp32 = step_path.with_name(MODEL_FILES["fp32"])
+    if not fp32.is_file():
+        raise ModelError(f"device 'cuda' cannot run the int8 model {step_path} (onnxruntime's CUDA provider "
+                         "fails on MatMulInteger) and there is no model.onnx beside it; use the fp32 model")
+    log.warning("device 'cuda': int8 does not run on onnxruntime's CUDA provider; using %s (fp32 weights)", fp32)
+    return fp32
 
 
 class HostSampler:
@@ -132,6 +212,7 @@ class Engine:
         self.vocab = backend.vocab
         self.vocab_size = len(backend.vocab)
         self.k = k = backend.steps
+        self._one_row = k == 1 and isinstance(backend, OneRowBackend)  # its decode_one serves batch 1
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
@@ -201,7 +282,7 @@ class Engine:
 
     def _advance(self, ended):
         """One backend call for every busy slot, and its characters."""
-        if self.high == 1 and self.k == 1 and not self._start and hasattr(self.backend, "decode_one"):
+        if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
         rows, k = self.high, self.k
         busy = self.request[:rows] >= 0

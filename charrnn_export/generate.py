@@ -18,7 +18,6 @@ numpy only: the runtime chosen at load time brings its own heavy imports, if any
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Iterator, Sequence
 
 from . import checks
 from .contract import MODEL_FILES, TUTORIAL_START, model_file
-from .engine import FINISH_ERROR, Engine, HostSampler, drive, submit_rows
+from .engine import FINISH_ERROR, SAMPLERS, Engine, backend_factory, drive, submit_rows
 from .errors import ConfigError, DataError, ModelError
 from .rng import random_seed
 from .sampling import SamplingConfig
@@ -37,11 +36,8 @@ SHIPPED = MODEL_FILES  # the precisions shipped: model.onnx, model.int8.onnx
 # model.onnx / model.int8.onnx); lets a test or a deployment point at its own copy.
 ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
 UNKNOWN_MODES = checks.UNKNOWN_MODES
-SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
-BLOCK_STEPS = 16  # characters per GPU call: 8 and 16 measured best on an H200 (benchmarks/gpu_engine.py)
 GPU_PRECISIONS = ("fp16", "fp32")
 POOL_SIZE = 4  # backends kept between calls
-log = logging.getLogger("charrnn_export")
 
 
 @dataclass(frozen=True)
@@ -100,45 +96,13 @@ def resolve_model_path(model: str | None, runtime: str) -> str:
     return model
 
 
-def decoder_factory(step, runtime: str, sampler: str, device: str, threads: int | None, gpu_precision: str = "fp16"):
-    """capacity -> the decode-model backend for this load, or None for the host sampler. On CUDA
-    a BlockDecoder (the native-GRU graph, several steps per call, state and ids on the GPU); on
-    the CPU, OnnxDecoder over the decode model written beside the step model."""
-    if runtime != "onnx" or sampler == "host" or (sampler == "auto" and device == "cpu"):
-        return None
-    from .runtimes.onnx_decode import BlockDecoder, OnnxDecoder, find_decode_model
-
-    if device == "cuda":
-        flat = gpu_step_model(step.path)
-        return lambda capacity: BlockDecoder.for_gpu(flat, capacity, steps=BLOCK_STEPS, precision=gpu_precision)
-    decode_path = find_decode_model(step.path)
-    if decode_path is None:
-        if sampler == "graph":
-            raise ModelError(f"no decode model beside {step.path}; write one with `charrnn-export to-onnx`, "
-                             "or use sampler='host'")
-        return None
-    return lambda capacity: OnnxDecoder(decode_path, capacity, device=device, threads=threads)
-
-
-def gpu_step_model(step_path: Path) -> Path:
-    """The fp32 step model to build the GPU graph from: int8 (MatMulInteger) crashes
-    onnxruntime's CUDA provider, so an int8 model's fp32 sibling is used, and one line says so."""
-    if step_path.name != MODEL_FILES["int8"]:
-        return step_path
-    fp32 = step_path.with_name(MODEL_FILES["fp32"])
-    if not fp32.is_file():
-        raise ModelError(f"device 'cuda' cannot run the int8 model {step_path} (onnxruntime's CUDA provider "
-                         "fails on MatMulInteger) and there is no model.onnx beside it; use the fp32 model")
-    log.warning("device 'cuda': int8 does not run on onnxruntime's CUDA provider; using %s (fp32 weights)", fp32)
-    return fp32
-
-
 class Generator:
-    def __init__(self, runtime, decoder_factory=None, device: str = "cpu"):
+    def __init__(self, runtime, make_backend=None, device: str = "cpu"):
+        """make_backend: capacity -> a backend (engine.backend_factory's; default the host sampler's)."""
         self.runtime = runtime
         self.vocab = runtime.vocab
         self.device = device
-        self._decoder_factory = decoder_factory  # capacity -> a decode-model backend, or None
+        self._make_backend = make_backend or backend_factory(runtime)
         self._pool: list = []  # backends from finished calls, for the next ones
         self._lock = threading.Lock()
 
@@ -165,11 +129,7 @@ class Generator:
         gpu_precision = checks.check_choice(gpu_precision, "gpu_precision", GPU_PRECISIONS)
         step = load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
                             vocab_path=vocab_path)
-        factory = decoder_factory(step, runtime, sampler, device, threads, gpu_precision)
-        if device == "cuda" and factory is not None and gpu_precision == "fp16":
-            log.warning("device 'cuda': the GPU graph computes in fp16 (twice the fp32 speed); its text can part "
-                        "from the CPU's after a rounding difference; gpu_precision='fp32' keeps the CPU's text")
-        return cls(step, factory, device)
+        return cls(step, backend_factory(step, runtime, sampler, device, threads, gpu_precision), device)
 
     # ------------------------------------------------------------ start strings
 
@@ -197,8 +157,7 @@ class Generator:
             for index, backend in enumerate(self._pool):
                 if backend.capacity >= capacity:
                     return self._pool.pop(index)
-        factory = self._decoder_factory
-        return factory(capacity) if factory else HostSampler(self.runtime, capacity)
+        return self._make_backend(capacity)
 
     def give_back(self, backend) -> None:
         with self._lock:

@@ -10,7 +10,8 @@ import onnx
 import pytest
 
 from charrnn_export import Generator, contract
-from charrnn_export.engine import CANCELLED, LENGTH, Engine, HostSampler
+from charrnn_export.engine import (CANCELLED, LENGTH, DecodeBackend, Engine, HostSampler, OneRowBackend,
+                                   backend_factory)
 from charrnn_export.errors import ModelError
 from charrnn_export.rng import Stream, uniforms
 from charrnn_export.runtimes.onnx import OnnxRuntime
@@ -128,6 +129,39 @@ def backends(tiny_export):
         "block-1": lambda capacity: BlockDecoder(tiny_export / "decode.onnx", capacity, steps=1, device="cpu"),
         "block-4": lambda capacity: BlockDecoder(tiny_export / "decode.onnx", capacity, steps=4, device="cpu"),
     }
+
+
+@pytest.mark.parametrize("kind", ["host", "graph", "block-1", "block-4"])
+def test_every_backend_has_the_decode_backend_protocol(backends, kind):
+    backend = backends[kind](4)
+    assert isinstance(backend, DecodeBackend), kind
+    assert backend.capacity >= 4 and backend.steps >= 1 and len(backend.vocab) == backend.config["vocab_size"]
+    # The batch-1 fast path: the one-step backends that have it, never a K-step one.
+    assert isinstance(backend, OneRowBackend) == (kind in ("host", "graph")), kind
+    assert Engine(backend)._one_row == (kind in ("host", "graph")), kind
+
+
+def test_a_backend_without_decode_is_not_one():
+    class NoDecode:
+        capacity, steps, vocab, config = 1, 1, None, {}
+
+    assert not isinstance(NoDecode(), DecodeBackend)
+
+
+@pytest.mark.parametrize("sampler, expected", [("host", HostSampler), ("auto", HostSampler), ("graph", OnnxDecoder)])
+def test_backend_factory_is_where_the_backend_is_chosen(tiny_export, sampler, expected):
+    step = OnnxRuntime(tiny_export / "model.onnx")
+    assert type(backend_factory(step, "onnx", sampler, "cpu")(2)) is expected
+    assert type(Generator.load(str(tiny_export), sampler=sampler).backend(2)) is expected
+    assert type(Generator(step).backend(2)) is HostSampler  # no factory given: the host sampler
+
+
+def test_backend_factory_without_a_decode_model_for_graph_is_a_model_error(tiny_export, tmp_path):
+    shutil.copy(tiny_export / "model.onnx", tmp_path / "model.onnx")
+    step = OnnxRuntime(tmp_path / "model.onnx")
+    assert type(backend_factory(step, "onnx", "auto", "cpu")(1)) is HostSampler
+    with pytest.raises(ModelError, match="no decode model beside"):
+        backend_factory(step, "onnx", "graph", "cpu")
 
 
 def run_all(engine: Engine) -> tuple[dict[int, list[int]], dict[int, str]]:

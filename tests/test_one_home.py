@@ -159,8 +159,13 @@ def test_an_export_folder_means_its_model_file(tmp_path):
 
 
 def test_the_control_columns_are_named_once():
-    from charrnn_export.decode import CONTROL_COLUMNS
-    from charrnn_export.runtimes.onnx_decode import control_block, control_width, idle_control
+    from charrnn_export import decode
+    from charrnn_export.decode import CONTROL_COLUMNS, control_width, forced_column, uniform_column
+    from charrnn_export.runtimes import onnx_decode
+    from charrnn_export.runtimes.onnx_decode import control_block, idle_control
+
+    # One layout: the block graph (decode.block_model) and the rows the decoder fills read the same names.
+    assert onnx_decode.control_width is decode.control_width and onnx_decode.CONTROL_COLUMNS is CONTROL_COLUMNS
 
     settings = Settings.of([SamplingConfig(0.5, 3, 0.9), SamplingConfig(greedy=True)])
     reset = np.array([True, False])
@@ -170,8 +175,9 @@ def test_the_control_columns_are_named_once():
     values = {**settings._asdict(), contract.RESET: reset}
     for column, name in enumerate(CONTROL_COLUMNS):
         np.testing.assert_array_equal(control[:, column], values[name].astype(np.float64))
-    np.testing.assert_array_equal(control[:, len(CONTROL_COLUMNS):][:, :4], uniforms)
-    np.testing.assert_array_equal(control[:, -4:], forced)
+    np.testing.assert_array_equal(control[:, [uniform_column(s) for s in range(4)]], uniforms)
+    np.testing.assert_array_equal(control[:, [forced_column(s, 4) for s in range(4)]], forced)
+    assert forced_column(3, 4) == control_width(4) - 1 and uniform_column(0) == len(CONTROL_COLUMNS)
     idle = idle_control(3, 4, reset=True)
     assert idle[:, CONTROL_COLUMNS.index(contract.TEMPERATURE)].tolist() == [1.0] * 3
     assert idle[:, CONTROL_COLUMNS.index(contract.TOP_P)].tolist() == [1.0] * 3

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import contract
 from ..cells.architecture import state_size_of
-from ..decode import CONTROL_COLUMNS
+from ..decode import CONTROL_COLUMNS, control_width, forced_column, tokens_to_feed, uniform_column
 from ..errors import ModelError
 from ..sampling import Settings
 from .onnx import load_session, parse_metadata, read_metadata
@@ -35,12 +35,8 @@ OUTPUTS = [contract.NEXT_TOKEN, contract.STATE_OUT, contract.LOGIT_CHECK]
 
 
 # ---------------------------------------------------------------- the block graph's `control` input
-
-
-def control_width(steps: int) -> int:
-    """Columns of `control` (decode.block_model): the settings (CONTROL_COLUMNS), then one uniform
-    per step, then one forced token per step."""
-    return len(CONTROL_COLUMNS) + 2 * steps
+# Its layout (CONTROL_COLUMNS, control_width, uniform_column, forced_column) is decode.py's, beside
+# block_model that reads it; here the rows are filled.
 
 
 def control_block(settings: Settings, reset: np.ndarray, uniforms: np.ndarray, forced: np.ndarray) -> np.ndarray:
@@ -50,9 +46,8 @@ def control_block(settings: Settings, reset: np.ndarray, uniforms: np.ndarray, f
     values = {**settings._asdict(), contract.RESET: reset}
     for column, name in enumerate(CONTROL_COLUMNS):
         control[:, column] = values[name]
-    first = len(CONTROL_COLUMNS)
-    control[:, first:first + steps] = uniforms
-    control[:, first + steps:] = forced
+    control[:, uniform_column(0):uniform_column(steps)] = uniforms
+    control[:, forced_column(0, steps):forced_column(steps, steps)] = forced
     return control
 
 
@@ -92,8 +87,6 @@ class OnnxDecoder:
         self._one = None  # decode_one's inputs, kept while the settings stay the same
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
-        from ..engine import tokens_to_feed
-
         self._sync_state()
         feeds = {contract.TOKEN: tokens_to_feed(forced, last), contract.STATE: self.state[:rows],
                  contract.TEMPERATURE: settings.temperature, contract.TOP_K: settings.top_k,
