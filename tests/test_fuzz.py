@@ -288,19 +288,32 @@ def test_to_onnx_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_
 # ---------------------------------------------------------------- train
 
 
-@examples(ci=15)
+# --rnn-units: one number for every layer, or a comma list per layer; and what a user mistypes.
+UNITS = st.one_of(st.integers(1, 4).map(str), st.integers(-1, 0).map(str),
+                  st.lists(st.one_of(st.integers(1, 4), st.integers(-1, 0)), min_size=1, max_size=3).map(
+                      lambda units: ",".join(map(str, units))),
+                  st.sampled_from(["4,", ",4", "4,,4", "4,x", " 4, 4", "4;4", "1e1", "", "2,2,2,2,2,2,2,2,2"]))
+CELLS = st.sampled_from(["gru", "lstm", "rnn", "GRU", "transformer", ""])
+
+
+@examples(ci=20)
 @given(data=st.one_of(st.just(None), st.binary(max_size=3000)), sizes=st.tuples(
-           *(st.one_of(st.integers(1, 4), st.integers(1, 4), st.integers(-1, 0)) for _ in range(4))),
+           *(st.one_of(st.integers(1, 4), st.integers(1, 4), st.integers(-1, 0)) for _ in range(3))),
+       architecture=st.tuples(UNITS, maybe("--cell", CELLS), maybe("--layers", NUMBERS)),
        options=st.tuples(
            maybe("--val-fraction", FLOATS), maybe("--seed", SEEDS), maybe("--dropout", FLOATS),
            maybe("--learning-rate", FLOATS), maybe("--clip-norm", FLOATS),
            maybe("--lr-schedule", st.sampled_from(["cosine", "constant", "step"])), switch("--resume"),
            switch("--force")),
        out=st.one_of(OUTPUTS, LINKED, st.tuples(RUN_FILES, JSON)))
-def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_text, data, sizes, options, out):
+def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_text, data, sizes, architecture,
+                                options, out):
+    """Any sizes, any architecture flags (--cell, --layers, --rnn-units N or N,N,...), any data and
+    run folder (--resume of the tiny run with another architecture among them): one line or success."""
     box = Sandbox(sandbox_root / "train")
     text = str(tiny_text) if data is None else box.file("text.txt", data)
-    embedding_dim, rnn_units, seq_length, batch_size = sizes
+    embedding_dim, seq_length, batch_size = sizes
+    units, cell, layers = architecture
     if isinstance(out, tuple) and isinstance(out[0], int):
         out_dir = box.linked_copy(tiny_run, *out)
     elif isinstance(out, tuple):  # the tiny run, to resume, with one of its files of the wrong JSON type
@@ -309,7 +322,7 @@ def test_train_never_tracebacks(sandbox_root, fixtures_before, tiny_run, tiny_te
     else:
         out_dir = box.output(out, "run")
     argv = ["train", "--data", text, "--out", out_dir, "--embedding-dim", str(embedding_dim),
-            "--rnn-units", str(rnn_units), "--seq-length", str(seq_length), "--batch-size", str(batch_size),
+            f"--rnn-units={units}", *cell, *layers, "--seq-length", str(seq_length), "--batch-size", str(batch_size),
             "--epochs", "1", "--max-steps", "2"]
     for option in options:
         argv += option
