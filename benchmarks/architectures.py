@@ -145,10 +145,12 @@ def train_one(config: ArchitecturesBenchConfig, kind: str, layers: int, units: i
             "wall_seconds": round(time.perf_counter() - started, 1)}
 
 
-def export_one(run_dir: Path, export_dir: Path) -> dict:
+def export_one(run_dir: Path, export_dir: Path, data: str) -> dict:
+    """Export with int8; the training text is passed so that the export measures both models over
+    its held-out end (the same validation split the run used)."""
     from charrnn_export.export import export
 
-    report = export(str(run_dir), str(export_dir), quantize="int8")
+    report = export(str(run_dir), str(export_dir), text=data, quantize="int8")
     validation = report.get("validation", {})
     return {"stream_val_loss_fp32": validation.get("fp32", {}).get("loss"),
             "stream_val_loss_int8": report.get("int8", {}).get("val_loss_int8"),
@@ -190,7 +192,7 @@ def run_architectures_bench(config: ArchitecturesBenchConfig) -> dict:
                    "parameters": parameter_count(arch), "state_size": arch.state_size}
             row["training"] = train_one(config, kind, layers, units, data, scratch / name / "run")
             repo.log(f"{name}: val loss {row['training']['val_loss']:.4f}; exporting and timing generation ...")
-            row["export"] = export_one(scratch / name / "run", scratch / name / "export")
+            row["export"] = export_one(scratch / name / "run", scratch / name / "export", data)
             row["generation"] = generation_one(config, scratch / name / "export")
             rows.append(row)
     results = {
