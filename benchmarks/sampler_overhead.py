@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     options = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "greedy": args.greedy}
     env = environment(str(generator.runtime.path), args.threads)
     env["sampler"] = args.sampler
-    print(f"model {env['model']}: {generator.runtime.rnn_units} units, vocab {len(generator.vocab)}; "
+    print(f"model {env['model']}: state {generator.runtime.rnn_units} wide, vocab {len(generator.vocab)}; "
           f"threads {args.threads or 'default'}; sampling {options}; medians of {args.repeats} x {args.length} steps")
     print(f"{'batch':>5}  {'bare step us':>14}  {'generator us/step':>18}  {'overhead':>9}  "
           f"{'gen chars/s':>12}  {'first char ms':>13}")

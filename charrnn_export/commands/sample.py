@@ -170,7 +170,7 @@ def run_sample(args) -> int:
     # The log starts only now that nothing more can fail, so an error is the only line on stderr.
     runtime = generator.runtime
     model_name = str(getattr(runtime, "path", None) or args.model)
-    log(f"loaded {args.runtime} model {model_name}: {runtime.rnn_units} units, vocabulary of "
+    log(f"loaded {args.runtime} model {model_name}: a state {runtime.rnn_units} wide, vocabulary of "
         f"{len(generator.vocab)} ({load_seconds:.2f}s)")
     if start != args.start:
         dropped = dict.fromkeys(c for c in args.start if c not in generator.vocab.index)
