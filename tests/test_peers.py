@@ -170,6 +170,33 @@ def test_litert_from_a_model_onnx_without_saved_model(tiny_export, tmp_path, ref
     assert_close(runtime.step, reference, EXACT)
 
 
+@pytest.mark.parametrize("spec", ["lstm2", "mixed", "gru_reset_before"])
+def test_a_saved_model_from_model_onnx_of_any_architecture_steps_as_model_onnx(arch_export, tmp_path, spec):
+    """saved_model_from_onnx rebuilds the step from the flat step's constants, whatever the layers."""
+    pytest.importorskip("tensorflow")
+    from charrnn_export.litert_step import saved_model_from_onnx
+    from charrnn_export.runtimes.savedmodel import SavedModelRuntime
+
+    export_dir = arch_export(spec)
+    onnx_runtime = OnnxRuntime(export_dir / "model.onnx")
+    rebuilt = SavedModelRuntime(saved_model_from_onnx(export_dir / "model.onnx", tmp_path / "saved_model"))
+    assert rebuilt.rnn_units == onnx_runtime.rnn_units and rebuilt.config["architecture"] == \
+        onnx_runtime.config["architecture"]
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, onnx_runtime.vocab_size, 5).astype(np.int32)
+    states = rng.uniform(-1, 1, (5, onnx_runtime.rnn_units)).astype(np.float32)
+    for got, expected in zip(rebuilt.step(tokens, states), onnx_runtime.step(tokens, states)):
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+
+def test_the_torch_peers_refuse_another_architecture_in_one_line(arch_export):
+    from benchmarks.peer_models import step_arrays
+
+    assert {"input_table", "layer0_recurrent_kernel"} <= set(step_arrays(arch_export("gru") / "model.onnx"))
+    with pytest.raises(ModelError, match=r"lstm\(.*the PyTorch peers are nn.GRU"):
+        step_arrays(arch_export("lstm2") / "model.onnx")
+
+
 def test_litert_bad_inputs_raise_the_projects_errors(tiny_export, litert_dir, tmp_path):
     from charrnn_export.litert_step import convert_saved_model
     from charrnn_export.runtimes.litert import LiteRTRuntime
