@@ -22,7 +22,7 @@ import pytest
 from conftest import ARCH_SPECS, assert_one_line_error, run_cli
 
 from charrnn_export import contract
-from charrnn_export.cells import Architecture, LayerSpec
+from charrnn_export.cells import Architecture
 from charrnn_export.cells.reference import reference_step
 from charrnn_export.export import export
 
