@@ -101,6 +101,14 @@ def check_number(value, name: str) -> float:
     return float(value)
 
 
+def check_tolerance(value, name: str = "atol") -> float:
+    """A parity tolerance: a positive finite number (`not >` also refuses NaN)."""
+    value = check_number(value, name)
+    if not (value > 0 and math.isfinite(value)):
+        raise value_error(name, f"{name} must be a positive finite number, got {value}")
+    return value
+
+
 def check_length(value, name: str = "length") -> int:
     length = check_int(value, name, minimum=0)
     if length > LENGTH_LIMIT:

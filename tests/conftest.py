@@ -214,24 +214,19 @@ def random_model_weights(architecture, seed: int = 0, scale: float = 0.3):
     """Seeded random weights of every array's shape for `architecture`, through cells' own shapes."""
     import numpy as np
 
-    from charrnn_export.cells import LayerWeights, ModelWeights
+    from charrnn_export.cells.weights import random_weights
 
     rng = np.random.default_rng(seed)
 
-    def normal(shape):
-        return rng.normal(0, scale, shape).astype(np.float32)
+    def draw(shape, role, fan_in):
+        array = rng.normal(0, scale, shape)
+        if role == "recurrent_kernel":
+            # Spectral radius below 1, as training leaves one: a chaotic random one would blow
+            # float32's rounding up over a long sequence, and parity would measure that.
+            return array * (0.6 / scale / np.sqrt(fan_in))
+        return array * 4 if role == "dense_kernel" else array
 
-    layers, input_dim = [], architecture.embedding_dim
-    for spec in architecture.layers:
-        shapes = spec.cell.weight_shapes(spec, input_dim)
-        # A recurrent kernel of spectral radius below 1, as training leaves one: a chaotic random
-        # one would blow float32's rounding up over a long sequence, and parity would measure that.
-        recurrent = normal(shapes["recurrent_kernel"]) * (0.6 / scale / np.sqrt(spec.units))
-        layers.append(LayerWeights(spec, normal(shapes["kernel"]), recurrent, normal(shapes["bias"])))
-        input_dim = spec.units
-    return ModelWeights(normal((architecture.vocab_size, architecture.embedding_dim)), tuple(layers),
-                        normal((input_dim, architecture.vocab_size)) * 4, normal((architecture.vocab_size,))
-                        ).check("random weights")
+    return random_weights(architecture, draw)
 
 
 def write_random_run(run_dir: Path, weights, vocab) -> Path:

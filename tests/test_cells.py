@@ -16,6 +16,7 @@ import pytest
 
 from charrnn_export import contract
 from charrnn_export.cells import Architecture, LayerSpec, LayerWeights, ModelWeights, get_kind, kind_names
+from charrnn_export.cells.weights import random_weights as cells_random_weights
 from charrnn_export.cells.keras_model import build_keras_model, layer_names, set_keras_weights, weights_from_keras_model
 from charrnn_export.cells.reference import reference_step, zero_state
 from charrnn_export.cells.tf_step import flat_step, step_constants
@@ -44,17 +45,7 @@ def architecture(name: str) -> Architecture:
 def random_weights(arch: Architecture, seed: int = 0) -> ModelWeights:
     """Weights of every array's shape, biases included (Keras initialises them to zero)."""
     rng = np.random.default_rng(seed)
-
-    def normal(shape):
-        return rng.normal(0, 0.5, shape).astype(np.float32)
-
-    layers, input_dim = [], arch.embedding_dim
-    for spec in arch.layers:
-        shapes = spec.cell.weight_shapes(spec, input_dim)
-        layers.append(LayerWeights(spec, *(normal(shapes[n]) for n in ("kernel", "recurrent_kernel", "bias"))))
-        input_dim = spec.units
-    return ModelWeights(normal((arch.vocab_size, arch.embedding_dim)), tuple(layers),
-                        normal((input_dim, arch.vocab_size)), normal((arch.vocab_size,))).check("random")
+    return cells_random_weights(arch, lambda shape, role, fan_in: rng.normal(0, 0.5, shape))
 
 
 def reference_run(weights: ModelWeights, tokens: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:

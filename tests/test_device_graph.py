@@ -18,7 +18,8 @@ import onnx
 import pytest
 
 from charrnn_export import contract
-from charrnn_export.cells import Architecture, LayerSpec, LayerWeights, ModelWeights
+from charrnn_export.cells import Architecture, LayerSpec, ModelWeights
+from charrnn_export.cells.weights import random_weights as cells_random_weights
 from charrnn_export.engine import Engine, HostSampler
 from charrnn_export.errors import ModelError
 from charrnn_export.runtimes.onnx import OnnxRuntime
@@ -48,17 +49,7 @@ PLAIN = [SamplingConfig(), SamplingConfig(0.7), SamplingConfig(greedy=True)]
 
 def random_weights(arch: Architecture, seed: int) -> ModelWeights:
     rng = np.random.default_rng(seed)
-
-    def normal(shape):
-        return rng.normal(0, 0.4, shape).astype(np.float32)
-
-    layers, input_dim = [], arch.embedding_dim
-    for spec in arch.layers:
-        shapes = spec.cell.weight_shapes(spec, input_dim)
-        layers.append(LayerWeights(spec, *(normal(shapes[n]) for n in ("kernel", "recurrent_kernel", "bias"))))
-        input_dim = spec.units
-    return ModelWeights(normal((arch.vocab_size, arch.embedding_dim)), tuple(layers),
-                        normal((input_dim, arch.vocab_size)), normal((arch.vocab_size,))).check("random")
+    return cells_random_weights(arch, lambda shape, role, fan_in: rng.normal(0, 0.4, shape))
 
 
 def flat_step_model(weights: ModelWeights):

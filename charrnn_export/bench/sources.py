@@ -36,27 +36,22 @@ class Sources:
 
 def tiny_random_checkpoint(folder: Path, seed: int) -> Path:
     """A tiny untrained model as a checkpoint .npz with its vocab.json: --quick without --checkpoint."""
-    from ..cells import Architecture, LayerSpec, LayerWeights, ModelWeights
+    from ..cells import Architecture, LayerSpec
+    from ..cells.weights import random_weights
     from ..checkpoints import save_checkpoint
 
     vocab = Vocab.from_text(QUICK_CHARS)
     rng = np.random.default_rng(seed)
     architecture = Architecture(len(vocab), 16, (LayerSpec("gru", 64),))
 
-    def normal(shape, fan_in: int) -> np.ndarray:
-        return (rng.standard_normal(shape) / math.sqrt(fan_in)).astype(np.float32)
+    def draw(shape, role: str, fan_in: int) -> np.ndarray:
+        # Scaled by fan-in so the untrained model's logits spread like a trained one's.
+        scale = {"bias": 10, "dense_bias": 10}.get(role, fan_in)
+        return rng.standard_normal(shape) / math.sqrt(scale) * (3 if role == "dense_kernel" else 1)
 
-    layers, input_dim = [], architecture.embedding_dim
-    for spec in architecture.layers:  # each array of the shape its kind gives it
-        shapes = spec.cell.weight_shapes(spec, input_dim)
-        layers.append(LayerWeights(spec, normal(shapes["kernel"], input_dim),
-                                   normal(shapes["recurrent_kernel"], spec.units), normal(shapes["bias"], 10)))
-        input_dim = spec.units
-    weights = ModelWeights(normal((architecture.vocab_size, architecture.embedding_dim), 1), tuple(layers),
-                           normal((input_dim, architecture.vocab_size), input_dim) * 3,
-                           normal((architecture.vocab_size,), 10))
+    weights = random_weights(architecture, draw)
     path = folder / "best.npz"
-    save_checkpoint(path, weights.check("tiny model"), {"note": "bench --quick: random weights"})
+    save_checkpoint(path, weights, {"note": "bench --quick: random weights"})
     vocab.save(folder / "vocab.json")
     return path
 

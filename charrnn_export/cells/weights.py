@@ -4,6 +4,7 @@
     ModelWeights(embedding, layers, dense_kernel, dense_bias)
         .architecture() / .check(source)                  the description; one-line ModelError
         .named_arrays() / from_named_arrays(...)          flat {name: array} for .npz checkpoints
+    random_weights(architecture, draw)                    every array's shape, drawn by the caller
 """
 
 from __future__ import annotations
@@ -98,3 +99,21 @@ class ModelWeights:
             raise ModelError(f"{source}: the weights are {weights.architecture().describe()}, "
                              f"the description says {architecture.describe()}")
         return weights
+
+
+def random_weights(architecture: Architecture, draw) -> ModelWeights:
+    """Weights of every array's shape for `architecture`, each made by `draw(shape, role, fan_in)`
+    (role: "embedding", "kernel", "recurrent_kernel", "bias", "dense_kernel" or "dense_bias";
+    fan_in: the width the array multiplies). The one walk over the kinds' shapes for test models
+    and bench's untrained one; the caller chooses the distribution."""
+    layers, input_dim = [], architecture.embedding_dim
+    for spec in architecture.layers:
+        shapes = spec.cell.weight_shapes(spec, input_dim)
+        fan_ins = {"kernel": input_dim, "recurrent_kernel": spec.units, "bias": 1}
+        layers.append(LayerWeights(spec, *(np.asarray(draw(shapes[name], name, fan_ins[name]), np.float32)
+                                           for name in LAYER_ARRAYS)))
+        input_dim = spec.units
+    vocab = architecture.vocab_size
+    return ModelWeights(np.asarray(draw((vocab, architecture.embedding_dim), "embedding", 1), np.float32),
+                        tuple(layers), np.asarray(draw((input_dim, vocab), "dense_kernel", input_dim), np.float32),
+                        np.asarray(draw((vocab,), "dense_bias", 1), np.float32)).check("random weights")

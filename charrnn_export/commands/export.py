@@ -30,17 +30,14 @@ def add_export_parser(sub) -> None:
 
 def check_numbers(args) -> None:
     """The numeric flags, before TensorFlow loads (seconds) and before anything is read or written."""
-    import math
-
-    from ..checks import check_int, check_seed
+    from ..checks import check_int, check_seed, check_tolerance
     from ..errors import ConfigError
     from ..step_model import DEFAULT_OPSET, MIN_OPSET
 
     check_seed(args.seed, "--seed")
     if args.opset is not None and not MIN_OPSET <= check_int(args.opset, "--opset") <= DEFAULT_OPSET:
         raise ConfigError(f"--opset must be between {MIN_OPSET} and {DEFAULT_OPSET} (tf2onnx's newest), got {args.opset}")
-    if not (args.atol > 0 and math.isfinite(args.atol)):  # `not >` also refuses NaN
-        raise ConfigError(f"--atol must be a positive finite number, got {args.atol}")
+    check_tolerance(args.atol, "--atol")
 
 
 def run_export(args) -> int:

@@ -28,14 +28,10 @@ def add_tflite_parser(sub) -> None:
 
 def check_numbers(args) -> None:
     """The numeric flags, before TensorFlow loads (seconds) and before anything is read or written."""
-    import math
-
-    from ..checks import check_seed
-    from ..errors import ConfigError
+    from ..checks import check_seed, check_tolerance
 
     check_seed(args.seed, "--seed")
-    if not (args.atol > 0 and math.isfinite(args.atol)):  # `not >` also refuses NaN
-        raise ConfigError(f"--atol must be a positive finite number, got {args.atol}")
+    check_tolerance(args.atol, "--atol")
 
 
 def run_tflite(args) -> int:
