@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from . import checks
 from .contract import MODEL_FILES, TUTORIAL_START, model_file
 from .engine import FINISH_ERROR, SAMPLERS, Engine, backend_factory, drive, submit_rows
@@ -208,11 +210,24 @@ class Generator:
         """One continuation per start string, all generated together as one batch. Starts may
         differ in length. Row i gives the text generate() gives with seed + i."""
         sampling = SamplingConfig.checked(temperature, top_k, top_p, greedy)
-        texts: list[list[str]] = [[] for _ in checks.check_starts(starts)]
-        chars = self.vocab.chars
-        for row, token in self.generate_ids(starts, length, sampling, seed, unknown):
-            texts[row].append(chars[token])
-        return ["".join(t) for t in texts]
+        engine, rids = self.engine_for(checks.check_starts(starts), length, sampling, seed, unknown)
+        row_of = np.full(max(rids) + 1, -1, np.int64)  # request id -> row
+        row_of[rids] = np.arange(len(rids))
+        rows, tokens = _run_arrays(engine, self.give_back)
+        # Kept whole and sorted once: a Python step per character would cost as much as the
+        # model at large batches. A stable sort keeps each row's characters in the order made.
+        rows = row_of[rows]
+        order = np.argsort(rows, kind="stable")
+        chars = np.array(self.vocab.chars, dtype=object)[tokens[order]]
+        counts = np.bincount(rows, minlength=len(rids))
+        ends = np.cumsum(counts)
+        return ["".join(chars[end - count:end]) for end, count in zip(ends.tolist(), counts.tolist())]
+
+
+def _check_endings(endings) -> None:
+    for end in endings:  # nothing cancels these requests: an end is "length" or the model's fault
+        if end.finish == FINISH_ERROR:
+            raise ModelError(f"{end.cause}: export it again from a good checkpoint")
 
 
 def _run(engine: Engine, row_of: dict[int, int], give_back) -> Iterator[tuple[int, int]]:
@@ -220,8 +235,21 @@ def _run(engine: Engine, row_of: dict[int, int], give_back) -> Iterator[tuple[in
         for rids, tokens, endings in drive(engine):
             for rid, token in zip(rids.tolist(), tokens.tolist()):
                 yield row_of[rid], token
-            for end in endings:  # nothing cancels these requests: an end is "length" or the model's fault
-                if end.finish == FINISH_ERROR:
-                    raise ModelError(f"{end.cause}: export it again from a good checkpoint")
+            _check_endings(endings)
     finally:  # also when a stream is dropped half read: a new request resets the rows it takes
         give_back(engine.backend)
+
+
+def _run_arrays(engine: Engine, give_back) -> tuple[np.ndarray, np.ndarray]:
+    """Every character the engine makes, as (request ids, token ids) in the order made."""
+    made_rids, made_tokens = [], []
+    try:
+        for rids, tokens, endings in drive(engine):
+            made_rids.append(rids)
+            made_tokens.append(tokens)
+            _check_endings(endings)
+    finally:
+        give_back(engine.backend)
+    if not made_rids:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(made_rids).astype(np.int64), np.concatenate(made_tokens).astype(np.int64)
