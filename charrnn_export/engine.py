@@ -179,7 +179,10 @@ class HostSampler:
         if reset.any():
             state[reset] = 0.0
         logits, new_state = self.runtime.step(tokens_to_feed(forced, last), state)
-        self.state[:rows] = new_state
+        if rows == self.capacity and new_state.flags.writeable and new_state.shape == self.state.shape:
+            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
+        else:
+            self.state[:rows] = new_state
         broken = broken_rows(logits, self.unk_id)
         ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms[:, 0])
         ids[broken] = -1
