@@ -286,4 +286,5 @@ def test_the_architectures_benchmark_quick_run(tiny_text, tmp_path):
         assert row["export"]["stream_val_loss_fp32"] > 0 and row["export"]["stream_val_loss_int8"] > 0
         assert set(row["generation"]) == {"fp32_batch1", "fp32_batch256", "int8_batch1", "int8_batch256"}
     assert results["rows"][0]["architecture"].startswith("gru(") and results["rows"][0]["architecture"].endswith("x2")
-    assert (tmp_path / "architectures-quick-latest.md").read_text().count("\n| ") == 2 + len(archs)
+    table = [line for line in (tmp_path / "architectures-quick-latest.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(archs)  # the header, then a row per architecture

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,10 +94,23 @@ def interpreter_class():
     try:
         from ..tfsetup import import_tensorflow
 
-        return import_tensorflow().lite.Interpreter
+        return quiet_tf_lite_interpreter(import_tensorflow())
     except RuntimeUnavailable:
         raise RuntimeUnavailable("the litert runtime needs the LiteRT interpreter: pip install ai-edge-litert "
                                  "(or TensorFlow, whose tf.lite has the same one)") from None
+
+
+def quiet_tf_lite_interpreter(tf):
+    """tf.lite.Interpreter without its deprecation warning: it is the fallback we chose when
+    ai_edge_litert is not installed (the same kernels), and the warning would break `sample
+    --quiet` and the one-line errors."""
+
+    def make(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated", category=UserWarning)
+            return tf.lite.Interpreter(*args, **kwargs)
+
+    return make
 
 
 @contextmanager
