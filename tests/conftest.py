@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"  # the pinned npm package (`npm ci` in web/)
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 ERROR_PREFIX = "charrnn-export: error:"
 
@@ -278,3 +279,12 @@ def arch_export(tmp_path_factory, text_file, arch_weights):
         return cache[spec]
 
     return exported
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for a test module's pages (the local onnxruntime-web is needed)."""
+    if not ORT_WEB.is_dir():
+        missing("no local onnxruntime-web: run `npm ci` in web/")
+    with chromium_browser() as opened:
+        yield opened

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, chromium_browser, cli_env, missing, run_cli
+from conftest import ORT_WEB, REPO, cli_env, run_cli
 from serve_helpers import ServerProcess
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -33,7 +33,6 @@ SPECS = ("gru", "gru_reset_before", "lstm", "rnn", "lstm2", "mixed")
 RUNTIMES = ("onnx", "savedmodel", "keras", "litert")
 LENGTH = 120
 SEEDED = dict(temperature=0.9, top_k=12, seed=5)
-ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"
 WAIT_MS = 120_000
 
 
@@ -219,14 +218,6 @@ def test_one_server_serves_every_architecture_with_generators_text(exports, onnx
 
 
 # ---------------------------------------------------------------- to-web in Chromium
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not ORT_WEB.is_dir():
-        missing("no local onnxruntime-web: run `npm ci` in web/")
-    with chromium_browser() as browser:
-        yield browser
 
 
 def test_the_page_gives_pythons_fp32_text_for_every_architecture(exports, onnx_generators, browser, tmp_path):

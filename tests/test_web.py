@@ -18,14 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import chromium_browser, missing
+from conftest import ORT_WEB
 
 from charrnn_export.web import build
 from charrnn_export.web.build import build_site
 from charrnn_export.web.serve import running
 
 REPO = Path(__file__).resolve().parent.parent
-ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"
 WAIT_MS = 120_000  # Playwright's wait for the page to load or finish: a hang fails, not a slow machine
 
 
@@ -35,14 +34,6 @@ def generate_in_form(page, **fields: str) -> None:
         page.fill(f"#{field}", text)
     page.click("#generate")
     page.wait_for_function("document.querySelector('#status').textContent.startsWith('done')", timeout=WAIT_MS)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not ORT_WEB.is_dir():
-        missing("no local onnxruntime-web: run `npm ci` in web/")
-    with chromium_browser() as browser:
-        yield browser
 
 
 @pytest.fixture(scope="module")

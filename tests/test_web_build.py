@@ -11,13 +11,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, cli_env, run_cli
+from conftest import ORT_WEB, assert_one_line_error, cli_env, run_cli
 
 from charrnn_export.web import build
 from charrnn_export.web.serve import running
 
 REPO = Path(__file__).resolve().parent.parent
-ORT_WEB = REPO / "web" / "node_modules" / "onnxruntime-web" / "dist"
 SITE_FILES = {"index.html", "style.css", "app.js", "charrnn.js", "worker.js", "sampling.js", "onnx-metadata.js",
               "site-config.js", "vocab.json"}
 
