@@ -232,6 +232,15 @@ def forced_column(step: int, steps: int) -> int:
     return len(CONTROL_COLUMNS) + steps + step
 
 
+def decode_feeds(tokens: np.ndarray, state: np.ndarray, settings, uniforms: np.ndarray,
+                 reset: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A decode model's inputs by name: tokens (rows,) int32, state (rows, S), settings (a
+    sampling.Settings of rows), uniforms (rows,) float64, reset (rows,) bool (default none)."""
+    return {contract.TOKEN: tokens, contract.STATE: state, contract.TEMPERATURE: settings.temperature,
+            contract.TOP_K: settings.top_k, contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
+            contract.UNIFORM: uniforms, contract.RESET: np.zeros(len(tokens), bool) if reset is None else reset}
+
+
 def tokens_to_feed(forced: np.ndarray, last: np.ndarray) -> np.ndarray:
     """A one-step backend's input ids, the rule block_model applies on the device: the forced
     start character (>= 0), else (-1) the id sampled last."""

@@ -246,7 +246,7 @@ def decode_parity(step_path: Path, decode_path: Path, seed: int = 0, batch: int 
     decode model's ids, with mixed per-row settings: how many ids and how far the states differ."""
     import onnxruntime as ort
 
-    from .decode import step_metadata
+    from .decode import decode_feeds, step_metadata
     from .sampling import SamplingConfig, Settings, choose, mask_unknown
 
     step = ort.InferenceSession(str(step_path), providers=["CPUExecutionProvider"])
@@ -264,10 +264,8 @@ def decode_parity(step_path: Path, decode_path: Path, seed: int = 0, batch: int 
     mismatched_ids, state_diff = 0, 0.0
     for _ in range(steps):
         uniforms = rng.random(batch)
-        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT], {
-            contract.TOKEN: tokens, contract.STATE: state, contract.TEMPERATURE: settings.temperature,
-            contract.TOP_K: settings.top_k, contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
-            contract.UNIFORM: uniforms, contract.RESET: np.zeros(batch, bool)})
+        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT],
+                                    decode_feeds(tokens, state, settings, uniforms))
         logits, ref_state = step.run([contract.LOGITS, contract.STATE_OUT], {contract.TOKEN: tokens, contract.STATE: state})
         mask_unknown(logits, unk_id)
         mismatched_ids += int(np.sum(choose(logits, settings, uniforms) != ids))

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from charrnn_export import contract, rng, sampling
+from charrnn_export.decode import decode_feeds
 
 VOCAB = 65
 F32 = np.finfo(np.float32)
@@ -103,11 +104,7 @@ def graph_ids(session, batch) -> list[list[int]]:
     out = []
     for _ in range(3):
         uniforms = np.array([s.random(1)[0] for s in streams])
-        ids, = session.run([contract.NEXT_TOKEN], {
-            contract.TOKEN: np.zeros(len(batch), np.int32), contract.STATE: logits,
-            contract.TEMPERATURE: settings_.temperature, contract.TOP_K: settings_.top_k,
-            contract.TOP_P: settings_.top_p, contract.GREEDY: settings_.greedy, contract.UNIFORM: uniforms,
-            contract.RESET: np.zeros(len(batch), bool)})
+        ids, = session.run([contract.NEXT_TOKEN], decode_feeds(np.zeros(len(batch), np.int32), logits, settings_, uniforms))
         out.append(ids.tolist())
     return [list(row) for row in zip(*out)]
 
@@ -188,10 +185,8 @@ def test_the_tiny_exports_decode_model_agrees_on_extreme_settings(tiny_export, t
     state = gen.uniform(-1, 1, (batch, units)).astype(np.float32)
     for _ in range(20):
         uniforms = gen.random(batch)
-        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT], {
-            contract.TOKEN: tokens, contract.STATE: state, contract.TEMPERATURE: settings_.temperature,
-            contract.TOP_K: settings_.top_k, contract.TOP_P: settings_.top_p, contract.GREEDY: settings_.greedy,
-            contract.UNIFORM: uniforms, contract.RESET: np.zeros(batch, bool)})
+        ids, new_state = decode.run([contract.NEXT_TOKEN, contract.STATE_OUT],
+                                    decode_feeds(tokens, state, settings_, uniforms))
         logits, _ = step.run([contract.LOGITS, contract.STATE_OUT], {contract.TOKEN: tokens, contract.STATE: state})
         with np.errstate(over="raise", invalid="raise", divide="raise"):
             expected = sampling.choose(logits, settings_, uniforms)

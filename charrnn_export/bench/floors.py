@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import contract
+from ..decode import decode_feeds
+from ..sampling import Settings
 
 BLOCK = 20  # steps per timed call of io_bound_step: one device sync per block, not per step
 
@@ -127,11 +129,8 @@ def decode_step(path: Path, batch: int, state_size: int, threads, device: str):
 
     session = load_session(path, threads, device)
     rng = np.random.default_rng(0)
-    feeds = {contract.TOKEN: np.zeros(batch, np.int32),
-             contract.STATE: rng.standard_normal((batch, state_size)).astype(np.float32),
-             contract.TEMPERATURE: np.ones(batch, np.float32), contract.TOP_K: np.zeros(batch, np.int64),
-             contract.TOP_P: np.ones(batch, np.float32), contract.GREEDY: np.zeros(batch, bool),
-             contract.UNIFORM: rng.random(batch), contract.RESET: np.zeros(batch, bool)}
+    feeds = decode_feeds(np.zeros(batch, np.int32), rng.standard_normal((batch, state_size)).astype(np.float32),
+                         Settings.empty(batch), rng.random(batch))  # temperature 1, no cuts
     outputs = [contract.NEXT_TOKEN, contract.STATE_OUT, contract.LOGIT_CHECK]
     return lambda: session.run(outputs, feeds)
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import contract
 from ..cells.architecture import state_size_of
-from ..decode import CONTROL_COLUMNS, control_width, forced_column, tokens_to_feed, uniform_column
+from ..decode import CONTROL_COLUMNS, control_width, decode_feeds, forced_column, tokens_to_feed, uniform_column
 from ..errors import ModelError
 from ..sampling import Settings
 from .onnx import load_session, parse_metadata, read_metadata
@@ -88,10 +88,7 @@ class OnnxDecoder:
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
         self._sync_state()
-        feeds = {contract.TOKEN: tokens_to_feed(forced, last), contract.STATE: self.state[:rows],
-                 contract.TEMPERATURE: settings.temperature, contract.TOP_K: settings.top_k,
-                 contract.TOP_P: settings.top_p, contract.GREEDY: settings.greedy,
-                 contract.UNIFORM: uniforms[:, 0], contract.RESET: reset}
+        feeds = decode_feeds(tokens_to_feed(forced, last), self.state[:rows], settings, uniforms[:, 0], reset)
         ids, new_state, check = self.session.run(OUTPUTS, feeds)
         self.state[:rows] = new_state
         ids[np.isnan(check)] = -1
@@ -102,10 +99,8 @@ class OnnxDecoder:
         `fresh` (a new request in row 0) and then reused, the state fed back without a copy."""
         if fresh or self._one is None:
             self._sync_state()
-            self._one = {contract.TOKEN: np.zeros(1, np.int32), contract.STATE: self.state[:1].copy(),
-                         contract.TEMPERATURE: settings.temperature[:1].copy(), contract.TOP_K: settings.top_k[:1].copy(),
-                         contract.TOP_P: settings.top_p[:1].copy(), contract.GREEDY: settings.greedy[:1].copy(),
-                         contract.UNIFORM: np.zeros(1), contract.RESET: np.zeros(1, bool)}
+            self._one = decode_feeds(np.zeros(1, np.int32), self.state[:1].copy(),
+                                     Settings(*(a[:1].copy() for a in settings)), np.zeros(1))
         feeds = self._one
         feeds[contract.TOKEN][0] = token
         feeds[contract.UNIFORM][0] = uniform
