@@ -288,3 +288,32 @@ def browser():
         missing("no local onnxruntime-web: run `npm ci` in web/")
     with chromium_browser() as opened:
         yield opened
+
+
+def run_metrics(run: Path) -> list[dict]:
+    """A run folder's metrics.jsonl rows."""
+    import json
+
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_checkpoints(run: Path) -> list[Path]:
+    return sorted((run / "checkpoints").glob("ckpt-*.npz"))
+
+
+def train_killed_in_epoch_two(out: Path, args, stderr_path: Path) -> int:
+    """`charrnn-export train --out OUT ARGS`, SIGKILLed right after epoch 1's last write (its
+    metrics row), so inside epoch 2; returns its exit status (-SIGKILL when it was killed)."""
+    import signal
+    import time
+
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(cli_command("train", "--out", out, *args), stdout=subprocess.DEVNULL, stderr=err,
+                                env=cli_env())
+        try:
+            while proc.poll() is None and not ((out / "metrics.jsonl").exists() and run_metrics(out)):
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=60)
+    return proc.returncode

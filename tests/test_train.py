@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
-from conftest import TINY_ARGS, cli_command, cli_env, run_cli
+from conftest import TINY_ARGS, run_checkpoints, run_cli, run_metrics, train_killed_in_epoch_two
 
 from charrnn_export.vocab import Vocab
 from charrnn_export.checkpoints import read_checkpoint, save_checkpoint
@@ -23,16 +20,14 @@ EPOCHS = 4
 LOSSES = ("global_step", "train_loss", "val_loss", "val_bpc")
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+metrics = run_metrics
 
 
 def losses(run: Path) -> list[tuple]:
     return [tuple(row[k] for k in ("epoch", *LOSSES)) for row in metrics(run)]
 
 
-def checkpoints(run: Path) -> list[Path]:
-    return sorted((run / "checkpoints").glob("ckpt-*.npz"))
+checkpoints = run_checkpoints
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -93,16 +88,8 @@ def test_same_seed_twice_gives_identical_metrics_and_weights(trained_run, text_f
 def test_resume_after_sigkill_repeats_an_uninterrupted_run(trained_run, text_file, tmp_path):
     out = tmp_path / "killed"
     args = ("train", "--data", text_file, "--out", out, "--epochs", EPOCHS, *TINY_ARGS)
-    with open(tmp_path / "stderr", "wb") as err:
-        proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=err, env=cli_env())
-        try:
-            # Wait for epoch 1's last write (its metrics row), then kill inside epoch 2.
-            while proc.poll() is None and not ((out / "metrics.jsonl").exists() and metrics(out)):
-                time.sleep(0.005)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "stderr").read_text()
+    returncode = train_killed_in_epoch_two(out, args[1:], tmp_path / "stderr")
+    assert returncode == -signal.SIGKILL, (tmp_path / "stderr").read_text()
     done_at_kill = len(checkpoints(out))
     assert 1 <= done_at_kill < EPOCHS  # killed mid-run, after at least one checkpoint
 

@@ -9,16 +9,14 @@ Tiny models (8-16 units) on a slice of tiny-shakespeare, a few steps each.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli_command, cli_env, run_cli, tutorial_text
+from conftest import (assert_one_line_error, run_checkpoints, run_cli, run_metrics, tutorial_text,
+                      train_killed_in_epoch_two)
 
 from charrnn_export.cells import Architecture, LayerSpec
 from charrnn_export.checkpoints import read_checkpoint
@@ -62,12 +60,7 @@ def config_of(run: Path) -> dict:
     return json.loads((run / "config.json").read_text(encoding="utf-8"))
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def checkpoints(run: Path) -> list[Path]:
-    return sorted((run / "checkpoints").glob("ckpt-*.npz"))
+metrics, checkpoints = run_metrics, run_checkpoints
 
 
 @pytest.mark.parametrize("name", list(KINDS))
@@ -99,16 +92,8 @@ def test_resume_after_sigkill_repeats_an_uninterrupted_lstm_stack(shakespeare, t
     assert result.returncode == 0, result.stderr
 
     out = tmp_path / "killed"
-    with open(tmp_path / "stderr", "wb") as err:
-        proc = subprocess.Popen(cli_command("train", "--out", out, *args), stdout=subprocess.DEVNULL, stderr=err,
-                                env=cli_env())
-        try:  # wait for epoch 1's last write (its metrics row), then kill inside epoch 2
-            while proc.poll() is None and not ((out / "metrics.jsonl").exists() and metrics(out)):
-                time.sleep(0.005)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "stderr").read_text()
+    returncode = train_killed_in_epoch_two(out, args, tmp_path / "stderr")
+    assert returncode == -signal.SIGKILL, (tmp_path / "stderr").read_text()
     assert 1 <= len(checkpoints(out)) < 3
 
     result = run_cli("train", "--out", out, *args, "--resume")
