@@ -16,8 +16,9 @@ STATE = "state"
 LOGITS = "logits"
 STATE_OUT = "state_out"
 
-# The runtimes that compute the step (runtimes/), and the devices they run on.
-RUNTIMES = ("onnx", "savedmodel", "keras", "litert")
+# The runtimes that compute the step (runtimes/), and the devices they run on. "auto" is one of
+# them for a given model and machine (runtimes.resolve_runtime: litert, openvino or onnx).
+RUNTIMES = ("onnx", "savedmodel", "keras", "litert", "openvino", "auto")
 DEVICES = ("cpu", "cuda")
 
 # The package version, recorded in every export (charrnn_export.__version__ is this).
