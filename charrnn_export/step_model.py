@@ -3,7 +3,7 @@
     build_step_module(weights, vocab, config, vocab_file) -> a tf.Module with the step signature
     save_saved_model(module, path); convert_to_onnx(module, state_size, opset) -> ModelProto
     name_initializers / set_metadata         the ONNX file names its weights and carries vocab + config
-    quantize_int8(fp32_path, int8_path)      dynamic int8 MatMuls and int8 input-table rows
+    quantize_int8(fp32_path, int8_path)      dynamic int8 MatMuls; the input table stays float32
     check_int8_graph(int8_model)             every float MatMul became int8; what was counted
 
 The step is built as a flat tf.function from the trained weights (cells/tf_step.py, any stack
@@ -11,9 +11,10 @@ of the registered kinds) rather than from the Keras layers: tf2onnx turns a Kera
 into an ONNX Loop that runs several times slower, while the flat graph (a Gather of the first
 layer's folded [vocab, gates * units] input table, the MatMuls of each layer, the gates, one
 Dense MatMul) converts to plain ops that onnxruntime fuses, and that can be made int8: every
-MatMul by quantize_dynamic (MatMulInteger), the input table by quantize_gather_tables (int8
-rows). The state is one float32 [batch, state_size], packed layer by layer (the metadata's
-config["architecture"] records each layer's offset and width).
+MatMul by quantize_dynamic (MatMulInteger), while the input table stays float32 (a Gather does
+no arithmetic, so int8 rows would only add kernels to dequantize them). The state is one float32
+[batch, state_size], packed layer by layer (the metadata's config["architecture"] records each
+layer's offset and width).
 TensorFlow, tf2onnx and onnx are imported inside the functions (tfsetup.py imports TensorFlow).
 """
 
@@ -138,9 +139,12 @@ def name_initializers(model_proto, arrays: dict[str, np.ndarray]) -> None:
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     """Dynamic int8: int8 weights for every MatMul, each layer's recurrent ones, a later layer's
-    input kernel and the Dense (MatMulInteger, the activations quantised per step), and for the
-    first layer's input table (int8 rows, one scale per row)."""
-    import onnx
+    input kernel and the Dense (MatMulInteger, the activations quantised per step).
+
+    The first layer's input table stays float32, exactly the fp32 model's: it is read by a Gather,
+    which does no arithmetic, so int8 rows would save nothing per step and cost three kernels
+    (Gather of the row scales, Cast, Mul) to turn them back into floats, for a file smaller by
+    only vocab * gates * units * 3 bytes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # quantize_dynamic logs advice to pre-process through the root logger; it does not apply here.
@@ -148,77 +152,34 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
+        # Only MatMuls: given Gather too, it would store the table as uint8 and dequantize it per step.
         quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     finally:
         root.setLevel(level)
-    model = onnx.load(str(int8_path))
-    if quantize_gather_tables(model):
-        onnx.save(model, str(int8_path))
-
-
-def quantize_gather_tables(model) -> int:
-    """Replace each Gather from a float matrix initializer by Gather from int8 rows times the row's scale.
-
-    quantize_dynamic would store the table as uint8 with one scale for all of it (it treats a
-    Gather's input as an activation); symmetric int8 with a scale per row is as small and
-    keeps rows with small values precise. Returns how many tables were replaced.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    nodes, replaced = [], []
-    for node in graph.node:
-        init = initializers.get(node.input[0]) if node.op_type == "Gather" else None
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if (init is None or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2 or axis != 0
-                or uses[init.name] != 1):
-            nodes.append(node)
-            continue
-        table = numpy_helper.to_array(init).astype(np.float32)  # (rows, width)
-        scale = np.abs(table).max(axis=1, keepdims=True) / 127.0  # (rows, 1)
-        scale[scale == 0] = 1.0
-        quantized = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
-        name, out = init.name, node.output[0]
-        graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
-                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale")])
-        nodes.extend([
-            helper.make_node("Gather", [f"{name}_int8", node.input[1]], [f"{out}_int8"], name=f"{node.name}_int8"),
-            helper.make_node("Gather", [f"{name}_scale", node.input[1]], [f"{out}_scale"], name=f"{node.name}_scale"),
-            helper.make_node("Cast", [f"{out}_int8"], [f"{out}_cast"], to=onnx.TensorProto.FLOAT,
-                             name=f"{node.name}_cast"),
-            helper.make_node("Mul", [f"{out}_cast", f"{out}_scale"], [out], name=f"{node.name}_dequantize"),
-        ])
-        replaced.append(name)
-    if replaced:
-        del graph.node[:]
-        graph.node.extend(nodes)
-        keep = [init for init in graph.initializer if init.name not in replaced]
-        del graph.initializer[:]
-        graph.initializer.extend(keep)
-    return len(replaced)
 
 
 def check_int8_graph(int8_model) -> dict:
     """Every float MatMul of the fp32 step must have become an int8 one (MatMulInteger, or
-    DynamicQuantizeMatMul once onnxruntime fuses it), and the input table int8 rows: a float
-    matrix left over means quantize_dynamic skipped a layer. Returns the counts; raises
-    ModelError naming what stayed float."""
+    DynamicQuantizeMatMul once onnxruntime fuses it): no MatMul op is left, and no float weight
+    matrix is read by anything but a Gather (the first layer's input table, float32 on purpose,
+    see quantize_int8). A float matrix read elsewhere means quantize_dynamic skipped a layer.
+    Returns the counts and the float tables; raises ModelError naming what stayed float."""
     import onnx
 
     from .errors import ModelError
 
     ops = [node.op_type for node in int8_model.graph.node]
-    float_matrices = [i.name for i in int8_model.graph.initializer  # (rows, 1) scales aside
-                      if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) > 1]
+    float_matrices = {i.name for i in int8_model.graph.initializer  # (rows, 1) scales aside
+                      if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) > 1}
+    gathered = {node.input[0] for node in int8_model.graph.node if node.op_type == "Gather"}
+    read_elsewhere = {name for node in int8_model.graph.node if node.op_type != "Gather"
+                      for name in node.input if name in float_matrices}
+    float_tables = sorted(float_matrices & gathered - read_elsewhere)
+    left_float = sorted(float_matrices - set(float_tables))
     counts = {"MatMul": ops.count("MatMul"), "MatMulInteger": ops.count("MatMulInteger"),
-              "DynamicQuantizeMatMul": ops.count("DynamicQuantizeMatMul"), "float_matrices": float_matrices}
-    if counts["MatMul"] or float_matrices:
+              "DynamicQuantizeMatMul": ops.count("DynamicQuantizeMatMul"), "float_tables": float_tables,
+              "float_matrices": left_float}
+    if counts["MatMul"] or left_float:
         raise ModelError(f"the int8 model keeps {counts['MatMul']} float MatMul(s) and float weight matrices "
-                         f"{float_matrices}: quantize_dynamic left part of the model in float32")
+                         f"{left_float}: quantize_dynamic left part of the model in float32")
     return counts

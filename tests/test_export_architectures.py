@@ -3,8 +3,10 @@
 * each of conftest's ARCH_SPECS (random weights in a run folder) exports with parity passing:
   the metadata records the layout (kind, units, offset, width of each layer, state_size), the
   graph's state is that wide, the step is flat (no Loop or Scan), every MatMul of the int8 model
-  is int8 (one per recurrent and dense matrix) and its input table int8 rows, and the keras,
-  savedmodel and onnx runtimes step the same numbers as the numpy reference;
+  is int8 (one per recurrent and dense matrix) and its input table the fp32 model's float32
+  table, and the keras, savedmodel and onnx runtimes step the same numbers as the numpy reference;
+* after onnxruntime's own fusions the step computes a GRU's z and r with one Sigmoid, an LSTM's
+  gates with three, and dequantizes nothing before the table's Gather;
 * checkpoints the tutorial's own code writes, read with no flags: a tf_keras stateful Sequential
   with an LSTM (ModelCheckpoint), two GRUs (save_weights), a GRU with reset_after=False, the
   current tutorial's subclassed model with an LSTM (.weights.h5), and a Keras 3 `.keras` archive
@@ -77,11 +79,39 @@ def test_every_architecture_exports_with_parity_and_records_its_layout(spec, arc
     int8 = onnx.load(str(folder / "model.int8.onnx"))
     int8_ops = [n.op_type for n in int8.graph.node]
     assert "MatMul" not in int8_ops and int8_ops.count("MatMulInteger") == matrices(weights), int8_ops
-    int8_weights = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.INT8}
-    assert "input_table_int8" in int8_weights
+    tables = {i.name: i for i in int8.graph.initializer if i.name == "input_table"}
+    fp32_table = next(i for i in model.graph.initializer if i.name == "input_table")
+    assert tables["input_table"].data_type == onnx.TensorProto.FLOAT  # the Gather's table, as fp32 has it
+    assert np.array_equal(onnx.numpy_helper.to_array(tables["input_table"]), onnx.numpy_helper.to_array(fp32_table))
     assert report["int8"]["matmuls"]["MatMulInteger"] == matrices(weights)
+    assert report["int8"]["matmuls"]["float_tables"] == ["input_table"]
+    assert report["int8"]["matmuls"]["float_matrices"] == []
     assert report["int8"]["relative_logit_error_random"] <= 0.1  # these weights give logits a spread
     assert report["int8"]["top1_agreement_random"] >= 0.9
+
+
+def optimized_ops(model_path, tmp_path) -> list[str]:
+    """The op of every node onnxruntime runs for the model, after all of its graph optimizations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / f"optimized.{model_path.name}")
+    options.log_severity_level = 3  # its warning that the file is for this machine only
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+@pytest.mark.parametrize("spec", ["gru", "gru_reset_before", "mixed"])
+def test_the_optimized_step_runs_one_sigmoid_per_gru_and_no_table_dequantization(spec, arch_export, tmp_path):
+    folder = arch_export(spec)
+    kinds = [kind for kind, _units, _options in ARCH_SPECS[spec]]
+    sigmoids = kinds.count("gru") + 3 * kinds.count("lstm")  # a GRU's z and r together; an LSTM's i, f, o
+    for name in ("model.onnx", "model.int8.onnx"):
+        ops = optimized_ops(folder / name, tmp_path)
+        assert ops.count("Sigmoid") == sigmoids, (name, ops)
+        assert ops.count("Tanh") == len(kinds) + kinds.count("lstm"), (name, ops)  # candidate (+ an LSTM's c)
+        assert "Cast" not in ops and ops.count("Gather") == 1, (name, ops)  # the float table, read as it is
 
 
 @pytest.mark.parametrize("spec", ["lstm", "mixed"])

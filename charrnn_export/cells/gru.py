@@ -42,19 +42,22 @@ class GRU(CellKind):
                 "recurrent_kernel_h": f32(layer.recurrent_kernel[:, 2 * units:])}
 
     def tf_cell(self, tf, spec, x, state, arrays):
-        x_z, x_r, x_h = tf.split(x, 3, axis=1)  # (batch, units) each
+        # Written for the fewest ONNX kernels per step, not as the textbook formula (reference_cell
+        # is that, and the parity checks compare the two): z and r are adjacent in Keras' order, so
+        # one Add and one Sigmoid compute both before a Split, and the update z*h + (1-z)*c is
+        # c + z*(h - c), one Mul fewer. The split sizes are Python ints, so tf2onnx writes Split ops
+        # with constant sizes that onnxruntime keeps as they are.
+        units = spec.units
+        x_zr, x_h = tf.split(x, [2 * units, units], axis=1)  # (batch, 2u), (batch, u)
         if spec.options["reset_after"]:
             recurrent = tf.matmul(state, arrays["recurrent_kernel"]) + arrays["recurrent_bias"]  # (batch, 3u)
-            h_z, h_r, h_h = tf.split(recurrent, 3, axis=1)
-            z = tf.sigmoid(x_z + h_z)
-            r = tf.sigmoid(x_r + h_r)
+            h_zr, h_h = tf.split(recurrent, [2 * units, units], axis=1)
+            z, r = tf.split(tf.sigmoid(x_zr + h_zr), 2, axis=1)  # (batch, u) each
             candidate = tf.tanh(x_h + r * h_h)
         else:
-            h_z, h_r = tf.split(tf.matmul(state, arrays["recurrent_kernel_zr"]), 2, axis=1)
-            z = tf.sigmoid(x_z + h_z)
-            r = tf.sigmoid(x_r + h_r)
+            z, r = tf.split(tf.sigmoid(x_zr + tf.matmul(state, arrays["recurrent_kernel_zr"])), 2, axis=1)
             candidate = tf.tanh(x_h + tf.matmul(r * state, arrays["recurrent_kernel_h"]))
-        new_state = z * state + (1.0 - z) * candidate  # (batch, units)
+        new_state = candidate + z * (state - candidate)  # = z * state + (1 - z) * candidate, (batch, units)
         return new_state, new_state
 
     def onnx_cell(self, spec, prefix, x, state, input_kernel, input_bias, arrays):
