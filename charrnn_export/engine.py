@@ -62,7 +62,8 @@ from .contract import MODEL_FILES
 from .decode import tokens_to_feed
 from .errors import ModelError
 from .rng import Blocks, row_seed
-from .sampling import OneRow, SamplingConfig, Settings, broken_rows, choose, mask_unknown, unknown_id
+from .sampling import (OneRow, SamplingConfig, Settings, broken_rows, choose, choose_plain, mask_unknown, plain,
+                       unknown_id)
 from .vocab import Vocab
 
 log = logging.getLogger("charrnn_export")
@@ -73,6 +74,7 @@ FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR = "length", "abort", "error"
 FINISH = {LENGTH: FINISH_LENGTH, CANCELLED: FINISH_ABORT, NONFINITE: FINISH_ERROR, FAILED: FINISH_ERROR}
 NONFINITE_CAUSE = "the model produced NaN or infinite logits, so no character can be chosen: the model is broken"
 _NO_IDS = np.zeros(0, np.int64)
+PLAIN_T1, PLAIN_SCALED, CUT = 0, 1, 2  # a slot's settings, as Engine.slot_kind counts them
 
 
 @dataclass
@@ -112,6 +114,18 @@ class OneRowBackend(DecodeBackend, Protocol):
     def decode_one(self, token: int, settings: Settings, uniform: float, fresh: bool) -> int:
         """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
         fresh: the settings are a new request's (the backend may cache per-request work)."""
+        ...
+
+
+@runtime_checkable
+class GeneratingBackend(DecodeBackend, Protocol):
+    """A one-step backend with a short path for a step in which every row is generating."""
+
+    def decode_generating(self, rows: int, last: np.ndarray, temperature: np.ndarray | None,
+                          uniforms: np.ndarray) -> np.ndarray | None:
+        """decode() for rows [0, rows), each fed its `last` id (no reset, no forced token), all
+        with plain settings (sampling.plain): temperature (rows,) or None when every one is 1,
+        uniforms (rows,) -> ids (rows,) int32, -1 where the logits were not finite."""
         ...
 
 
@@ -175,18 +189,34 @@ class HostSampler:
         self._token = np.zeros(1, np.int32)  # decode_one's input id
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
-        state = self.state[:rows]
         if reset.any():
-            state[reset] = 0.0
-        logits, new_state = self.runtime.step(tokens_to_feed(forced, last), state)
-        if rows == self.capacity and new_state.flags.writeable and new_state.shape == self.state.shape:
-            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
-        else:
-            self.state[:rows] = new_state
+            self.state[:rows][reset] = 0.0
+        logits = self._step(rows, tokens_to_feed(forced, last))
         broken = broken_rows(logits, self.unk_id)
         ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms[:, 0])
         ids[broken] = -1
         return ids[:, None]
+
+    def decode_generating(self, rows, last, temperature, uniforms):
+        logits = self._step(rows, last)
+        ids = choose_plain(logits, temperature, uniforms, self.unk_id)
+        if ids is None:  # a logit that is huge or not finite: the rule's own per-row checks
+            broken = broken_rows(logits, self.unk_id)
+            settings = Settings.empty(rows)
+            if temperature is not None:
+                settings.temperature[:] = temperature
+            ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms)
+            ids[broken] = -1
+        return ids
+
+    def _step(self, rows: int, tokens: np.ndarray) -> np.ndarray:
+        """One model step for rows [0, rows) (their state kept here): the logits."""
+        logits, new_state = self.runtime.step(tokens, self.state[:rows])
+        if rows == self.capacity and new_state.flags.writeable and new_state.shape == self.state.shape:
+            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
+        else:
+            self.state[:rows] = new_state
+        return logits
 
     def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
         """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
@@ -216,6 +246,7 @@ class Engine:
         self.vocab_size = len(backend.vocab)
         self.k = k = backend.steps
         self._one_row = k == 1 and isinstance(backend, OneRowBackend)  # its decode_one serves batch 1
+        self._generating = k == 1 and isinstance(backend, GeneratingBackend)  # decode_generating: all rows sampling
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
@@ -232,6 +263,11 @@ class Engine:
         self._start: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (start ids, next index)
         self.busy_count = 0
         self.high = 0  # rows [0, high) hold every busy slot
+        # Busy slots whose settings are not plain (greedy, a top-k or top-p cut), and those with a
+        # temperature other than 1: counted as requests come and go, so that a step can tell
+        # without looking at the rows whether the short path applies.
+        self.slot_kind = np.zeros(capacity, np.int8)  # per slot: PLAIN_T1, PLAIN_SCALED or CUT
+        self.kind_count = [0, 0, 0]
         self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
 
     # ------------------------------------------------------------ any thread
@@ -287,6 +323,9 @@ class Engine:
         """One backend call for every busy slot, and its characters."""
         if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
+        if (self._generating and not self._start and self.busy_count == self.high
+                and not self.kind_count[CUT]):
+            return self._step_generating(ended)
         rows, k = self.high, self.k
         busy = self.request[:rows] >= 0
         self._feed_start_strings()
@@ -322,6 +361,27 @@ class Engine:
             ended.append((rid, LENGTH))
             self._free(0)
         return np.array([rid]), np.array([token]), ended
+
+    def _step_generating(self, ended):
+        """step_arrays when every row of [0, high) is busy, generating and plain (no start
+        character to feed, no new request, no greedy or cut row): the same numbers and ids as
+        the general path, with a handful of array operations instead of some fifty."""
+        rows = self.high
+        uniforms = self.random.take_each(rows)
+        temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
+        ids = self.backend.decode_generating(rows, self.last[:rows], temperature, uniforms)
+        if ids.min() < 0 or ids.max() >= self.vocab_size:  # a row's logits were not finite (or a faulty backend)
+            ones = np.ones(rows, np.int64)
+            return self._collect(ids[:, None], ones[:, None].astype(bool), ones, ended)
+        rids = self.request[:rows].copy()
+        self.last[:rows] = ids
+        left = self.left[:rows]
+        left -= 1
+        if left.min() == 0:
+            for slot in np.flatnonzero(left == 0).tolist():
+                ended.append((int(self.request[slot]), LENGTH))
+                self._free(slot)
+        return rids, ids, ended
 
     def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(rows, k): each sampled character's number at the sub-step that makes it."""
@@ -362,6 +422,7 @@ class Engine:
                 ended.append((request.id, FAILED))
                 continue
             self.request[slot] = request.id
+            self._count_kind(slot, request.sampling)
             self.left[slot] = request.length
             self.to_read[slot] = len(request.start_ids)
             self.reset[slot] = True
@@ -432,7 +493,16 @@ class Engine:
         self.forced[:] = -1
         self._one_rid = -1
 
+    def _count_kind(self, slot: int, sampling: SamplingConfig) -> None:
+        if not plain(sampling, self.vocab_size):
+            kind = CUT
+        else:
+            kind = PLAIN_T1 if np.float32(sampling.temperature) == 1 else PLAIN_SCALED
+        self.slot_kind[slot] = kind
+        self.kind_count[kind] += 1
+
     def _free(self, slot: int) -> None:
+        self.kind_count[self.slot_kind[slot]] -= 1
         self.request[slot] = -1
         self._start.pop(slot, None)
         self.to_read[slot] = 0

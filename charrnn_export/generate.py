@@ -40,6 +40,7 @@ ARTIFACTS_ENV = "CHARRNN_EXPORT_ARTIFACTS"
 UNKNOWN_MODES = checks.UNKNOWN_MODES
 GPU_PRECISIONS = ("fp16", "fp32")
 POOL_SIZE = 4  # backends kept between calls
+ONNX_FILE_RUNTIMES = ("onnx", "openvino", "auto")  # the runtimes that can take the shipped .onnx files
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,9 @@ def shipped_model_path(which: str = "fp32") -> Path:
 
 
 def resolve_model_path(model: str | None, runtime: str) -> str:
-    """None -> the shipped fp32 model; 'int8'/'fp32' -> the shipped ones (onnx runtime only)."""
-    if runtime == "onnx" and (model is None or model in SHIPPED):
+    """None -> the shipped fp32 model; 'int8'/'fp32' -> the shipped ones (the ONNX runtimes:
+    onnx, openvino, and auto, which picks one of them for an ONNX file)."""
+    if runtime in ONNX_FILE_RUNTIMES and (model is None or model in SHIPPED):
         path = shipped_model_path(model or "fp32")
         if not path.is_file():
             raise ModelError(
@@ -121,7 +123,7 @@ class Generator:
         faster of the two there; the text is the same). gpu_precision: the GPU graph's arithmetic;
         fp16 is twice as fast at large batches, fp32 gives the CPU's text character for character
         (fp16 rounds differently, so a sampled text can part from the CPU's after a while)."""
-        from .runtimes import load_runtime
+        from .runtimes import load_runtime, resolve_runtime
 
         runtime = checks.check_runtime(runtime)
         device = checks.check_device(device)
@@ -129,8 +131,9 @@ class Generator:
         sampler = checks.check_choice(sampler, "sampler", SAMPLERS)
         path = checks.check_model_path(path)
         gpu_precision = checks.check_choice(gpu_precision, "gpu_precision", GPU_PRECISIONS)
-        step = load_runtime(resolve_model_path(path, runtime), runtime, threads=threads, device=device,
-                            vocab_path=vocab_path)
+        model_path = resolve_model_path(path, runtime)
+        runtime = resolve_runtime(runtime, model_path, device)
+        step = load_runtime(model_path, runtime, threads=threads, device=device, vocab_path=vocab_path)
         return cls(step, backend_factory(step, runtime, sampler, device, threads, gpu_precision), device)
 
     # ------------------------------------------------------------ start strings

@@ -110,6 +110,16 @@ class Blocks:
         self.next[rows] += counts
         return values
 
+    def take_each(self, rows: int) -> np.ndarray:
+        """take() of one number for each of rows [0, rows): (rows,) float64."""
+        offsets = self.next[:rows] - self.base[:rows]
+        if offsets.max() >= self.block or not self.filled[:rows].all():
+            stale = np.flatnonzero((offsets >= self.block) | ~self.filled[:rows])
+            self.refill(stale)
+            offsets = self.next[:rows] - self.base[:rows]
+        self.next[:rows] += 1
+        return self.buffer[np.arange(rows), offsets]
+
     def take_one(self, row: int) -> float:
         """take() for one row and one number, with scalar operations (the batch-1 path)."""
         offset = int(self.next[row] - self.base[row])

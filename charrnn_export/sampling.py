@@ -5,6 +5,8 @@
     Settings.of([config, ...])                 per-row settings as arrays (what a decode model takes)
     choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
     OneRow(vocab, unk_id).set(settings).pick(logits (vocab,), uniform) -> id   the same, one row
+    choose_plain(logits, temperature, uniforms, unk_id) -> ids | None   the same for rows without
+                                               greedy, top-k or top-p, in a third of the operations
     unknown_id(config), mask_unknown(logits, unk_id), broken_rows(logits, unk_id)   the [UNK] rule
 
 This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
@@ -129,6 +131,40 @@ def choose(logits: np.ndarray, settings: Settings, uniforms: np.ndarray) -> np.n
     threshold = uniforms * cdf[:, -1].astype(np.float64)  # (rows,) below the total: u < 1
     ids[sampled] = np.sum(cdf <= threshold[:, None], axis=1)
     return ids
+
+
+# Logits below this in magnitude are finite, and the difference of two of them is too (rule 2's
+# logits - max cannot overflow float32's 3.4e38): one reduction then stands for broken_rows'
+# per-element check and for choose()'s overflow guard.
+SAFE_LOGIT = np.float32(1e38)
+
+
+def plain(config: SamplingConfig, vocab_size: int) -> bool:
+    """Settings that draw from the whole distribution: no greedy, no top-k cut, no top-p cut
+    (what choose_plain and OneRow's short path take)."""
+    top_k, top_p = config.top_k or 0, 1.0 if config.top_p is None else config.top_p
+    return not config.greedy and not (0 < top_k < vocab_size) and not np.float32(top_p) < 1
+
+
+def choose_plain(logits: np.ndarray, temperature: np.ndarray | None, uniforms: np.ndarray,
+                 unk_id: int | None) -> np.ndarray | None:
+    """choose() and broken_rows() together for rows whose settings are all plain(): the ids, by
+    the same float arithmetic, or None when a logit is not below SAFE_LOGIT in magnitude (NaN and
+    inf included: the caller then takes choose() and broken_rows(), which judge each row).
+    logits (rows, vocab) float32 are changed in place; temperature (rows,) float32, or None
+    when every row's is 1 (dividing by 1 changes nothing)."""
+    if not max(logits.max(), -logits.min()) < SAFE_LOGIT:
+        return None
+    if unk_id is not None:
+        logits[:, unk_id] = -np.inf
+    np.subtract(logits, logits.max(axis=1, keepdims=True), out=logits)  # rule 2: at most 0
+    if temperature is not None:
+        with np.errstate(over="ignore"):  # a tiny temperature sends differences to -inf: meant
+            np.divide(logits, temperature[:, None], out=logits)
+    # Rule 4 (the largest scaled value is exactly 0) and rule 6: float64 exp, each weight rounded
+    # to float32 as accumulate's dtype casts it, then sequential float32 sums.
+    cdf = np.add.accumulate(np.exp(logits, dtype=np.float64), axis=1, dtype=np.float32)
+    return np.count_nonzero(cdf <= (uniforms * cdf[:, -1])[:, None], axis=1).astype(np.int32)
 
 
 class OneRow:

@@ -196,6 +196,66 @@ def test_a_seeded_request_gives_the_same_ids_alone_or_among_255_others(backends,
     assert [len(texts.get(rid, [])) for rid in rids] == [r[1] for r in requests]
 
 
+PLAIN = [SamplingConfig(), SamplingConfig(0.6), SamplingConfig(1.7), SamplingConfig(top_k=10**6),
+         SamplingConfig(top_p=1.0)]  # what the engine's short path takes: no greedy row, no cut
+
+
+class NoShortPath:
+    """A host sampler seen without decode_generating: the engine takes its general path."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.capacity, self.steps, self.vocab, self.config = backend.capacity, 1, backend.vocab, backend.config
+
+    def decode(self, *args):
+        return self.backend.decode(*args)
+
+
+def test_the_short_path_for_generating_rows_gives_the_general_paths_ids(backends):
+    """All rows plain and generating: Engine._step_generating (HostSampler.decode_generating,
+    sampling.choose_plain) makes the ids the general path and the decode graph make, with rows
+    that end, rows that take the freed slots and holes in between."""
+    rng = np.random.default_rng(8)
+    requests = [(rng.integers(1, 40, rng.integers(1, 6)).astype(np.int32), int(rng.integers(1, 90)),
+                 PLAIN[i % len(PLAIN)], int(rng.integers(0, 2**32))) for i in range(40)]
+    results = []
+    for make in (backends["host"], lambda capacity: NoShortPath(backends["host"](capacity)), backends["graph"]):
+        engine = Engine(make(16))
+        assert engine._generating == (make is backends["host"])
+        rids = [engine.submit(*request) for request in requests]
+        texts, reasons = run_all(engine)
+        assert set(reasons.values()) == {LENGTH}
+        results.append([texts.get(rid, []) for rid in rids])
+    assert results[0] == results[1] == results[2]
+    assert [len(t) for t in results[0]] == [r[1] for r in requests]
+
+
+class BreaksAt:
+    """A host sampler's runtime whose logits for row `row` become NaN at step `step`."""
+
+    def __init__(self, runtime, step: int, row: int):
+        self.runtime, self.at, self.row, self.calls = runtime, step, row, 0
+        self.name, self.vocab, self.config = runtime.name, runtime.vocab, runtime.config
+        self.zero_state = runtime.zero_state
+
+    def step(self, tokens, state):
+        logits, state = self.runtime.step(tokens, state)
+        self.calls += 1
+        if self.calls == self.at:
+            logits[self.row, 3] = np.nan
+        return logits, state
+
+
+def test_a_row_with_nan_logits_on_the_short_path_ends_alone(tiny_export):
+    step = OnnxRuntime(tiny_export / "model.onnx")
+    engine = Engine(HostSampler(BreaksAt(step, step=6, row=1), 3))
+    rids = [engine.submit([5], 20, SamplingConfig(), seed) for seed in (1, 2, 3)]
+    texts, reasons = run_all(engine)
+    assert reasons == {rids[0]: LENGTH, rids[1]: "nonfinite", rids[2]: LENGTH}
+    assert len(texts[rids[1]]) == 5 and len(texts[rids[0]]) == len(texts[rids[2]]) == 20
+    assert texts[rids[0]] == alone(lambda c: HostSampler(step, c), [5], 20, SamplingConfig(), 1)
+
+
 def test_every_backend_makes_the_same_text(backends):
     requests = [(np.array([5, 6, 7], np.int32), 60, config, 11 + i) for i, config in enumerate(MIXED)]
     results = []

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "charrnn_export"
 LAYERS = {
     "base": ("contract", "errors", "files", "checks"),
     "parts": ("runtimes", "checkpoints", "parity", "vocab", "data", "sampling", "engine", "decode", "rng",
-              "tfsetup", "step_variants", "distribute", "step_model", "run_dir", "litert_step", "cells",
+              "tfsetup", "step_variants", "distribute", "step_model", "int8", "run_dir", "litert_step", "cells",
               "forward"),
     "stages": ("train", "export", "generate", "bench", "serve", "web", "tflite_export"),
     "commands": ("commands",),

@@ -263,6 +263,17 @@ def test_load_errors(tmp_path):
         Generator.load(None, runtime="savedmodel")
 
 
+def test_take_each_reads_the_same_streams_as_take():
+    each, general = Blocks(5, block=4), Blocks(5, block=4)
+    for row in range(5):
+        each.start(row, 100 + row)
+        general.start(row, 100 + row)
+    general.take(np.arange(2), np.ones(2, np.int64), 1)  # rows 0 and 1 ahead of the others
+    each.take(np.arange(2), np.ones(2, np.int64), 1)
+    for _ in range(11):  # across block ends, at different offsets per row
+        assert each.take_each(5).tolist() == general.take(np.arange(5), np.ones(5, np.int64), 1)[:, 0].tolist()
+
+
 def test_take_one_reads_the_same_stream_as_take():
     blocks = Blocks(2, block=4)
     blocks.start(1, 5)
@@ -295,3 +306,42 @@ def test_one_row_picks_what_choose_and_broken_rows_pick(logits, unk, temperature
     expected = -1 if broken else int(choose(mask_unknown(row[None].copy(), unk), settings, np.array([uniform]))[0])
     got = OneRow(row.size, unk).set(settings).pick(row.copy(), uniform)
     assert got == expected
+
+
+from charrnn_export.sampling import choose_plain, plain  # noqa: E402
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.lists(_LOGIT, min_size=6, max_size=6), min_size=1, max_size=5),
+       unk=st.one_of(st.none(), st.integers(0, 5)), data=st.data())
+def test_choose_plain_picks_what_choose_and_broken_rows_pick(rows, unk, data):
+    """choose_plain (the engine's short path) is choose() and broken_rows() for rows with plain
+    settings, id for id, or declines (None) and leaves them to those two; on huge and non-finite
+    logits too, with per-row temperatures or all of them 1."""
+    logits = np.array(rows, np.float32)
+    n = len(rows)
+    temperature = np.array(data.draw(st.lists(st.sampled_from([1e-6, 0.05, 0.7, 1.0, 3.0, 1e30]), min_size=n,
+                                              max_size=n)), np.float32)
+    uniforms = np.array(data.draw(st.lists(st.floats(0, 1, exclude_max=True), min_size=n, max_size=n)))
+    all_one = data.draw(st.booleans())
+    if all_one:
+        temperature[:] = 1.0
+    settings = Settings(temperature, np.zeros(n, np.int64), np.ones(n, np.float32), np.zeros(n, bool))
+    with np.errstate(invalid="ignore"):  # inf - inf in a broken row: its id is replaced below
+        expected = choose(mask_unknown(logits.copy(), unk), settings, uniforms)
+    expected[broken_rows(logits, unk)] = -1
+    got = choose_plain(logits.copy(), None if all_one else temperature, uniforms, unk)
+    if got is None:  # declined: only where a logit is huge or not finite
+        assert not (np.abs(logits) < 1e38).all()
+    else:
+        assert got.tolist() == expected.tolist()
+    if np.isfinite(logits).all() and (np.abs(logits) < 1e30).all():
+        assert got is not None
+
+
+def test_plain_is_what_choose_plain_may_take():
+    assert plain(SamplingConfig(), 65) and plain(SamplingConfig(0.2), 65) and plain(SamplingConfig(top_k=65), 65)
+    assert plain(SamplingConfig(top_p=1.0), 65) and plain(SamplingConfig(top_k=0), 65)
+    assert not plain(SamplingConfig(greedy=True), 65) and not plain(SamplingConfig(top_k=64), 65)
+    assert not plain(SamplingConfig(top_p=0.99), 65)
+    assert plain(SamplingConfig(top_p=1 - 1e-9), 65)  # 1 in float32, as choose() compares it

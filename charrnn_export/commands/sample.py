@@ -25,7 +25,7 @@ from ..checks import UNKNOWN_MODES, check_count, check_fits_memory, check_length
 from ..contract import DEVICES, RUNTIMES
 from ..errors import ConfigError, WriteError
 from ..files import atomic_write_text, check_writable_file
-from ..generate import DEFAULTS, SHIPPED, Generator
+from ..generate import DEFAULTS, ONNX_FILE_RUNTIMES, SHIPPED, Generator
 from ..rng import random_seed
 from ..sampling import SamplingConfig
 from .common import ERROR_PREFIX, Parser, run_guarded
@@ -129,8 +129,8 @@ def check_options(args) -> SamplingConfig:
     if args.out is not None:
         # Now, not after the text is made: a text that cannot be written is lost.
         check_writable_file(args.out, f"--out {args.out}")
-    if args.runtime != "onnx" and args.model in SHIPPED:
-        raise ConfigError(f"--model {args.model} names a shipped ONNX model; use it with --runtime onnx")
+    if args.runtime not in ONNX_FILE_RUNTIMES and args.model in SHIPPED:
+        raise ConfigError(f"--model {args.model} names a shipped ONNX model; use it with --runtime onnx, openvino or auto")
     return sampling
 
 
@@ -170,7 +170,7 @@ def run_sample(args) -> int:
     # The log starts only now that nothing more can fail, so an error is the only line on stderr.
     runtime = generator.runtime
     model_name = str(getattr(runtime, "path", None) or args.model)
-    log(f"loaded {args.runtime} model {model_name}: a state {runtime.rnn_units} wide, vocabulary of "
+    log(f"loaded {runtime.name} model {model_name}: a state {runtime.rnn_units} wide, vocabulary of "
         f"{len(generator.vocab)} ({load_seconds:.2f}s)")
     if start != args.start:
         dropped = dict.fromkeys(c for c in args.start if c not in generator.vocab.index)
@@ -195,7 +195,7 @@ def run_sample(args) -> int:
         texts = ["".join(chars) for chars in made]
         seconds = time.perf_counter() - t0
         if args.json:
-            output = format_json(texts, start, args.runtime, model_name, args.length, options)
+            output = format_json(texts, start, runtime.name, model_name, args.length, options)
         else:
             output = format_text(texts, start)
         if args.out is not None:
