@@ -44,3 +44,54 @@ def test_the_rebuild_command_spells_architectures_as_the_flags_do():
     assert "--cell rnn --layers 2" in train_command(CONFIGS["rnn x2"].to_dict(), "d")
     tutorial = train_command(CONFIGS["the tutorial's gru"].to_dict(), "d")
     assert "--cell" not in tutorial and "--layers" not in tutorial and "--rnn-units" not in tutorial
+
+
+# ---------------------------------------------------------------- --rebuild
+
+
+def test_rebuild_reexports_a_model_from_its_own_weights_with_its_metadata(tiny_export, tiny_text, tmp_path):
+    """rebuild_models on a copy of an export: the four model files replaced, the metadata as it
+    was, the rebuilt step equal to the one it replaces and to its SavedModel, the int8 model's
+    MatMuls int8 and its table fp32."""
+    import shutil
+
+    import onnx
+
+    from benchmarks.model_card import MODEL_FILES, rebuild_models
+    from charrnn_export import contract
+
+    shipped = tmp_path / "artifacts"
+    shipped.mkdir()
+    for name in MODEL_FILES:
+        shutil.copyfile(tiny_export / name, shipped / name)
+    before = {name: onnx.load(str(shipped / name)) for name in MODEL_FILES}
+    figures = rebuild_models(shipped, tiny_text)
+    for name in MODEL_FILES:
+        after = onnx.load(str(shipped / name))
+        assert {p.key: p.value for p in after.metadata_props} == {p.key: p.value for p in before[name].metadata_props}
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(MODEL_FILES)  # the staging folder is gone
+    for pair in ("savedmodel_vs_onnx", "shipped_onnx_vs_onnx"):
+        assert figures["parity"][pair]["logits"] <= contract.DEFAULT_ATOL, figures["parity"]
+    assert figures["int8"]["matmuls"]["float_tables"] == ["input_table"] and figures["int8"]["matmuls"]["MatMul"] == 0
+    assert figures["greedy_vs_shipped"]["model.onnx"]["first_difference"] is None
+    assert all(result["mismatched_ids"] == 0 for result in figures["decode"].values())
+
+
+def test_rebuild_refuses_a_text_the_model_was_not_trained_on(tmp_path):
+    """Through the command: one line naming --text, exit 2, and the shipped files untouched."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from benchmarks.model_card import ARTIFACTS, MODEL_FILES, REPO
+
+    wrong = tmp_path / "other.txt"
+    wrong.write_text("Not the plays.\n" * 20, encoding="utf-8")
+    digests = {name: hashlib.sha256((ARTIFACTS / name).read_bytes()).hexdigest() for name in MODEL_FILES}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.model_card", "--rebuild", "--text", str(wrong),
+                             "--out", str(tmp_path / "card.md")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--text" in lines[0] and "Traceback" not in result.stderr, result.stderr
+    assert digests == {name: hashlib.sha256((ARTIFACTS / name).read_bytes()).hexdigest() for name in MODEL_FILES}
+    assert not (tmp_path / "card.md").exists()
