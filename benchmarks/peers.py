@@ -6,6 +6,8 @@
 
 Measures characters per second generating with sampling (the state fed back) at each batch size:
     generator-int8, generator-fp32   the project's API, Generator.load(model.int8.onnx / model.onnx)
+    generator-fp32-auto              Generator.load(model.onnx, runtime="auto"): OpenVINO bf16 where
+                                     the CPU has bf16 matrix units and openvino is installed
     cli-default                      what `python -m charrnn_export.sample` loads with no flags
     ort-fp32, ort-int8               the same files in a bare onnxruntime loop
     torch-fp32, torch-int8, torch-bf16   PyTorch nn.GRU, fp32 / quantize_dynamic qint8 / bf16
@@ -54,6 +56,7 @@ from .repo import REPO, RESULTS_DIR, log, machine_info, refresh_results_md
 PROJECT = {
     "generator-int8": "this project, `Generator.load(model.int8.onnx)`",
     "generator-fp32": "this project, `Generator.load(model.onnx)`",
+    "generator-fp32-auto": "this project, `Generator.load(model.onnx, runtime=\"auto\")` (OpenVINO's bf16 where it is faster)",
     "cli-default": "this project, what `python -m charrnn_export.sample` loads with no flags",
 }
 MODES = {"sampling": "+ sampling", "step": "step alone"}
@@ -108,7 +111,8 @@ def load_contestant(name: str, args, model_dir: Path):
             return Generator.load(flags.model, runtime=flags.runtime, threads=args.threads or flags.threads,
                                   device=flags.device, vocab_path=flags.vocab)
         file = "model.int8.onnx" if name == "generator-int8" else "model.onnx"
-        return Generator.load(str(model_dir / file), threads=args.threads)
+        runtime = "auto" if name == "generator-fp32-auto" else "onnx"
+        return Generator.load(str(model_dir / file), runtime=runtime, threads=args.threads)
     return load_peer(name, model_dir, Path(args.work), args.threads)
 
 
@@ -416,8 +420,33 @@ def render_markdown(results: dict) -> str:
         cells = [fmt_cell(row["chars_per_s"].get(b)) for b in batches]
         lines.append(f"| {row['key']} | {row['what']} | " + " | ".join(cells) + f" | {greedy} | {diff} |")
     lines += [""] + notes + ([""] if notes else [])
+    lines += verdicts(results["rows"], batches)
     lines += ["![chars/s of each contestant by batch size](results/peers-latest.png)", ""]
     return "\n".join(lines)
+
+
+def verdicts(rows: list[dict], batches: list[str]) -> list[str]:
+    """The issue's comparisons, as lines: the project's int8 Generator against the fastest peer
+    generating with sampling, and its fp32-weights paths against OpenVINO's default on model.onnx."""
+    medians = {r["key"]: {b: r["chars_per_s"][b]["median"] for b in batches if b in r["chars_per_s"]}
+               for r in rows if "chars_per_s" in r}
+    peers = {k: v for k, v in medians.items() if k.endswith(MODES["sampling"]) and k.split()[0] in PEERS}
+    lines = []
+    for batch in batches:
+        ours = medians.get("generator-int8", {}).get(batch)
+        rivals = {k: v[batch] for k, v in peers.items() if batch in v}
+        if ours is None or not rivals:
+            continue
+        best = max(rivals, key=rivals.get)
+        lines.append(f"- batch {batch}: generator-int8 {ours:,.0f} vs the fastest peer, {best}, {rivals[best]:,.0f}: "
+                     f"{ours / rivals[best]:.2f}x")
+        openvino = peers.get(f"openvino-default {MODES['sampling']}", {}).get(batch)
+        for name in ("generator-fp32", "generator-fp32-auto"):
+            fp32 = medians.get(name, {}).get(batch)
+            if fp32 is not None and openvino:
+                lines.append(f"  - {name} {fp32:,.0f} vs openvino-default + sampling {openvino:,.0f}: "
+                             f"{fp32 / openvino:.2f}x")
+    return lines + [""] if lines else []
 
 
 FAMILY_COLOURS = {"generator": "#1e88e5", "cli": "#1565c0", "ort": "#43a047", "torch": "#ef6c00",

@@ -121,11 +121,12 @@ class OneRowBackend(DecodeBackend, Protocol):
 class GeneratingBackend(DecodeBackend, Protocol):
     """A one-step backend with a short path for a step in which every row is generating."""
 
-    def decode_generating(self, rows: int, last: np.ndarray, temperature: np.ndarray | None,
-                          uniforms: np.ndarray) -> np.ndarray | None:
-        """decode() for rows [0, rows), each fed its `last` id (no reset, no forced token), all
-        with plain settings (sampling.plain): temperature (rows,) or None when every one is 1,
-        uniforms (rows,) -> ids (rows,) int32, -1 where the logits were not finite."""
+    def decode_generating(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
+                          uniforms: np.ndarray, reset: list[int]) -> np.ndarray:
+        """decode() for rows [0, rows) fed `tokens` (rows,) int32, all with plain settings
+        (sampling.plain): temperature (rows,) or None when every one is 1, uniforms (rows,),
+        reset: the rows whose state starts from zero -> ids (rows,) int32, -1 where the logits
+        were not finite."""
         ...
 
 
@@ -197,8 +198,10 @@ class HostSampler:
         ids[broken] = -1
         return ids[:, None]
 
-    def decode_generating(self, rows, last, temperature, uniforms):
-        logits = self._step(rows, last)
+    def decode_generating(self, rows, tokens, temperature, uniforms, reset):
+        if reset:
+            self.state[reset] = 0.0
+        logits = self._step(rows, tokens)
         ids = choose_plain(logits, temperature, uniforms, self.unk_id)
         if ids is None:  # a logit that is huge or not finite: the rule's own per-row checks
             broken = broken_rows(logits, self.unk_id)
@@ -323,8 +326,7 @@ class Engine:
         """One backend call for every busy slot, and its characters."""
         if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
-        if (self._generating and not self._start and self.busy_count == self.high
-                and not self.kind_count[CUT]):
+        if self._generating and not self.kind_count[CUT]:
             return self._step_generating(ended)
         rows, k = self.high, self.k
         busy = self.request[:rows] >= 0
@@ -363,25 +365,59 @@ class Engine:
         return np.array([rid]), np.array([token]), ended
 
     def _step_generating(self, ended):
-        """step_arrays when every row of [0, high) is busy, generating and plain (no start
-        character to feed, no new request, no greedy or cut row): the same numbers and ids as
-        the general path, with a handful of array operations instead of some fifty."""
+        """step_arrays on a one-step backend when no busy slot is greedy or cut (sampling.plain):
+        the same numbers and ids as the general path with a handful of array operations instead
+        of some fifty. Free slots below `high` and slots still reading their start string are
+        "quiet": they are fed (a start character, or anything for a free slot) but draw no
+        number and make no character, except a start string's last character, which makes one."""
         rows = self.high
-        uniforms = self.random.take_each(rows)
+        tokens = self.last[:rows].copy()
+        quiet, fresh = self._feed_start_one(tokens)
+        if self.busy_count < rows:
+            quiet.extend(np.flatnonzero(self.request[:rows] < 0).tolist())
+        uniforms = self.random.take_each(rows, skip=quiet)
         temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
-        ids = self.backend.decode_generating(rows, self.last[:rows], temperature, uniforms)
+        ids = self.backend.decode_generating(rows, tokens, temperature, uniforms, fresh)
+        if fresh:
+            self.reset[fresh] = False
         if ids.min() < 0 or ids.max() >= self.vocab_size:  # a row's logits were not finite (or a faulty backend)
-            ones = np.ones(rows, np.int64)
-            return self._collect(ids[:, None], ones[:, None].astype(bool), ones, ended)
-        rids = self.request[:rows].copy()
-        self.last[:rows] = ids
-        left = self.left[:rows]
-        left -= 1
-        if left.min() == 0:
-            for slot in np.flatnonzero(left == 0).tolist():
-                ended.append((int(self.request[slot]), LENGTH))
-                self._free(slot)
+            counts = np.ones(rows, np.int64)
+            counts[quiet] = 0
+            return self._collect(ids[:, None], counts[:, None].astype(bool), counts, ended)
+        if quiet:
+            made = np.ones(rows, bool)
+            made[quiet] = False
+            made = np.flatnonzero(made)
+            rids, ids = self.request[made], ids[made]
+            self.last[made] = ids
+            self.left[made] -= 1
+            done = made[self.left[made] == 0]
+        else:
+            rids = self.request[:rows].copy()
+            self.last[:rows] = ids
+            left = self.left[:rows]
+            left -= 1
+            done = np.flatnonzero(left == 0) if left.min() == 0 else ()
+        for slot in list(done):
+            ended.append((int(self.request[slot]), LENGTH))
+            self._free(int(slot))
         return rids, ids, ended
+
+    def _feed_start_one(self, tokens: np.ndarray) -> tuple[list[int], list[int]]:
+        """Put each reading slot's next start character in `tokens` (one step per character):
+        (the slots that stay quiet: more of their start to read, the slots new this step)."""
+        quiet, fresh = [], []
+        for slot, (ids, index) in list(self._start.items()):
+            tokens[slot] = ids[index]
+            self.to_read[slot] -= 1
+            if index == 0:
+                fresh.append(slot)
+            if index + 1 >= len(ids):
+                del self._start[slot]  # its last start character: it makes a character now
+            else:
+                self._start[slot] = (ids, index + 1)
+                quiet.append(slot)
+        return quiet, fresh
 
     def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """(rows, k): each sampled character's number at the sub-step that makes it."""

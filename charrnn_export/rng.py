@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import secrets
 
+from typing import Sequence
+
 import numpy as np
 
 from .checks import SEED_LIMIT
@@ -110,15 +112,19 @@ class Blocks:
         self.next[rows] += counts
         return values
 
-    def take_each(self, rows: int) -> np.ndarray:
-        """take() of one number for each of rows [0, rows): (rows,) float64."""
+    def take_each(self, rows: int, skip: Sequence[int] = ()) -> np.ndarray:
+        """take() of one number for each of rows [0, rows) but those in `skip` (their entries
+        are then meaningless): (rows,) float64."""
         offsets = self.next[:rows] - self.base[:rows]
         if offsets.max() >= self.block or not self.filled[:rows].all():
             stale = np.flatnonzero((offsets >= self.block) | ~self.filled[:rows])
             self.refill(stale)
             offsets = self.next[:rows] - self.base[:rows]
+        values = self.buffer[np.arange(rows), offsets]
         self.next[:rows] += 1
-        return self.buffer[np.arange(rows), offsets]
+        if skip:
+            self.next[skip] -= 1
+        return values
 
     def take_one(self, row: int) -> float:
         """take() for one row and one number, with scalar operations (the batch-1 path)."""

@@ -178,7 +178,6 @@ class OneRow:
         self.unk_id = unk_id
         self.scaled = np.empty(vocab_size, np.float32)
         self.exp64 = np.empty(vocab_size, np.float64)
-        self.weights = np.empty(vocab_size, np.float32)
         self.cdf = np.empty(vocab_size, np.float32)
         self.settings = Settings.empty(1)
         self.greedy = self.plain = False
@@ -197,6 +196,14 @@ class OneRow:
     def pick(self, logits: np.ndarray, uniform: float) -> int:
         """The id for `logits` (vocab,) float32 (changed in place: [UNK] masked), or -1 when they
         are not all finite ([UNK] aside), as broken_rows and choose() decide together."""
+        if not max(logits.max(), -logits.min()) < SAFE_LOGIT:  # one check for finite and not huge
+            return self._pick_judged(logits, uniform)
+        if self.unk_id is not None:
+            logits[self.unk_id] = -np.inf
+        return self._pick_finite(logits, uniform)
+
+    def _pick_judged(self, logits: np.ndarray, uniform: float) -> int:
+        """pick() for logits that may be huge or not finite: broken_rows' judgment first."""
         unk = self.unk_id
         if unk is not None:
             logits[unk] = 0.0  # not judged (broken_rows), then never sampled (mask_unknown)
@@ -204,6 +211,10 @@ class OneRow:
             return -1
         if unk is not None:
             logits[unk] = -np.inf
+        with np.errstate(over="ignore"):  # logits - max may overflow to -inf, as in choose(): meant
+            return self._pick_finite(logits, uniform)
+
+    def _pick_finite(self, logits: np.ndarray, uniform: float) -> int:
         if self.greedy:
             return int(logits.argmax())
         if not self.plain:
@@ -215,12 +226,12 @@ class OneRow:
                 np.divide(scaled, self.temperature, out=scaled)
         elif self.temperature != 1:
             np.divide(scaled, self.temperature, out=scaled)
-        # Rule 4: the largest scaled value is exactly 0, so choose()'s "- max" changes nothing.
+        # Rule 4: the largest scaled value is exactly 0, so choose()'s "- max" changes nothing;
+        # accumulate's dtype rounds each float64 weight to float32 before the float32 sums (rule 6).
         np.exp(scaled, out=self.exp64, dtype=np.float64)
-        np.copyto(self.weights, self.exp64, casting="same_kind")
-        np.add.accumulate(self.weights, out=cdf)  # rule 6: sequential float32 sums
+        np.add.accumulate(self.exp64, out=cdf, dtype=np.float32)
         # cdf never decreases, so the count of entries <= the threshold is a binary search's.
-        return int(np.searchsorted(cdf, uniform * float(cdf[-1]), side="right"))
+        return int(cdf.searchsorted(uniform * float(cdf[-1]), side="right"))
 
 
 def unknown_id(config: Mapping) -> int | None:
