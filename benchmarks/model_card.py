@@ -139,7 +139,7 @@ def card(run_dir: Path, export_dir: Path, data_path: str, model_for_samples: Pat
                      f"({validation['chars']:,} characters cut into 64 streams): fp32 "
                      f"{validation['fp32']['loss']:.4f} nats/char ({validation['fp32']['bpc']:.4f} bits/char).")
     if int8:
-        lines.append(f"- `model.int8.onnx` (dynamic int8 weights: {int8['int8_ops']['int8_initializers']} int8 "
+        lines.append(f"- `model.int8.onnx` (int8 weights, a scale per column, each row quantised on its own: {int8['int8_ops']['int8_initializers']} int8 "
                      f"initializers; ops {', '.join(int8['int8_ops']['ops'])}): max logit difference from fp32 "
                      f"{int8['max_logit_diff_random']:.3g} on random sequences.")
         if "top1_agreement" in int8:
@@ -401,7 +401,7 @@ def exported_models_section(card_text: str, figures: dict) -> str:
         f"- Validation loss with the state carried through the validation text ({figures['validation_chars']:,} "
         f"characters cut into 64 streams): fp32 {int8['val_loss_fp32']:.4f} nats/char "
         f"({int8['val_bpc_fp32']:.4f} bits/char).",
-        f"- `model.int8.onnx` (dynamic int8 weights: {int8['int8_ops']['int8_initializers']} int8 initializers, "
+        f"- `model.int8.onnx` (int8 weights, a scale per column, each row quantised on its own: {int8['int8_ops']['int8_initializers']} int8 initializers, "
         f"the input table kept float32 as a Gather reads it; ops {', '.join(int8['int8_ops']['ops'])}): max logit "
         f"difference from fp32 {int8['max_logit_diff_random']:.3g} on random sequences.",
         f"  Over the validation text: int8 {int8['val_loss_int8']:.4f} nats/char ({int8['val_bpc_int8']:.4f} "

@@ -3,7 +3,7 @@
     build_step_module(weights, vocab, config, vocab_file) -> a tf.Module with the step signature
     save_saved_model(module, path); convert_to_onnx(module, state_size, opset) -> ModelProto
     name_initializers / set_metadata         the ONNX file names its weights and carries vocab + config
-    quantize_int8(fp32_path, int8_path)      dynamic int8 MatMuls; the input table stays float32
+    quantize_int8(fp32_path, int8_path)      int8 MatMuls, rows quantised alone (int8.py); the table float32
     check_int8_graph(int8_model)             every float MatMul became int8; what was counted
 
 The step is built as a flat tf.function from the trained weights (cells/tf_step.py, any stack
@@ -11,7 +11,7 @@ of the registered kinds) rather than from the Keras layers: tf2onnx turns a Kera
 into an ONNX Loop that runs several times slower, while the flat graph (a Gather of the first
 layer's folded [vocab, gates * units] input table, the MatMuls of each layer, the gates, one
 Dense MatMul) converts to plain ops that onnxruntime fuses, and that can be made int8: every
-MatMul by quantize_dynamic (MatMulInteger), while the input table stays float32 (a Gather does
+MatMul by int8.quantize_matmuls (MatMulIntegerToFloat), while the input table stays float32 (a Gather does
 no arithmetic, so int8 rows would only add kernels to dequantize them). The state is one float32
 [batch, state_size], packed layer by layer (the metadata's config["architecture"] records each
 layer's offset and width).
@@ -21,7 +21,6 @@ TensorFlow, tf2onnx and onnx are imported inside the functions (tfsetup.py impor
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,7 @@ def convert_to_onnx(module, state_size: int, opset: int):
 
 def drop_initializer_inputs(model_proto) -> None:
     """Weights listed as graph inputs could be overridden at run time, so onnxruntime will not
-    constant-fold them and quantize_dynamic will not touch them; keep only the real inputs."""
+    constant-fold them and the int8 pass would not touch them; keep only the real inputs."""
     initializers = {init.name for init in model_proto.graph.initializer}
     keep = [i for i in model_proto.graph.input if i.name not in initializers]
     del model_proto.graph.input[:]
@@ -138,31 +137,29 @@ def name_initializers(model_proto, arrays: dict[str, np.ndarray]) -> None:
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8: int8 weights for every MatMul, each layer's recurrent ones, a later layer's
-    input kernel and the Dense (MatMulInteger, the activations quantised per step).
+    """int8 weights for every MatMul (each layer's recurrent ones, a later layer's input kernel and
+    the Dense), one scale per output column, each row's activations on a fixed scale (int8.py:
+    why a row's logits must not depend on the rest of its batch), written atomically.
 
     The first layer's input table stays float32, exactly the fp32 model's: it is read by a Gather,
     which does no arithmetic, so int8 rows would save nothing per step and cost three kernels
     (Gather of the row scales, Cast, Mul) to turn them back into floats, for a file smaller by
     only vocab * gates * units * 3 bytes."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    import onnx
 
-    # quantize_dynamic logs advice to pre-process through the root logger; it does not apply here.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        # Only MatMuls: given Gather too, it would store the table as uint8 and dequantize it per step.
-        quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-    finally:
-        root.setLevel(level)
+    from .files import atomic_write_bytes
+    from .int8 import quantize_matmuls
+
+    model = onnx.load(str(fp32_path))
+    quantize_matmuls(model)
+    atomic_write_bytes(int8_path, model.SerializeToString())
 
 
 def check_int8_graph(int8_model) -> dict:
-    """Every float MatMul of the fp32 step must have become an int8 one (MatMulInteger, or
-    DynamicQuantizeMatMul once onnxruntime fuses it): no MatMul op is left, and no float weight
-    matrix is read by anything but a Gather (the first layer's input table, float32 on purpose,
-    see quantize_int8). A float matrix read elsewhere means quantize_dynamic skipped a layer.
+    """Every float MatMul of the fp32 step must have become an int8 one (MatMulIntegerToFloat,
+    int8.py): no MatMul op is left, and no float weight matrix is read by anything but a Gather
+    (the first layer's input table, float32 on purpose, see quantize_int8). A float matrix read
+    elsewhere means a layer was skipped.
     Returns the counts and the float tables; raises ModelError naming what stayed float."""
     import onnx
 
@@ -176,10 +173,10 @@ def check_int8_graph(int8_model) -> dict:
                       for name in node.input if name in float_matrices}
     float_tables = sorted(float_matrices & gathered - read_elsewhere)
     left_float = sorted(float_matrices - set(float_tables))
-    counts = {"MatMul": ops.count("MatMul"), "MatMulInteger": ops.count("MatMulInteger"),
-              "DynamicQuantizeMatMul": ops.count("DynamicQuantizeMatMul"), "float_tables": float_tables,
+    counts = {"MatMul": ops.count("MatMul"), "MatMulIntegerToFloat": ops.count("MatMulIntegerToFloat"),
+              "float_tables": float_tables,
               "float_matrices": left_float}
     if counts["MatMul"] or left_float:
         raise ModelError(f"the int8 model keeps {counts['MatMul']} float MatMul(s) and float weight matrices "
-                         f"{left_float}: quantize_dynamic left part of the model in float32")
+                         f"{left_float}: the int8 pass left part of the model in float32")
     return counts

@@ -317,8 +317,24 @@ def test_generator_text_is_the_same_with_the_sampler_in_the_graph_or_on_the_host
     assert host.generate_batch(["A", "BB", "ROMEO: "], 100, seed=9) == graph.generate_batch(["A", "BB", "ROMEO: "], 100, seed=9)
 
 
-def test_generate_batch_row_i_is_generate_with_seed_plus_i(tiny_export):
-    g = Generator.load(str(tiny_export))
+def test_an_int8_rows_logits_do_not_depend_on_the_rest_of_its_batch(tiny_export):
+    """int8.py quantises each row's activations on its own (a fixed scale), so a row computed in
+    a batch of 64 gives bit for bit what it gives alone: with one scale per batch (onnxruntime's
+    DynamicQuantizeLinear) it would not, and a row's text would depend on its neighbours."""
+    step = OnnxRuntime(tiny_export / "model.int8.onnx")
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, step.vocab_size, 64).astype(np.int32)
+    state = np.tanh(rng.standard_normal((64, step.rnn_units))).astype(np.float32)
+    state[7] *= 0.01  # a row with a far narrower range than the others
+    logits, new_state = step.step(tokens, state)
+    for row in (0, 7, 63):
+        alone_logits, alone_state = step.step(tokens[row:row + 1], state[row:row + 1])
+        assert np.array_equal(alone_logits[0], logits[row]) and np.array_equal(alone_state[0], new_state[row]), row
+
+
+@pytest.mark.parametrize("model", ["model.onnx", "model.int8.onnx"])
+def test_generate_batch_row_i_is_generate_with_seed_plus_i(tiny_export, model):
+    g = Generator.load(str(tiny_export / model))
     batch = g.generate_batch(["ROMEO: ", "JULIET: ", "A"], 150, temperature=0.9, seed=2**32 - 2)
     assert batch == [g.generate("ROMEO: ", 150, temperature=0.9, seed=2**32 - 2),
                      g.generate("JULIET: ", 150, temperature=0.9, seed=2**32 - 1),

@@ -78,12 +78,12 @@ def test_every_architecture_exports_with_parity_and_records_its_layout(spec, arc
 
     int8 = onnx.load(str(folder / "model.int8.onnx"))
     int8_ops = [n.op_type for n in int8.graph.node]
-    assert "MatMul" not in int8_ops and int8_ops.count("MatMulInteger") == matrices(weights), int8_ops
+    assert "MatMul" not in int8_ops and int8_ops.count("MatMulIntegerToFloat") == matrices(weights), int8_ops
     tables = {i.name: i for i in int8.graph.initializer if i.name == "input_table"}
     fp32_table = next(i for i in model.graph.initializer if i.name == "input_table")
     assert tables["input_table"].data_type == onnx.TensorProto.FLOAT  # the Gather's table, as fp32 has it
     assert np.array_equal(onnx.numpy_helper.to_array(tables["input_table"]), onnx.numpy_helper.to_array(fp32_table))
-    assert report["int8"]["matmuls"]["MatMulInteger"] == matrices(weights)
+    assert report["int8"]["matmuls"]["MatMulIntegerToFloat"] == matrices(weights)
     assert report["int8"]["matmuls"]["float_tables"] == ["input_table"]
     assert report["int8"]["matmuls"]["float_matrices"] == []
     assert report["int8"]["relative_logit_error_random"] <= 0.1  # these weights give logits a spread

@@ -19,7 +19,7 @@ def add_export_parser(sub) -> None:
                    "tutorial's StringLookup), and its last tenth measures the fp32 and int8 models")
     p.add_argument("--vocab", help="vocab.json (a JSON list of characters in id order, or StringLookup's "
                    "get_vocabulary() starting with [UNK]) for checkpoints without one")
-    p.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (dynamic int8 weights)")
+    p.add_argument("--quantize", choices=("int8",), help="also write model.int8.onnx (int8 weights, each row quantised on its own)")
     p.add_argument("--opset", type=int, help="ONNX opset, 13 to 18 (default: 18, the newest tf2onnx converts to)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
                    help="parity tolerance: max abs difference of logits and state (default %(default)s)")

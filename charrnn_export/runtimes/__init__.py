@@ -25,8 +25,8 @@ __all__ = ["DEVICES", "RUNTIMES", "Runtime", "load_runtime", "resolve_runtime"]
 
 CPUINFO = Path("/proc/cpuinfo")
 BF16_MATRIX_FLAGS = {"amx_bf16", "avx512_bf16"}  # Linux's names for AMX-BF16 tiles and AVX512-BF16 dot products
-# The ONNX ops of an integer-quantized model (quantize_dynamic writes MatMulInteger; the others
-# are the static and QDQ forms): such a model stays on onnxruntime, whose int8 kernels it was
+# The ONNX ops of an integer-quantized model (int8.py writes MatMulIntegerToFloat, which holds the
+# bytes MatMulInteger; the others are the static and QDQ forms): such a model stays on onnxruntime, whose int8 kernels it was
 # measured with.
 QUANTIZED_OPS = (b"MatMulInteger", b"ConvInteger", b"QLinearMatMul")
 
