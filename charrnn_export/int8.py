@@ -1,6 +1,7 @@
 """int8 matrix products for the flat step: each row of a batch quantised on its own.
 
     quantize_matmuls(model) -> the number of MatMuls made int8, in place (an onnx.ModelProto)
+    split_at_consumers(model) -> the number of products and gathers cut up, in place (run first)
 
 Every MatMul whose right operand is a float matrix initializer (K, N) becomes
 
@@ -9,6 +10,13 @@ Every MatMul whose right operand is a float matrix initializer (K, N) becomes
 
 with W_q symmetric int8 and one scale per output column (per channel), and a following Add of
 a constant bias (N,) folded into the op.
+
+Before that, split_at_consumers cuts each matrix product (and each Gather from a table) whose
+only reader is a Split along its columns into one product (one Gather) per piece, reading the
+matching columns of the weights: the same numbers, without the Split's copy of the whole output
+and with each piece's bias fused into its own product. (A GRU's recurrent product is split into
+its z-r and h parts, an LSTM's into its four gates.) At large batches that copy costs as much as
+a kernel of the gates, and the int8 model is the one whose step is fast enough for it to show.
 
 Why a fixed activation scale rather than onnxruntime's quantize_dynamic: DynamicQuantizeLinear
 takes one scale from the minimum and maximum of the whole batch, so a row's logits, and in
@@ -65,7 +73,7 @@ def quantize_matmuls(model) -> int:
         if x not in quantized_inputs:  # one QuantizeLinear per activation, however many MatMuls read it
             quantized_inputs[x] = f"{x}_uint8"
             nodes.append(helper.make_node("QuantizeLinear", [x, "int8_a_scale", "int8_a_zero"], [quantized_inputs[x]],
-                                          name=f"{node.name}_quantize"))
+                                          name=f"{x}_quantize"))
         values, scale = per_column_int8(numpy_helper.to_array(weight).astype(np.float32))
         new_inits[f"{name}_int8"], new_inits[f"{name}_scale"] = values, scale
         inputs = [quantized_inputs[x], f"{name}_int8", "int8_a_scale", f"{name}_scale", "int8_a_zero", "int8_b_zero"]
@@ -76,7 +84,7 @@ def quantize_matmuls(model) -> int:
             inputs.append(bias_name)
             output = add.output[0]
             folded_adds.add(id(add))
-        nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [output], name=f"{node.name}_int8",
+        nodes.append(helper.make_node("MatMulIntegerToFloat", inputs, [output], name=f"{name}_int8",  # unique: its weight
                                       domain=MS_DOMAIN))
         replaced.add(name)
     if not replaced:
@@ -91,6 +99,112 @@ def quantize_matmuls(model) -> int:
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return len(replaced)
+
+
+def split_at_consumers(model) -> int:
+    """Cut MatMul(x, W) [+ Add(b)] and Gather(T, ids) whose one reader is a Split of the last axis
+    into one MatMul [+ Add] / Gather per piece (module docstring), in place; returns how many."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    replace: dict[int, list] = {}  # id(node) -> the nodes in its place ([] drops it)
+    new_inits = []
+    for split in graph.node:
+        if split.op_type != "Split" or split_axis(split) not in (1, -1):
+            continue
+        source = producers.get(split.input[0])
+        if source is None or len(consumers.get(split.input[0], [])) != 1:
+            continue
+        chain = cut_chain(source, producers, consumers, initializers)
+        sizes = split_sizes(split, initializers, chain)
+        if chain is None or sizes is None:
+            continue
+        pieces = np.cumsum([0, *sizes])
+        nodes = []
+        for j, (c0, c1) in enumerate(zip(pieces[:-1], pieces[1:])):
+            out = split.output[j]
+            for k, node in enumerate(chain):  # Gather, or MatMul then Add
+                weight = node.input[0] if node.op_type == "Gather" else node.input[1]
+                name = f"{weight}_cols{c0}_{c1}"
+                array = numpy_helper.to_array(initializers[weight])
+                new_inits.append(numpy_helper.from_array(np.ascontiguousarray(array[..., c0:c1]), name))
+                inputs = [name, node.input[1]] if node.op_type == "Gather" else [node.input[0], name]
+                last = k == len(chain) - 1
+                piece = type(node)()
+                piece.CopyFrom(node)
+                piece.name = f"{node.name or weight}_cols{c0}_{c1}"
+                del piece.input[:]
+                piece.input.extend(inputs if k == 0 else [nodes[-1].output[0], name])
+                del piece.output[:]
+                piece.output.append(out if last else f"{node.output[0]}_cols{c0}_{c1}")
+                nodes.append(piece)
+        replace[id(chain[0])] = nodes
+        for node in chain[1:] + [split]:
+            replace[id(node)] = []
+    if not replace:
+        return 0
+    kept = []
+    for node in graph.node:
+        kept.extend(replace.get(id(node), [node]))
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(new_inits)
+    used = {name for node in kept for name in node.input}
+    unused = [init for init in graph.initializer if init.name not in used]
+    for init in unused:
+        graph.initializer.remove(init)
+    return sum(1 for nodes in replace.values() if nodes)
+
+
+def split_axis(split) -> int:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in split.attribute if a.name == "axis"), 0)
+
+
+def split_sizes(split, initializers: dict, chain: list | None) -> list[int] | None:
+    """The widths a Split of the last axis cuts the chain's output into: its constant sizes, or
+    equal pieces of the chain's matrix's width (None when neither is known)."""
+    from onnx import numpy_helper
+
+    if chain is None:
+        return None
+    if len(split.input) > 1 and split.input[1]:
+        sizes = initializers.get(split.input[1])
+        return [int(v) for v in numpy_helper.to_array(sizes)] if sizes is not None else None
+    weight = chain[0].input[0] if chain[0].op_type == "Gather" else chain[0].input[1]
+    width, pieces = int(initializers[weight].dims[-1]), len(split.output)
+    return [width // pieces] * pieces if width % pieces == 0 else None
+
+
+def cut_chain(source, producers: dict, consumers: dict, initializers: dict) -> list | None:
+    """[Gather] or [MatMul] or [MatMul, Add]: the nodes to cut before a Split, each reading a
+    constant matrix (and bias) by its columns, each read by nothing else."""
+    def constant(name, rank):
+        init = initializers.get(name)
+        return init is not None and len(init.dims) == rank
+
+    if source.op_type == "Gather" and constant(source.input[0], 2):
+        axis = next((a.i for a in source.attribute if a.name == "axis"), 0)
+        return [source] if axis == 0 else None
+    if source.op_type == "MatMul" and constant(source.input[1], 2):
+        return [source]
+    if source.op_type == "Add":
+        bias = [i for i in source.input if constant(i, 1)]
+        other = [i for i in source.input if i not in bias]
+        matmul = producers.get(other[0]) if len(bias) == 1 and len(other) == 1 else None
+        if (matmul is not None and matmul.op_type == "MatMul" and constant(matmul.input[1], 2)
+                and len(consumers.get(matmul.output[0], [])) == 1):
+            if list(source.input).index(bias[0]) != 1:  # the pieces read (product, bias) in that order
+                source.input[:] = [other[0], bias[0]]
+            return [matmul, source]
+    return None
 
 
 def bias_add(consumers: list, output: str, initializers: dict, width: int):

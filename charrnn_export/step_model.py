@@ -148,9 +148,10 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     import onnx
 
     from .files import atomic_write_bytes
-    from .int8 import quantize_matmuls
+    from .int8 import quantize_matmuls, split_at_consumers
 
     model = onnx.load(str(fp32_path))
+    split_at_consumers(model)  # no Split copying a whole product: a product per piece
     quantize_matmuls(model)
     atomic_write_bytes(int8_path, model.SerializeToString())
 

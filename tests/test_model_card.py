@@ -72,7 +72,7 @@ def test_rebuild_reexports_a_model_from_its_own_weights_with_its_metadata(tiny_e
     assert sorted(p.name for p in shipped.iterdir()) == sorted(MODEL_FILES)  # the staging folder is gone
     for pair in ("savedmodel_vs_onnx", "shipped_onnx_vs_onnx"):
         assert figures["parity"][pair]["logits"] <= contract.DEFAULT_ATOL, figures["parity"]
-    assert figures["int8"]["matmuls"]["float_tables"] == ["input_table"] and figures["int8"]["matmuls"]["MatMul"] == 0
+    assert all(t.startswith("input_table") for t in figures["int8"]["matmuls"]["float_tables"]) and figures["int8"]["matmuls"]["MatMul"] == 0
     assert figures["greedy_vs_shipped"]["model.onnx"]["first_difference"] is None
     assert all(result["mismatched_ids"] == 0 for result in figures["decode"].values())
 
