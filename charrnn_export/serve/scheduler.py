@@ -18,7 +18,8 @@ Only this thread touches the engine (submit, cancel and step): the event loop ha
 through a deque, so no event of a new request can arrive before the request is registered.
 Each step's characters are appended to their choice's text; what was made since the last
 delivery goes to the event loop in one call_soon_threadsafe every `flush_interval` (sooner for a
-request's first characters and its end). One event per character would make the event loop, not
+request's first characters and its end: that request alone, so that requests coming and going do
+not deliver every other stream's text early). One event per character would make the event loop, not
 the engine, what limits a Python server; per flush, a stream gets everything it made since its
 last. When many streams are open the interval grows so that all of them together stay near
 `max_event_rate` events per second. The engine's steps and end reasons are read through
@@ -121,7 +122,7 @@ class Scheduler:
         self._live: dict[int, Choice] = {}  # engine request id -> choice
         self._jobs = 0  # jobs with a choice in the engine (for the flush interval)
         self._dirty: dict[Job, None] = {}  # jobs with something to deliver (an ordered set)
-        self._urgent = False
+        self._urgent: dict[Job, None] = {}  # dirty jobs to deliver at once: a first character, an end
         self.stopping = False
         self.internal_errors = 0  # passes of the loop that raised (a bug): for /metrics
         self.failed_choices = 0  # choices ended with "error" (their generation failed): for /metrics
@@ -204,9 +205,11 @@ class Scheduler:
         self._count_step(now - began)
         self._dispatch(rids, tokens, endings)
         interval = max(self.flush_interval, self._jobs / self.max_event_rate)
-        if self._dirty and (self._urgent or now - self._last_flush >= interval):
+        if self._dirty and now - self._last_flush >= interval:
             self._flush()
             self._last_flush = now
+        elif self._urgent:  # only those: one job's end must not deliver every stream's text early
+            self._flush(list(self._urgent))
         # Hand the GIL to the event loop between steps: a thread that only waits for the
         # GIL gets it back late (the switch interval), and a starved event loop admits
         # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
@@ -258,7 +261,7 @@ class Scheduler:
                 self._reserved -= len(job.choices)
             self._jobs -= 1
             self._dirty[job] = None
-            self._urgent = True
+            self._urgent[job] = None
 
     def _end_unsubmitted(self, job: Job, reason: str) -> None:
         for choice in job.choices:
@@ -284,7 +287,7 @@ class Scheduler:
             job = choice.job
             self._dirty[job] = None
             if not job.flushed:
-                self._urgent = True
+                self._urgent[job] = None
             if job.stops:
                 self._match_stop(choice)
         self.chars_made += len(rids)
@@ -304,7 +307,7 @@ class Scheduler:
                 del text[len(text) - len(stop):]
                 choice.finish = STOP
                 self.engine.cancel(choice.rid)
-                self._urgent = True
+                self._urgent[choice.job] = None
                 return
 
     def _end(self, rid: int, reason: str) -> None:
@@ -315,19 +318,26 @@ class Scheduler:
             choice.finish = reason
         job = choice.job
         self._dirty[job] = None
-        self._urgent = True
+        self._urgent[job] = None
         with self._lock:
             self._reserved -= 1
         if all(c.rid not in self._live for c in job.choices):
             self._jobs -= 1
 
-    def _flush(self) -> None:
-        """Deliver every dirty job's new text (and ends) to its event loop, one call per loop."""
-        self._urgent = False
-        if not self._dirty:
+    def _flush(self, jobs=None) -> None:
+        """Deliver every dirty job's new text (and ends), or only `jobs`', to its event loop, one
+        call per loop."""
+        if jobs is None:
+            jobs, self._urgent = list(self._dirty), {}
+            self._dirty.clear()
+        else:
+            for job in jobs:
+                self._dirty.pop(job, None)
+                self._urgent.pop(job, None)
+        if not jobs:
             return
         batches: dict = {}
-        for job in self._dirty:
+        for job in jobs:
             if job.gone:
                 continue
             items = []
@@ -343,7 +353,6 @@ class Scheduler:
             if items:
                 job.flushed = True
                 batches.setdefault(job.loop, []).append((job, items))
-        self._dirty.clear()
         for loop, batch in batches.items():
             try:
                 loop.call_soon_threadsafe(_deliver, batch)
