@@ -19,7 +19,7 @@ class ServeOptions:
     flush_interval: float = 0.015  # seconds between a stream's events (at the least)
     # Events per second across every open stream: with many streams each event carries more
     # characters instead of more events competing with the engine thread for the CPU.
-    max_event_rate: float = 2000.0
+    max_event_rate: float = 500.0
     retry_after: int = 1  # seconds, in 429 answers
     request_timeout: float = 30.0  # seconds from a request's headers to the end of its body; beyond: 408
     on_load_failure: Callable[[Exception], None] | None = None  # the command stops the server

@@ -48,6 +48,7 @@ from .options import ServeOptions
 
 log = logging.getLogger("charrnn_export.serve")
 STOP = "stop"  # a stop string matched (here, not in the engine)
+URGENT_INTERVAL = 0.025  # seconds: a request's first characters or its end wait at most this long
 STEP_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)  # seconds, for /metrics
 
 
@@ -180,7 +181,7 @@ class Scheduler:
     # ------------------------------------------------------------ the engine's thread
 
     def _run(self) -> None:
-        self._last_flush = time.perf_counter()
+        self._last_flush = self._last_urgent = time.perf_counter()
         while not self._closed:
             try:
                 self._pass()
@@ -208,8 +209,11 @@ class Scheduler:
         if self._dirty and now - self._last_flush >= interval:
             self._flush()
             self._last_flush = now
-        elif self._urgent:  # only those: one job's end must not deliver every stream's text early
+        elif self._urgent and now - self._last_urgent >= URGENT_INTERVAL:
+            # Only those: one job's end must not deliver every stream's text early. At most one
+            # such call per URGENT_INTERVAL: each wakes the event loop through its self-pipe.
             self._flush(list(self._urgent))
+            self._last_urgent = now
         # Hand the GIL to the event loop between steps: a thread that only waits for the
         # GIL gets it back late (the switch interval), and a starved event loop admits
         # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
