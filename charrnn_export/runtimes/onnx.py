@@ -125,17 +125,9 @@ class OnnxRuntime:
         self.vocab_size = len(self.vocab)
         state_shape = inputs[contract.STATE].shape
         self.state_width_from_metadata = not (len(state_shape) > 1 and isinstance(state_shape[1], int))
-        from_metadata = metadata_state_size(self.config, path)
         # rnn_units is the Runtime protocol's name for the packed state's width S (state_size).
-        self.rnn_units = self.state_size = fixed_dim(state_shape, 1, from_metadata, path, "state")
-        if from_metadata is not None and from_metadata != self.rnn_units:
-            name = "state_size" if "state_size" in self.config else "rnn_units"
-            raise ModelError(f"{path}: its graph's state is {self.rnn_units} wide but its metadata says {name} "
-                             f"{from_metadata}; export it again")
-        logits_width = fixed_dim(outputs[contract.LOGITS].shape, 1, self.vocab_size, path, "logits")
-        if logits_width != self.vocab_size:
-            raise ModelError(f"{path} has {logits_width} logits but {self.vocab_size} characters in its "
-                             "vocabulary metadata; export it again")
+        self.rnn_units = self.state_size = checked_widths(self.config, self.vocab_size, state_shape,
+                                                          outputs[contract.LOGITS].shape, path)
         self.output_names = [contract.LOGITS, contract.STATE_OUT]
         self.check_one_step()
 
@@ -169,6 +161,22 @@ class OnnxRuntime:
             tokens = tokens.astype(np.int32)
         logits, new_state = self.session.run(self.output_names, {contract.TOKEN: tokens, contract.STATE: state})
         return logits, new_state
+
+
+def checked_widths(config: dict, vocab_size: int, state_shape, logits_shape, path) -> int:
+    """The state's width S from a step model's graph (or its metadata where the graph leaves it
+    free), after checking that the graph and the metadata agree on it and on the logits' width."""
+    from_metadata = metadata_state_size(config, path)
+    state_size = fixed_dim(state_shape, 1, from_metadata, path, "state")
+    if from_metadata is not None and from_metadata != state_size:
+        name = "state_size" if "state_size" in config else "rnn_units"
+        raise ModelError(f"{path}: its graph's state is {state_size} wide but its metadata says {name} "
+                         f"{from_metadata}; export it again")
+    logits_width = fixed_dim(logits_shape, 1, vocab_size, path, "logits")
+    if logits_width != vocab_size:
+        raise ModelError(f"{path} has {logits_width} logits but {vocab_size} characters in its "
+                         "vocabulary metadata; export it again")
+    return state_size
 
 
 def fixed_dim(shape, axis: int, fallback, path, name: str) -> int:

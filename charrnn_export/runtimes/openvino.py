@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import checks, contract
 from ..errors import ModelError, RuntimeUnavailable
-from .onnx import fixed_dim, metadata_state_size, parse_metadata
+from .onnx import checked_widths, parse_metadata
 
 PRECISIONS = ("default", "f32")  # OpenVINO's hint (bf16 on bf16 matrix units), or float32 throughout
 INSTALL_HINT = 'pip install "charrnn-export[openvino]", or use --runtime onnx (in Python runtime="onnx")'
@@ -92,18 +92,10 @@ class OpenVinoRuntime:
         self.check_ports(model, ov)
         self.vocab, self.config = parse_metadata(model_metadata(model), path)
         self.vocab_size = len(self.vocab)
-        state_shape = shape_of(model.input(contract.STATE))
-        from_metadata = metadata_state_size(self.config, path)
         # rnn_units is the Runtime protocol's name for the packed state's width S (state_size).
-        self.rnn_units = self.state_size = fixed_dim(state_shape, 1, from_metadata, path, "state")
-        if from_metadata is not None and from_metadata != self.rnn_units:
-            name = "state_size" if "state_size" in self.config else "rnn_units"
-            raise ModelError(f"{path}: its graph's state is {self.rnn_units} wide but its metadata says {name} "
-                             f"{from_metadata}; export it again")
-        logits_width = fixed_dim(shape_of(model.output(contract.LOGITS)), 1, self.vocab_size, path, "logits")
-        if logits_width != self.vocab_size:
-            raise ModelError(f"{path} has {logits_width} logits but {self.vocab_size} characters in its "
-                             "vocabulary metadata; export it again")
+        self.rnn_units = self.state_size = checked_widths(self.config, self.vocab_size,
+                                                          shape_of(model.input(contract.STATE)),
+                                                          shape_of(model.output(contract.LOGITS)), path)
         self.compiled = self.compile(ov, model, threads, precision)
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
         names = [port.get_any_name() for port in self.compiled.outputs]
