@@ -1,14 +1,16 @@
 """int8 matrix products for the flat step: each row of a batch quantised on its own.
 
-    quantize_matmuls(model) -> the number of MatMuls made int8, in place (an onnx.ModelProto)
+    quantize_matmuls(model, ranges) -> the number of MatMuls made int8, in place (an onnx.ModelProto)
+    activation_ranges(model) -> {activation: largest |value|}, stepping the fp32 model on random tokens
     split_at_consumers(model) -> the number of products and gathers cut up, in place (run first)
 
 Every MatMul whose right operand is a float matrix initializer (K, N) becomes
 
-    QuantizeLinear(x, 1/127, 128) -> uint8      the activation, on a fixed scale
-    MatMulIntegerToFloat(x_q, W_q, 1/127, scale[N], 128, 0, bias)    (onnxruntime's fused op)
+    QuantizeLinear(x, s, 128) -> uint8      the activation, on a fixed scale s (at most 1/127)
+    MatMulIntegerToFloat(x_q, W_q, s, scale[N], 128, 0, bias)    (onnxruntime's fused op)
 
-with W_q symmetric int8 and one scale per output column (per channel), and a following Add of
+with W_q symmetric int8 and one scale per output column (per channel), the activation's scale
+fitted at export to the range it reaches (activation_ranges; at most [-1, 1]), and a following Add of
 a constant bias (N,) folded into the op.
 
 Before that, split_at_consumers cuts each matrix product (and each Gather from a table) whose
@@ -20,12 +22,13 @@ a kernel of the gates, and the int8 model is the one whose step is fast enough f
 
 Why a fixed activation scale rather than onnxruntime's quantize_dynamic: DynamicQuantizeLinear
 takes one scale from the minimum and maximum of the whole batch, so a row's logits, and in
-time its text, depend on which other rows share its batch; the host sampler could then not
-split a batch, and generate_batch's row i would not be generate() with row i's seed. Every
-MatMul of the step reads a layer's h (a GRU's or SimpleRNN's tanh-bounded state, an LSTM's
-o * tanh(c)) or r * h, all in [-1, 1], so a fixed scale of 1/127 with zero point 128 covers
-them exactly; the export's int8 parity check (parity.compare_int8) would show any layer that
-went outside. MatMulIntegerToFloat is a com.microsoft op: onnxruntime (CPU, and onnxruntime-web's
+time its text, depend on which other rows share its batch, and generate_batch's row i would
+not be generate() with row i's seed. Every MatMul of the step reads a layer's h (a GRU's or
+SimpleRNN's tanh-bounded state, an LSTM's o * tanh(c)) or r * h, all in [-1, 1], so a fixed
+scale of 1/127 with zero point 128 covers them; the export narrows each activation's scale to
+CALIBRATION_MARGIN times what it reaches on random sequences (activation_ranges), because a
+little-trained model's states stay near 0, where 1/127 would leave them few levels. The export's
+int8 parity check (parity.compare_int8) would show a layer that went outside its range. MatMulIntegerToFloat is a com.microsoft op: onnxruntime (CPU, and onnxruntime-web's
 WASM build) runs it; onnxruntime would not fuse the standard QuantizeLinear -> MatMulInteger ->
 Cast -> Mul -> Add chain itself, because constant folding merges the two scales its pattern
 looks for. Needs the `onnx` package (export time only).
@@ -37,8 +40,56 @@ import numpy as np
 
 MS_DOMAIN = "com.microsoft"
 ACTIVATION_SCALE = np.float32(1.0 / 127.0)  # [-1, 1] -> [1, 255] around the zero point 128
+# A calibrated activation's scale covers this many times the largest |value| seen (capped at
+# [-1, 1]): a sequence the calibration did not see may go further, and past the range it clips.
+CALIBRATION_MARGIN = 1.5
+CALIBRATION_ROWS, CALIBRATION_STEPS = 32, 200
 ACTIVATION_ZERO = np.uint8(128)
 WEIGHT_LIMIT = 127  # symmetric int8 weights: -127..127, zero point 0
+
+
+def activation_scale(peak: float | None) -> np.float32:
+    """The fixed scale of an activation whose |values| reached `peak` in calibration (None: all of [-1, 1])."""
+    if peak is None or not np.isfinite(peak) or peak <= 0:
+        return ACTIVATION_SCALE
+    return np.float32(min(1.0, CALIBRATION_MARGIN * float(peak)) / 127.0)
+
+
+def activation_ranges(model, seed: int = 0) -> dict[str, float]:
+    """The largest |value| each MatMul's activation takes while the step model runs random token
+    sequences from the zero state, its state fed back ({} for a graph that is not a step model).
+    A trained model's states fill [-1, 1]; a little-trained or small one's may stay near 0, where
+    one fixed 1/127 step would leave few levels: its scale is fitted to what it reaches."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from . import contract
+
+    graph = model.graph
+    inputs = {i.name: i for i in graph.input}
+    if set(inputs) != {contract.TOKEN, contract.STATE}:
+        return {}
+    initializers = {init.name for init in graph.initializer}
+    names = sorted({n.input[0] for n in graph.node if n.op_type == "MatMul" and n.input[1] in initializers})
+    probed = [n for n in names if n not in inputs]
+    probe = type(model)()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in probed)
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = next(o for o in graph.output if o.name == contract.LOGITS)
+    vocab = int(logits.type.tensor_type.shape.dim[1].dim_value or 1)
+    width = int(inputs[contract.STATE].type.tensor_type.shape.dim[1].dim_value)
+    tokens = np.random.default_rng(seed).integers(0, vocab, (CALIBRATION_STEPS, CALIBRATION_ROWS)).astype(np.int32)
+    state = np.zeros((CALIBRATION_ROWS, width), np.float32)
+    peaks = dict.fromkeys(names, 0.0)
+    for step_tokens in tokens:
+        if contract.STATE in peaks:
+            peaks[contract.STATE] = max(peaks[contract.STATE], float(np.abs(state).max()))
+        outputs = session.run([contract.STATE_OUT, *probed], {contract.TOKEN: step_tokens, contract.STATE: state})
+        state = outputs[0]
+        for name, value in zip(probed, outputs[1:]):
+            peaks[name] = max(peaks[name], float(np.abs(value).max()))
+    return peaks
 
 
 def per_column_int8(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +100,10 @@ def per_column_int8(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantized, scale.astype(np.float32)
 
 
-def quantize_matmuls(model) -> int:
-    """Make every MatMul by a float matrix initializer int8 (module docstring), in place."""
+def quantize_matmuls(model, ranges: dict[str, float] | None = None) -> int:
+    """Make every MatMul by a float matrix initializer int8 (module docstring), in place.
+    ranges: the largest |value| of each MatMul's activation (activation_ranges); an activation's
+    fixed scale then covers CALIBRATION_MARGIN times it (at most [-1, 1]) instead of all of [-1, 1]."""
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
@@ -59,7 +112,7 @@ def quantize_matmuls(model) -> int:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    shared = {"int8_a_scale": ACTIVATION_SCALE, "int8_a_zero": ACTIVATION_ZERO, "int8_b_zero": np.int8(0)}
+    shared = {"int8_a_zero": ACTIVATION_ZERO, "int8_b_zero": np.int8(0)}
     new_inits, quantized_inputs, folded_adds, replaced = {}, {}, set(), set()
     nodes = []
     for node in graph.node:
@@ -72,11 +125,12 @@ def quantize_matmuls(model) -> int:
         x, name = node.input[0], weight.name
         if x not in quantized_inputs:  # one QuantizeLinear per activation, however many MatMuls read it
             quantized_inputs[x] = f"{x}_uint8"
-            nodes.append(helper.make_node("QuantizeLinear", [x, "int8_a_scale", "int8_a_zero"], [quantized_inputs[x]],
+            new_inits[f"{x}_a_scale"] = activation_scale((ranges or {}).get(x))
+            nodes.append(helper.make_node("QuantizeLinear", [x, f"{x}_a_scale", "int8_a_zero"], [quantized_inputs[x]],
                                           name=f"{x}_quantize"))
         values, scale = per_column_int8(numpy_helper.to_array(weight).astype(np.float32))
         new_inits[f"{name}_int8"], new_inits[f"{name}_scale"] = values, scale
-        inputs = [quantized_inputs[x], f"{name}_int8", "int8_a_scale", f"{name}_scale", "int8_a_zero", "int8_b_zero"]
+        inputs = [quantized_inputs[x], f"{name}_int8", f"{x}_a_scale", f"{name}_scale", "int8_a_zero", "int8_b_zero"]
         output = node.output[0]
         add = bias_add(consumers.get(output, []), output, initializers, values.shape[1])
         if add is not None:

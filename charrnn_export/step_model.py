@@ -148,11 +148,12 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
     import onnx
 
     from .files import atomic_write_bytes
-    from .int8 import quantize_matmuls, split_at_consumers
+    from .int8 import activation_ranges, quantize_matmuls, split_at_consumers
 
     model = onnx.load(str(fp32_path))
+    ranges = activation_ranges(model)  # each activation's scale fitted to what the fp32 step reaches
     split_at_consumers(model)  # no Split copying a whole product: a product per piece
-    quantize_matmuls(model)
+    quantize_matmuls(model, ranges)
     atomic_write_bytes(int8_path, model.SerializeToString())
 
 
