@@ -93,7 +93,9 @@ def test_a_stop_signal_drains_running_requests_finish_and_new_ones_get_503(tiny_
                             "--grace-period", "600"], tmp_path / "log")
     try:
         with httpx.Client(timeout=60) as a:
-            with a.stream("POST", f"{server.url}/v1/completions", json={**LONG, "max_tokens": 3000}) as running:
+            # Long enough to be still running through the checks below (the server exits once it
+            # has drained, and a tiny model makes 3000 characters in a fraction of a second).
+            with a.stream("POST", f"{server.url}/v1/completions", json={**LONG, "max_tokens": 100_000}) as running:
                 first_event(running)
                 server.process.send_signal(sig)
                 wait_for(lambda: "stopping" in server.log())
