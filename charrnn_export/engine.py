@@ -27,6 +27,7 @@ one driver here, so that every one of them reads an end the same way:
 
     rids = submit_rows(engine, [start_ids, ...], length, sampling, seed)   row i: rng.row_seed(seed, i)
     for rids, tokens, endings in drive(engine): ...      until no work is left; or step_once(engine)
+    for rid, token in drive_tokens(engine, check): ...   the same, a character at a time
     an Ending: (request id, finish "length" | "abort" | "error", cause: why an "error" ended)
 
 A server must outlive whatever one request does to the backend. With `isolate_failures=True`
@@ -272,6 +273,7 @@ class Engine:
         self.slot_kind = np.zeros(capacity, np.int8)  # per slot: PLAIN_T1, PLAIN_SCALED or CUT
         self.kind_count = [0, 0, 0]
         self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
+        self._carried: list[tuple[int, str]] = []  # ends run_alone found, for the next step_arrays
 
     # ------------------------------------------------------------ any thread
 
@@ -295,7 +297,7 @@ class Engine:
         return len(self._waiting)
 
     def has_work(self) -> bool:
-        return self.busy_count > 0 or bool(self._waiting) or bool(self._cancels)
+        return self.busy_count > 0 or bool(self._waiting) or bool(self._cancels) or bool(self._carried)
 
     # ------------------------------------------------------------ the engine's thread
 
@@ -309,7 +311,7 @@ class Engine:
     def step_arrays(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
         """step() without a tuple per character, for large batches: (request ids (n,), their
         new token ids (n,), in the order made, and [(request id, reason)] for each that ended)."""
-        ended: list[tuple[int, str]] = []
+        ended, self._carried = self._carried, []
         self._apply_cancels(ended)
         self._admit(ended)
         if not self.busy_count:
@@ -363,6 +365,51 @@ class Engine:
             ended.append((rid, LENGTH))
             self._free(0)
         return np.array([rid]), np.array([token]), ended
+
+    def alone(self) -> int:
+        """The request id that run_alone would run now, or -1."""
+        if (self.high == 1 and self._one_row and not self._start and not self._waiting and not self._cancels
+                and not self._carried):
+            return int(self.request[0])
+        return -1
+
+    def run_alone(self, chunk: int = 256) -> Iterator[int]:
+        """step_arrays, one step per id yielded, while one request generates alone in slot 0 of a
+        one-row backend and nothing waits or is cancelled: the same ids, with no arrays made per
+        step (at batch 1 the engine's own cost is what shows beside the model's). Its end, when it
+        comes here, is reported by the next step_arrays; the slot's arrays are up to date whenever
+        this pauses at a yield or returns."""
+        rid = self.alone()
+        if rid < 0:
+            return
+        fresh, self._one_rid = rid != self._one_rid, rid
+        if fresh:
+            self._one_greedy = bool(self.settings.greedy[0])
+        decode_one, settings, vocab_size = self.backend.decode_one, self.settings, self.vocab_size
+        token, left = int(self.last[0]), int(self.left[0])
+        while left and not self._waiting and not self._cancels:
+            numbers = [0.0] * min(left, chunk) if self._one_greedy else self.random.take_run(0, min(left, chunk))
+            unread = len(numbers)
+            try:
+                for uniform in numbers:
+                    unread -= 1
+                    token = decode_one(token, settings, uniform, fresh)
+                    fresh = False
+                    if token < 0 or token >= vocab_size:
+                        self.left[0] = left
+                        self._end_broken(0, token, self._carried)
+                        return
+                    left -= 1
+                    self.last[0], self.left[0] = token, left
+                    if not left:
+                        self._carried.append((rid, LENGTH))
+                        self._free(0)
+                    yield token
+                    if self._waiting or self._cancels:
+                        return
+            finally:
+                if unread and not self._one_greedy:
+                    self.random.give_back(0, unread)
 
     def _step_generating(self, ended):
         """step_arrays on a one-step backend when no busy slot is greedy or cut (sampling.plain):
@@ -575,6 +622,20 @@ def drive(engine: Engine) -> Iterator[tuple[np.ndarray, np.ndarray, list[Ending]
     """step_once until every request submitted (before or while it runs) has ended."""
     while engine.has_work():
         yield step_once(engine)
+
+
+def drive_tokens(engine: Engine, check: Callable[[list[Ending]], None]) -> Iterator[tuple[int, int]]:
+    """drive() as (request id, token id) for each character in the order made, each step's
+    endings handed to `check` (which may raise). While one request generates alone its
+    characters come from engine.run_alone: the same ids, without a step's arrays."""
+    while engine.has_work():
+        rid = engine.alone()
+        if rid >= 0:
+            for token in engine.run_alone():
+                yield rid, token
+        rids, tokens, endings = step_once(engine)
+        yield from zip(rids.tolist(), tokens.tolist())
+        check(endings)
 
 
 def ending(engine: Engine, rid: int, reason: str) -> Ending:

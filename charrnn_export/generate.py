@@ -28,7 +28,7 @@ import numpy as np
 
 from . import checks
 from .contract import MODEL_FILES, TUTORIAL_START, model_file
-from .engine import FINISH_ERROR, SAMPLERS, Engine, backend_factory, drive, submit_rows
+from .engine import FINISH_ERROR, SAMPLERS, Engine, backend_factory, drive, drive_tokens, submit_rows
 from .errors import ConfigError, DataError, ModelError
 from .rng import random_seed
 from .sampling import SamplingConfig
@@ -235,10 +235,8 @@ def _check_endings(endings) -> None:
 
 def _run(engine: Engine, row_of: dict[int, int], give_back) -> Iterator[tuple[int, int]]:
     try:
-        for rids, tokens, endings in drive(engine):
-            for rid, token in zip(rids.tolist(), tokens.tolist()):
-                yield row_of[rid], token
-            _check_endings(endings)
+        for rid, token in drive_tokens(engine, _check_endings):
+            yield row_of[rid], token
     finally:  # also when a stream is dropped half read: a new request resets the rows it takes
         give_back(engine.backend)
 

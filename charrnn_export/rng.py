@@ -135,6 +135,16 @@ class Blocks:
         self.next[row] += 1
         return float(self.buffer[row, offset])
 
+    def take_run(self, row: int, n: int) -> list[float]:
+        """The next n numbers of one row as Python floats (a run of batch-1 steps reads them
+        one by one); give_back(row, m) returns the last m of them unread."""
+        start = int(self.next[row])
+        self.next[row] = start + n
+        return uniforms(self.seed[row:row + 1], np.arange(start, start + n)[None, :])[0].tolist()
+
+    def give_back(self, row: int, unread: int) -> None:
+        self.next[row] -= unread
+
     def refill(self, rows: np.ndarray) -> None:
         self.base[rows] = self.next[rows]
         self.buffer[rows] = uniforms(self.seed[rows], self.base[rows, None] + np.arange(self.block))

@@ -48,6 +48,11 @@ import numpy as np
 
 from . import checks
 
+try:  # the plain rule compiled (_plain.c, which setup.py builds where a C compiler is found)
+    import _charrnn_export_plain as _plain
+except ImportError:  # pragma: no cover - an install without a compiler: numpy's rule
+    _plain = None
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -146,13 +151,31 @@ def plain(config: SamplingConfig, vocab_size: int) -> bool:
     return not config.greedy and not (0 < top_k < vocab_size) and not np.float32(top_p) < 1
 
 
+def compiled(logits: np.ndarray) -> bool:
+    """Whether the compiled plain rule (_plain.c) takes these logits: it is built, and they are
+    float32 in one piece (a runtime may hand back a view)."""
+    return _plain is not None and logits.dtype == np.float32 and logits.flags.c_contiguous
+
+
 def choose_plain(logits: np.ndarray, temperature: np.ndarray | None, uniforms: np.ndarray,
                  unk_id: int | None) -> np.ndarray | None:
     """choose() and broken_rows() together for rows whose settings are all plain(): the ids, by
     the same float arithmetic, or None when a logit is not below SAFE_LOGIT in magnitude (NaN and
     inf included: the caller then takes choose() and broken_rows(), which judge each row).
-    logits (rows, vocab) float32 are changed in place; temperature (rows,) float32, or None
-    when every row's is 1 (dividing by 1 changes nothing)."""
+    logits (rows, vocab) float32 may be changed in place; temperature (rows,) float32, or None
+    when every row's is 1 (dividing by 1 changes nothing). Compiled where _plain is built."""
+    if compiled(logits):
+        ids = np.empty(len(logits), np.int32)
+        temperature = None if temperature is None else np.ascontiguousarray(temperature, np.float32)
+        judged = _plain.plain_ids(logits, temperature, np.ascontiguousarray(uniforms, np.float64),
+                                  -1 if unk_id is None else unk_id, ids)
+        return ids if judged else None
+    return choose_plain_numpy(logits, temperature, uniforms, unk_id)
+
+
+def choose_plain_numpy(logits: np.ndarray, temperature: np.ndarray | None, uniforms: np.ndarray,
+                       unk_id: int | None) -> np.ndarray | None:
+    """choose_plain in numpy (logits changed in place)."""
     if not max(logits.max(), -logits.min()) < SAFE_LOGIT:
         return None
     if unk_id is not None:
@@ -176,12 +199,14 @@ class OneRow:
 
     def __init__(self, vocab_size: int, unk_id: int | None):
         self.unk_id = unk_id
+        self.unk = -1 if unk_id is None else unk_id  # as _plain takes it
         self.scaled = np.empty(vocab_size, np.float32)
         self.exp64 = np.empty(vocab_size, np.float64)
         self.cdf = np.empty(vocab_size, np.float32)
         self.settings = Settings.empty(1)
         self.greedy = self.plain = False
         self.temperature = np.float32(1.0)
+        self.temperature_value = 1.0
 
     def set(self, settings: Settings, row: int = 0) -> "OneRow":
         """Take row `row` of `settings` as the settings of every following pick."""
@@ -191,11 +216,17 @@ class OneRow:
         vocab = self.scaled.shape[0]
         self.plain = not self.greedy and not (0 < top_k < vocab) and not top_p < 1
         self.temperature = np.float32(temperature)
+        self.temperature_value = float(self.temperature)  # exact: a float32 as a Python float
         return self
 
     def pick(self, logits: np.ndarray, uniform: float) -> int:
-        """The id for `logits` (vocab,) float32 (changed in place: [UNK] masked), or -1 when they
-        are not all finite ([UNK] aside), as broken_rows and choose() decide together."""
+        """The id for `logits` (vocab,) float32 (may be changed in place: [UNK] masked), or -1 when
+        they are not all finite ([UNK] aside), as broken_rows and choose() decide together."""
+        if self.plain and compiled(logits):
+            token = _plain.plain_id(logits, uniform, self.temperature_value, self.unk)
+            if token >= 0:
+                return token
+            return self._pick_judged(logits, uniform)  # a logit not below SAFE_LOGIT
         if not max(logits.max(), -logits.min()) < SAFE_LOGIT:  # one check for finite and not huge
             return self._pick_judged(logits, uniform)
         if self.unk_id is not None:

@@ -11,7 +11,7 @@ import pytest
 
 from charrnn_export import Generator, contract
 from charrnn_export.engine import (CANCELLED, LENGTH, DecodeBackend, Engine, HostSampler, OneRowBackend,
-                                   backend_factory)
+                                   backend_factory, drive_tokens)
 from charrnn_export.errors import ModelError
 from charrnn_export.rng import Stream, uniforms
 from charrnn_export.runtimes.onnx import OnnxRuntime
@@ -254,6 +254,64 @@ def test_a_row_with_nan_logits_on_the_short_path_ends_alone(tiny_export):
     assert reasons == {rids[0]: LENGTH, rids[1]: "nonfinite", rids[2]: LENGTH}
     assert len(texts[rids[1]]) == 5 and len(texts[rids[0]]) == len(texts[rids[2]]) == 20
     assert texts[rids[0]] == alone(lambda c: HostSampler(step, c), [5], 20, SamplingConfig(), 1)
+
+
+def run_tokens(engine: Engine, take: int | None = None, endings: list | None = None) -> dict[int, list[int]]:
+    """drive_tokens (the Python API's driver, with Engine.run_alone) until done, or `take` ids."""
+    texts: dict[int, list[int]] = {}
+    for count, (rid, token) in enumerate(drive_tokens(engine, (endings if endings is not None else []).extend)):
+        texts.setdefault(rid, []).append(token)
+        if take is not None and count + 1 == take:
+            break
+    return texts
+
+
+@pytest.mark.parametrize("kind", ["host", "graph"])
+@pytest.mark.parametrize("config", MIXED)
+def test_a_request_running_alone_gives_the_steps_ids(backends, kind, config):
+    """Engine.run_alone (batch 1, no arrays per step) makes the ids that step() makes, over runs
+    longer than its chunk of numbers and the random blocks, and ends with "length"."""
+    for start, length in (([5], 1), ([5, 6, 7], 2), ([9], 600)):
+        engine = Engine(backends[kind](1))
+        rid = engine.submit(start, length, config, 21)
+        steps, step_arrays = [], engine.step_arrays
+        engine.step_arrays = lambda: steps.append(1) or step_arrays()
+        endings = []
+        assert run_tokens(engine, endings=endings).get(rid, []) == alone(backends[kind], start, length, config, 21)
+        assert [(e.rid, e.finish) for e in endings] == [(rid, "length")] and not engine.has_work()
+        assert len(steps) <= len(start) + 1  # reading the start, then run_alone to the end
+
+
+def test_requests_that_join_or_leave_a_running_alone_request_change_none_of_the_ids(backends):
+    """A request submitted or cancelled while another runs alone, and a driver dropped half way and
+    taken up again: each request's ids are still its own (unread numbers are given back)."""
+    make, first, second = backends["host"], ([5], 500, SamplingConfig(0.8), 4), ([6, 7], 120, SamplingConfig(), 9)
+    engine = Engine(make(2))
+    a = engine.submit(*first)
+    texts = run_tokens(engine, take=70)  # then the driver is dropped mid-chunk
+    texts[a] += run_tokens(engine, take=30)[a]
+    b = engine.submit(*second)
+    for rid, ids in run_tokens(engine).items():
+        texts.setdefault(rid, []).extend(ids)
+    assert texts[a] == alone(make, *first) and texts[b] == alone(make, *second)
+    engine = Engine(make(1))
+    a = engine.submit(*first)
+    made = run_tokens(engine, take=40)[a]
+    engine.cancel(a)
+    endings = []
+    assert run_tokens(engine, endings=endings) == {} and [(e.rid, e.finish) for e in endings] == [(a, "abort")]
+    assert made == alone(make, *first)[:40]
+
+
+def test_nan_logits_while_running_alone_end_the_request_as_an_error(tiny_export):
+    step = OnnxRuntime(tiny_export / "model.onnx")
+    engine = Engine(HostSampler(BreaksAt(step, step=12, row=0), 1))
+    rid = engine.submit([5, 6], 50, SamplingConfig(), 3)
+    endings = []
+    texts = run_tokens(engine, endings=endings)
+    assert [(e.rid, e.finish) for e in endings] == [(rid, "error")] and "NaN" in endings[0].cause
+    assert texts[rid] == alone(lambda c: HostSampler(step, c), [5, 6], 50, SamplingConfig(), 3)[:10]
+    assert not engine.has_work()
 
 
 def test_every_backend_makes_the_same_text(backends):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from charrnn_export import Generator, SamplingConfig
 from charrnn_export.errors import ConfigError, DataError, ModelError
 from charrnn_export.rng import Blocks, Stream, splitmix64, uniforms
+from charrnn_export import sampling
 from charrnn_export.sampling import Settings, choose
 
 VOCAB = 65
@@ -298,17 +301,49 @@ _LOGIT = st.one_of(st.floats(-80, 80, width=32), st.sampled_from([0.0, 1e-40, -1
        greedy=st.booleans(), uniform=st.floats(0, 1, exclude_max=True))
 def test_one_row_picks_what_choose_and_broken_rows_pick(logits, unk, temperature, top_k, top_p, greedy, uniform):
     """OneRow (the batch-1 path) is choose() and broken_rows() for one row, id for id, on any
-    logits (NaN and infinities included) and any settings, the cuts included."""
+    logits (NaN and infinities included) and any settings, the cuts included; compiled
+    (_plain.c, where built) and in numpy, and on a strided view (which the compiled rule declines)."""
     row = np.array(logits, np.float32)
     settings = Settings(np.array([temperature], np.float32), np.array([top_k], np.int64),
                         np.array([top_p], np.float32), np.array([greedy]))
     broken = broken_rows(row[None].copy(), unk)[0]
     expected = -1 if broken else int(choose(mask_unknown(row[None].copy(), unk), settings, np.array([uniform]))[0])
-    got = OneRow(row.size, unk).set(settings).pick(row.copy(), uniform)
-    assert got == expected
+    one = OneRow(row.size, unk).set(settings)
+    assert one.pick(row.copy(), uniform) == expected
+    assert one.pick(np.repeat(row, 2)[::2], uniform) == expected
+    with numpy_only():
+        assert one.pick(row.copy(), uniform) == expected
 
 
-from charrnn_export.sampling import choose_plain, plain  # noqa: E402
+@contextlib.contextmanager
+def numpy_only():
+    """The sampler as an install without a C compiler has it (sampling._plain absent)."""
+    built, sampling._plain = sampling._plain, None
+    try:
+        yield
+    finally:
+        sampling._plain = built
+
+
+def test_the_compiled_rule_is_built_where_there_is_a_c_compiler():
+    """setup.py builds _plain.c as an optional extension: an install that found a compiler has it."""
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here: the install uses numpy's rule")
+    assert sampling._plain is not None, "_charrnn_export_plain was not built: `pip install .` again"
+
+
+def test_the_compiled_rule_refuses_arrays_it_cannot_read():
+    if sampling._plain is None:
+        pytest.skip("_charrnn_export_plain is not built here")
+    logits = np.zeros((2, 5), np.float32)
+    with pytest.raises(TypeError, match="format 'f'"):
+        sampling._plain.plain_ids(logits.astype(np.float64), None, np.zeros(2), -1, np.zeros(2, np.int32))
+    with pytest.raises(ValueError, match="a value per row"):
+        sampling._plain.plain_ids(logits, None, np.zeros(1), -1, np.zeros(2, np.int32))
+    assert sampling._plain.plain_id(np.array([0, np.nan], np.float32), 0.5, 1.0, -1) == -1
+
+
+from charrnn_export.sampling import choose_plain, choose_plain_numpy, plain  # noqa: E402
 
 
 @hyp_settings(max_examples=300, deadline=None)
@@ -330,13 +365,14 @@ def test_choose_plain_picks_what_choose_and_broken_rows_pick(rows, unk, data):
     with np.errstate(invalid="ignore"):  # inf - inf in a broken row: its id is replaced below
         expected = choose(mask_unknown(logits.copy(), unk), settings, uniforms)
     expected[broken_rows(logits, unk)] = -1
-    got = choose_plain(logits.copy(), None if all_one else temperature, uniforms, unk)
-    if got is None:  # declined: only where a logit is huge or not finite
-        assert not (np.abs(logits) < 1e38).all()
-    else:
-        assert got.tolist() == expected.tolist()
-    if np.isfinite(logits).all() and (np.abs(logits) < 1e30).all():
-        assert got is not None
+    for rule in (choose_plain, choose_plain_numpy):  # compiled where built, and numpy's
+        got = rule(logits.copy(), None if all_one else temperature, uniforms, unk)
+        if got is None:  # declined: only where a logit is huge or not finite
+            assert not (np.abs(logits) < 1e38).all()
+        else:
+            assert got.tolist() == expected.tolist()
+        if np.isfinite(logits).all() and (np.abs(logits) < 1e30).all():
+            assert got is not None
 
 
 def test_plain_is_what_choose_plain_may_take():
@@ -345,3 +381,16 @@ def test_plain_is_what_choose_plain_may_take():
     assert not plain(SamplingConfig(greedy=True), 65) and not plain(SamplingConfig(top_k=64), 65)
     assert not plain(SamplingConfig(top_p=0.99), 65)
     assert plain(SamplingConfig(top_p=1 - 1e-9), 65)  # 1 in float32, as choose() compares it
+
+
+def test_a_vocabulary_of_thousands_picks_what_choose_picks():
+    """A text in a script with thousands of characters (the compiled rule's buffer is then taken
+    from the heap, not the stack)."""
+    rng = np.random.default_rng(4)
+    logits = (rng.standard_normal((3, 5000)) * 3).astype(np.float32)
+    uniforms = rng.random(3)
+    settings = Settings.empty(3)
+    settings.temperature[:] = [1.0, 0.5, 2.0]
+    expected = choose(logits.copy(), settings, uniforms).tolist()
+    assert choose_plain(logits.copy(), settings.temperature, uniforms, None).tolist() == expected
+    assert [OneRow(5000, None).set(settings, row).pick(logits[row].copy(), uniforms[row]) for row in range(3)] == expected
