@@ -41,7 +41,9 @@ Python API's engines) a backend error propagates to the caller, as any exception
 
 Backends: the DecodeBackend protocol (below): `decode(rows, forced, last, settings, uniforms,
 reset) -> ids (rows, K)` with the state kept inside, and `capacity`, `steps`, `vocab`, `config`;
-a OneRowBackend also has `decode_one`, the batch-1 fast path. backend_factory(...) is the one
+a OneRowBackend also has `decode_one`, the batch-1 fast path (and may have `decode_run`, the same
+for a run of characters: HostSampler's, which Engine.run_alone takes while a request generates
+alone). backend_factory(...) is the one
 place that chooses among them:
   HostSampler(runtime, capacity)        any step runtime (onnx, savedmodel, keras, litert) + sampling.choose
   runtimes.onnx_decode.OnnxDecoder      a decode model (sampling in the graph) on the CPU
@@ -51,6 +53,7 @@ place that chooses among them:
 from __future__ import annotations
 
 import logging
+from functools import partial
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -222,17 +225,59 @@ class HostSampler:
             self.state[:rows] = new_state
         return logits
 
+    def decode_run(self, token: int, settings, uniforms: list[float], fresh: bool) -> Iterator[int]:
+        """decode_one for each number in turn, each id fed back: the same ids, with the per-call
+        work done once per run (at batch 1 each Python call, with caches the step has just
+        emptied, shows beside the model's step). Row 0's state is written back when it is closed."""
+        if fresh:
+            self._one.set(settings)
+        step, pick, feed = self.runtime.step, self._one.pick, self._token
+        compiled, temperature, unk = self._one.compiled_rule()
+        state = self.state if self.capacity == 1 else self.state[:1]
+        try:
+            for uniform in uniforms:
+                feed[0] = token
+                logits, state = step(feed, state)
+                row = logits[0]
+                try:
+                    token = compiled(row, uniform, temperature, unk) if compiled else -1
+                except (BufferError, TypeError, ValueError):  # not float32 in one piece: numpy from now on
+                    compiled, token = None, -1
+                if token < 0:
+                    token = pick(row, uniform)  # numpy's rule, which also judges a broken row
+                yield token
+        finally:
+            self._keep_row0(state)
+
     def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
         """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
         The same step and the same rule, with the per-call array work done once per request."""
         if fresh:
             self._one.set(settings)
         self._token[0] = token
-        logits, new_state = self.runtime.step(self._token, self.state[:1])
-        self.state[:1] = new_state
+        logits, new_state = self.runtime.step(self._token, self.state if self.capacity == 1 else self.state[:1])
+        self._keep_row0(new_state)
         return self._one.pick(logits[0], uniform)
 
+    def _keep_row0(self, state: np.ndarray) -> None:
+        """Row 0's new state: the runtime's fresh array kept as it is when it is the whole state
+        and may be written (a reset writes zeros into it), else copied in."""
+        if self.capacity == 1 and state.flags.writeable:
+            self.state = state
+        else:
+            self.state[:1] = state
 
+
+
+
+def decode_run(backend: OneRowBackend, token: int, settings: Settings, uniforms: list[float],
+               fresh: bool) -> Iterator[int]:
+    """decode_one for each number in turn, each id fed back: what run_alone asks of a backend
+    without a decode_run of its own."""
+    for uniform in uniforms:
+        token = backend.decode_one(token, settings, uniform, fresh)
+        fresh = False
+        yield token
 
 
 class BackendFault(RuntimeError):
@@ -377,37 +422,38 @@ class Engine:
         """step_arrays, one step per id yielded, while one request generates alone in slot 0 of a
         one-row backend and nothing waits or is cancelled: the same ids, with no arrays made per
         step (at batch 1 the engine's own cost is what shows beside the model's). Its end, when it
-        comes here, is reported by the next step_arrays; the slot's arrays are up to date whenever
-        this pauses at a yield or returns."""
+        comes here, is reported by the next step_arrays; the slot's arrays are brought up to date
+        when it returns or is dropped (no step may run while it is paused at a yield)."""
         rid = self.alone()
         if rid < 0:
             return
         fresh, self._one_rid = rid != self._one_rid, rid
         if fresh:
             self._one_greedy = bool(self.settings.greedy[0])
-        decode_one, settings, vocab_size = self.backend.decode_one, self.settings, self.vocab_size
+        run = getattr(self.backend, "decode_run", None) or partial(decode_run, self.backend)
+        vocab_size = self.vocab_size
         token, left = int(self.last[0]), int(self.left[0])
         while left and not self._waiting and not self._cancels:
             numbers = [0.0] * min(left, chunk) if self._one_greedy else self.random.take_run(0, min(left, chunk))
             unread = len(numbers)
+            ids = run(token, self.settings, numbers, fresh)
+            fresh = False
             try:
-                for uniform in numbers:
+                for made in ids:
                     unread -= 1
-                    token = decode_one(token, settings, uniform, fresh)
-                    fresh = False
-                    if token < 0 or token >= vocab_size:
-                        self.left[0] = left
-                        self._end_broken(0, token, self._carried)
+                    if made < 0 or made >= vocab_size:
+                        self._end_broken(0, made, self._carried)
                         return
-                    left -= 1
-                    self.last[0], self.left[0] = token, left
+                    token, left = made, left - 1
                     if not left:
                         self._carried.append((rid, LENGTH))
                         self._free(0)
                     yield token
                     if self._waiting or self._cancels:
                         return
-            finally:
+            finally:  # also when the caller drops this generator at a yield
+                ids.close()  # the backend's state is its own again
+                self.last[0], self.left[0] = token, left
                 if unread and not self._one_greedy:
                     self.random.give_back(0, unread)
 
