@@ -189,7 +189,7 @@ class HostSampler:
         self.vocab, self.config = runtime.vocab, runtime.config
         self.state = runtime.zero_state(capacity)  # (capacity, units)
         self.unk_id = unknown_id(runtime.config)
-        self.name = f"{runtime.name} step + numpy sampler"
+        self.name = f"{runtime.name} step + host sampler"
         self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
         self._token = np.zeros(1, np.int32)  # decode_one's input id
 

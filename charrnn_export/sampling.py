@@ -1,4 +1,5 @@
-"""Choosing the next character from logits: temperature, top-k, top-p, greedy. numpy only.
+"""Choosing the next character from logits: temperature, top-k, top-p, greedy. numpy (and, for
+plain rows where it is built, the same rule compiled: _plain.c).
 
     SamplingConfig.checked(temperature, top_k, top_p, greedy, names=...)   checked once (checks.py)
     SamplingConfig(...).validate()             the same checks for a config built directly
@@ -6,12 +7,14 @@
     choose(logits (rows, vocab) float32, settings, uniforms (rows,) float64) -> ids (rows,) int32
     OneRow(vocab, unk_id).set(settings).pick(logits (vocab,), uniform) -> id   the same, one row
     choose_plain(logits, temperature, uniforms, unk_id) -> ids | None   the same for rows without
-                                               greedy, top-k or top-p, in a third of the operations
+                                               greedy, top-k or top-p: one call of the compiled rule
+                                               (_plain.c, where built), else a third of the operations
     unknown_id(config), mask_unknown(logits, unk_id), broken_rows(logits, unk_id)   the [UNK] rule
 
 This is the project's one sampling rule. The decode model (decode.py) computes the same rule in
-ONNX and the web page (web/static/sampling.js) in JavaScript; the three agree id for id because every
-step is defined so that each side can do exactly the same float arithmetic:
+ONNX, the web page (web/static/sampling.js) in JavaScript and _plain.c in C (rows without greedy or
+cuts); they agree id for id because every step is defined so that each side can do exactly the
+same float arithmetic:
 
   1. greedy rows, and rows whose top_p is not above 0 in float32 (a top_p below the smallest
      float32 probability, about 1.4e-45, rounds to 0): the first index of the largest logit (no
@@ -194,7 +197,8 @@ class OneRow:
     """choose() for one row at a time, with its settings fixed: the same rule and the same
     float arithmetic, on buffers made once. At batch 1 a generator calls the sampler once per
     character, and choose()'s thirty small array operations, each with numpy's per-call cost,
-    weigh as much as the model's step; this does a third as many, in place. Rows with a top-k or
+    weigh as much as the model's step; this does a third as many, in place, and for plain
+    settings one call of the compiled rule (_plain.c) where it is built. Rows with a top-k or
     top-p cut go through choose() itself (the cuts are rare and their sort dominates anyway)."""
 
     def __init__(self, vocab_size: int, unk_id: int | None):

@@ -302,15 +302,15 @@ def train_locked(config: TrainConfig, run: RunDir, resume: bool, force: bool,
     batch_spec = tf.TensorSpec([None, config.seq_length], tf.int32)
 
     @tf.function(input_signature=[batch_spec, batch_spec, tf.TensorSpec([2], tf.int64)])
-    def train_step(x, y, seed_pair):
+    def one_replica_step(x, y, seed_pair):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, logits(x, seed_pair, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    if dist.active:  # the same step split over the replicas: the global batch in, its mean loss out
-        train_step = dist.train_step(model, optimizer, config, logits)
+    # With tf.distribute, the same step split over the replicas: the global batch in, its mean loss out.
+    train_step = dist.train_step(model, optimizer, config, logits) if dist.active else one_replica_step
 
     @tf.function(input_signature=[batch_spec, batch_spec])
     def val_loss_sum(x, y):

@@ -1,4 +1,4 @@
-"""The decode engine: decode models (sampling in the graph) against the numpy sampler, the
+"""The decode engine: decode models (sampling in the graph) against the host sampler, the
 sampling rule's distribution, slots and continuous batching, and Generator on top of them."""
 
 from __future__ import annotations

@@ -86,7 +86,7 @@ def tutorial_run(tmp_path_factory, tiny_text):
     dataset = dataset.shuffle(BUFFER_SIZE, seed=0).batch(BATCH_SIZE, drop_remainder=True)
     vocab_size = len(vocab)
     tf_keras.utils.set_random_seed(0)
-    model = tutorial_build_model(vocab_size=len(vocab), embedding_dim=EMBEDDING_DIM, rnn_units=RNN_UNITS,
+    model = tutorial_build_model(vocab_size=vocab_size, embedding_dim=EMBEDDING_DIM, rnn_units=RNN_UNITS,
                                  batch_size=BATCH_SIZE)
 
     def loss(labels, logits):

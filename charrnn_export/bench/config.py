@@ -18,7 +18,7 @@ from ..contract import DECODE_FILES, DEVICES, MODEL_FILES, TUTORIAL_START
 from ..errors import ConfigError
 from ..files import check_writable_dir
 
-# The tutorial's loops (TF), the exported step + the numpy sampler through the engine (HostSampler),
+# The tutorial's loops (TF), the exported step + the host sampler through the engine (HostSampler),
 # and the engine over the decode model (OnnxDecoder: sampling inside onnxruntime).
 CONTESTANTS = ("tutorial", "tf-function", "savedmodel", "onnx-fp32", "onnx-int8", "decode-fp32", "decode-int8")
 TF_CONTESTANTS = ("tutorial", "tf-function")  # they need the Keras weights, not the export

@@ -8,14 +8,14 @@ A contestant's run(start, batch, length, greedy, seed) is a Python generator tha
 per generated character (after that character exists) and returns the texts, one per row. The
 time to its first yield is the priming (the start string and the first character); the rest is
 steady generation, including the final decoding into strings. The TensorFlow contestants draw
-from TensorFlow's global seed, set once per process (`seed` is for the numpy sampler).
+from TensorFlow's global seed, set once per process (`seed` is for the host sampler).
 
     tutorial     the seed tutorial's generate_text: a stateful tf_keras Sequential (batch 1) called
                  eagerly on one character at a time, tf.random.categorical (batch 1 only)
     tf-function  the current tutorial's OneStep: a Keras 3 model whose recurrent layers return their state, called
                  inside a tf.function that also looks characters up and samples (strings in and out)
-    savedmodel   the exported SavedModel's step signature, through the decode engine + numpy sampler
-    onnx-fp32    the decode engine over model.onnx: onnxruntime's step + the numpy sampler (HostSampler)
+    savedmodel   the exported SavedModel's step signature, through the decode engine + the host sampler
+    onnx-fp32    the decode engine over model.onnx: onnxruntime's step + the host sampler (HostSampler)
     onnx-int8    the same over model.int8.onnx
     decode-fp32  the decode engine over decode.onnx: sampling inside onnxruntime (OnnxDecoder; on
                  CUDA the GPU graph Generator builds, several steps per call)

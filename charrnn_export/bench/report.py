@@ -142,7 +142,8 @@ def render_markdown(results: dict, level: int = 1) -> str:
         "p10-p90 are of the single steps; priming is the time to the first character (start string included); "
         "x tutorial is chars/s over the tutorial's at batch 1 on the same device; x floor is ms/step over the "
         "time of the step's two matrix products alone (fp32, or int8 for the int8 contestants) at that batch size; "
-        "onnx-* and savedmodel run the decode engine over the step model with numpy sampling, decode-* over the "
+        "onnx-* and savedmodel run the decode engine over the step model with host sampling (sampling.py's rule, "
+        "compiled where built), decode-* over the "
         "decode model (sampling inside onnxruntime)",
         "",
     ]
