@@ -76,7 +76,7 @@ def render_results_md(results_dir) -> str:
     parts = ["# Benchmark results", "",
              "Written from the latest results in benchmarks/results/ by any suite's `--results-md` "
              "(`python -m benchmarks.generation`, `benchmarks.training`, `benchmarks.serving`, `benchmarks.web`, "
-             "`benchmarks.peers`, `benchmarks.architectures`; "
+             "`benchmarks.peers`, `benchmarks.architectures`, `benchmarks/sampler_overhead.py`; "
              "`benchmarks/gpu_engine.py --report` writes the GPU section's file); every figure below is measured, "
              "and each section names its command, machine and date.", ""]
     generation = results_dir / "generation-latest.json"
@@ -100,8 +100,9 @@ def render_results_md(results_dir) -> str:
         parts += [bench.render_markdown(json.loads(engine.read_text()), level=2)
                   .replace("## Generation benchmark", "## The decode engine on the CPU", 1),
                   "![chars/s by contestant and batch size](results/engine-latest.png)", ""]
-    # gpu_engine.py --report, serving.py, web.py, peers.py, architectures.py
-    for name in ("gpu-engine", "serving", "web", "peers", "architectures"):
+    # sampler_overhead.py, gpu_engine.py --report, serving.py, web.py, peers.py, architectures.py
+    overheads = [path.name.removesuffix("-latest.md") for path in sorted(results_dir.glob("overhead-*-latest.md"))]
+    for name in (*overheads, "gpu-engine", "serving", "web", "peers", "architectures"):
         section = results_dir / f"{name}-latest.md"
         if section.exists():
             parts += [section.read_text().rstrip("\n"), ""]

@@ -10,7 +10,8 @@ For each batch size it times, in alternating repeats (so a busy machine slows bo
                does) or Generator.generate_batch (batch > 1): priming, sampling, decoding included
 and prints the medians (and min-max) per step and the overhead = generator / bare - 1.
 Steady generation is timed apart from priming and the first character (time to first char).
---json FILE also writes the figures with the machine and library versions.
+--json FILE also writes the figures with the machine and library versions; --results-md writes
+benchmarks/results/overhead-<model>-latest.md and rewrites benchmarks/RESULTS.md with it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="host: host sampling (sampling.py, compiled where built), against the step model; graph: the decode model, against its own "
                    "session.run (default %(default)s)")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--results-md", action="store_true", help="also record the table in benchmarks/RESULTS.md")
     args = p.parse_args(argv)
     if args.length < 2 or args.repeats < 1:
         p.error("--length must be >= 2 and --repeats >= 1")
@@ -153,7 +155,41 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_text(args.json, json.dumps({"environment": env, "sampling": options, "results": results},
                                                 indent=2) + "\n")
+    if args.results_md:
+        record(env, options, args, results)
     return 0
+
+
+def record(env: dict, options: dict, args, results: list[dict]) -> None:
+    """overhead-<model>-latest.md (and a dated copy) in benchmarks/results/, then RESULTS.md."""
+    from datetime import datetime, timezone
+
+    from benchmarks.repo import REPO, machine_info, refresh_results_md
+    from charrnn_export.bench import command_line, write_results
+
+    label = Path(env["model"]).name.removesuffix(".onnx").removeprefix("model.")  # model.int8.onnx -> int8
+    label = "fp32" if label == "model" else label
+    machine = machine_info()
+    lines = [f"## The engine against the bare step: {label} ({env['model']})", "",
+             f"- date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; command: `{command_line()}`",
+             f"- machine: {machine.get('cpu', '?')}, {env['cpu_count']} cores, load average "
+             f"{'/'.join(f'{v:.2f}' for v in env['load_average'] or ())} before; numpy {env['numpy']}, "
+             f"onnxruntime {env['onnxruntime']}; git {machine.get('git_commit')}",
+             f"- bare: `session.run` in a loop with fixed tokens, the state fed back; generator: `Generator.stream` "
+             f"(batch 1, one character at a time) or `generate_batch`, sampling {options}; alternating repeats, "
+             f"medians of {args.repeats} x {args.length} steps (min-max)", "",
+             "| batch | bare step µs | generator µs/step | generator / bare | generator chars/s | first char ms |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        b, g = r["bare_step"], r["generator_step"]
+        lines.append(f"| {r['batch']} | {b['median_us']:.1f} ({b['min_us']:.1f}-{b['max_us']:.1f}) | "
+                     f"{g['median_us']:.1f} ({g['min_us']:.1f}-{g['max_us']:.1f}) | "
+                     f"{g['median_us'] / b['median_us']:.3f}x | {r['chars_per_s']:,.0f} | "
+                     f"{r['time_to_first_char']['median_us'] / 1e3:.2f} |")
+    out = REPO / "benchmarks" / "results"
+    write_results({"environment": env, "sampling": options, "results": results}, out, f"overhead-{label}",
+                  "\n".join(lines) + "\n", None)
+    print(f"wrote {refresh_results_md(out)}")
 
 
 if __name__ == "__main__":
