@@ -160,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def record(env: dict, options: dict, args, results: list[dict]) -> None:
-    """overhead-<model>-latest.md (and a dated copy) in benchmarks/results/, then RESULTS.md."""
+def record(env: dict, options: dict, args, results: list[dict], out: Path | None = None) -> Path:
+    """overhead-<model>-latest.md (and a dated copy) in `out` (benchmarks/results/), then the
+    RESULTS.md beside it; returns the section's path."""
     from datetime import datetime, timezone
 
     from benchmarks.repo import REPO, machine_info, refresh_results_md
@@ -186,10 +187,11 @@ def record(env: dict, options: dict, args, results: list[dict]) -> None:
                      f"{g['median_us']:.1f} ({g['min_us']:.1f}-{g['max_us']:.1f}) | "
                      f"{g['median_us'] / b['median_us']:.3f}x | {r['chars_per_s']:,.0f} | "
                      f"{r['time_to_first_char']['median_us'] / 1e3:.2f} |")
-    out = REPO / "benchmarks" / "results"
-    write_results({"environment": env, "sampling": options, "results": results}, out, f"overhead-{label}",
-                  "\n".join(lines) + "\n", None)
+    out = out or REPO / "benchmarks" / "results"
+    paths = write_results({"environment": env, "sampling": options, "results": results}, out, f"overhead-{label}",
+                          "\n".join(lines) + "\n", None)
     print(f"wrote {refresh_results_md(out)}")
+    return paths["md"]
 
 
 if __name__ == "__main__":

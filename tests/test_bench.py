@@ -226,3 +226,28 @@ def test_batch_sizes_that_do_not_fit_in_memory_are_refused(monkeypatch):
     monkeypatch.setattr(checks, "available_memory", lambda: 64 * 2**20)  # a 64 MiB machine
     with pytest.raises(ConfigError, match=r"^--batch-sizes 4,096 needs about .*use at most 128"):
         bench.BenchConfig.quick_defaults(batch_sizes=(1, 4096)).validate()
+
+
+def test_sampler_overhead_times_the_engine_against_the_bare_step_and_records_it(tiny_export, tmp_path):
+    """benchmarks/sampler_overhead.py on the tiny model: a row per batch size, and its --results-md
+    section (here written to a results folder of the test's) in the RESULTS.md beside it."""
+    import argparse
+
+    from benchmarks import sampler_overhead
+
+    model = str(tiny_export / "model.int8.onnx")
+    script = subprocess.run([sys.executable, "benchmarks/sampler_overhead.py", "--model", model, "--batch-sizes", "1",
+                             "3", "--repeats", "1", "--length", "30"], cwd=REPO, capture_output=True, text=True,
+                            timeout=240)
+    assert script.returncode == 0, script.stderr[-3000:]
+    rows = [line.split() for line in script.stdout.splitlines() if line.split()[:1] in (["1"], ["3"])]
+    assert [row[0] for row in rows] == ["1", "3"] and all(float(row[1]) > 0 and float(row[2]) > 0 for row in rows)
+    env = sampler_overhead.environment(model, None)
+    result = {"batch": 1, "bare_step": {"median_us": 10.0, "min_us": 9.0, "max_us": 11.0},
+              "generator_step": {"median_us": 10.5, "min_us": 10.0, "max_us": 12.0},
+              "time_to_first_char": {"median_us": 900.0}, "chars_per_s": 95238.0}
+    args = argparse.Namespace(repeats=1, length=30)
+    section = sampler_overhead.record(env, {"temperature": 1.0}, args, [result], out=tmp_path / "results")
+    assert section.name.startswith("overhead-int8-2")
+    assert "| 1 | 10.0 (9.0-11.0) | 10.5 (10.0-12.0) | 1.050x |" in section.read_text()
+    assert "## The engine against the bare step: int8" in (tmp_path / "RESULTS.md").read_text()
