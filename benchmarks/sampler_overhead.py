@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--sampler", choices=("host", "graph"), default="host",
-                   help="host: host sampling (sampling.py, compiled where built), against the step model; graph: the decode model, against its own "
+                   help="host: host sampling (sampling.py, compiled where built), against the step model; "
+                   "graph: the decode model, against its own "
                    "session.run (default %(default)s)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--results-md", action="store_true", help="also record the table in benchmarks/RESULTS.md")
