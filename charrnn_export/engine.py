@@ -179,19 +179,44 @@ def gpu_step_model(step_path: Path) -> Path:
     return fp32
 
 
+class PlainStep:
+    """runtimes.onnx.BoundStep's interface over any runtime's step(): `tokens` to fill, run(rows)
+    -> logits of rows [0, rows), `state` the state after it."""
+
+    def __init__(self, runtime, capacity: int):
+        self.runtime = runtime
+        self.tokens = np.zeros(capacity, np.int32)
+        self.state = runtime.zero_state(capacity)  # (capacity, S)
+
+    def run(self, rows: int) -> np.ndarray:
+        logits, new_state = self.runtime.step(self.tokens[:rows], self.state[:rows])
+        if rows == len(self.state) and new_state.flags.writeable and new_state.shape == self.state.shape:
+            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
+        else:
+            self.state[:rows] = new_state
+        return logits
+
+
 class HostSampler:
-    """A step runtime's logits sampled on the host by sampling.choose. One step per call."""
+    """A step runtime's logits sampled on the host by sampling.choose. One step per call. The
+    step runs through the runtime's bound_step where it has one (onnxruntime: buffers bound once),
+    else through its step() (PlainStep)."""
 
     steps = 1
 
     def __init__(self, runtime, capacity: int):
         self.runtime, self.capacity = runtime, capacity
         self.vocab, self.config = runtime.vocab, runtime.config
-        self.state = runtime.zero_state(capacity)  # (capacity, units)
+        bound = getattr(runtime, "bound_step", None)
+        self.stepper = bound(capacity) if bound is not None else PlainStep(runtime, capacity)
         self.unk_id = unknown_id(runtime.config)
         self.name = f"{runtime.name} step + host sampler"
         self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
-        self._token = np.zeros(1, np.int32)  # decode_one's input id
+
+    @property
+    def state(self) -> np.ndarray:
+        """(capacity, S): every row's state (rows past the last busy one hold nothing in use)."""
+        return self.stepper.state
 
     def decode(self, rows, forced, last, settings, uniforms, reset):
         if reset.any():
@@ -218,56 +243,35 @@ class HostSampler:
 
     def _step(self, rows: int, tokens: np.ndarray) -> np.ndarray:
         """One model step for rows [0, rows) (their state kept here): the logits."""
-        logits, new_state = self.runtime.step(tokens, self.state[:rows])
-        if rows == self.capacity and new_state.flags.writeable and new_state.shape == self.state.shape:
-            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
-        else:
-            self.state[:rows] = new_state
-        return logits
+        self.stepper.tokens[:rows] = tokens
+        return self.stepper.run(rows)
 
     def decode_run(self, token: int, settings, uniforms: list[float], fresh: bool) -> Iterator[int]:
         """decode_one for each number in turn, each id fed back: the same ids, with the per-call
         work done once per run (at batch 1 each Python call, with caches the step has just
-        emptied, shows beside the model's step). Row 0's state is written back when it is closed."""
+        emptied, shows beside the model's step)."""
         if fresh:
             self._one.set(settings)
-        step, pick, feed = self.runtime.step, self._one.pick, self._token
+        run, pick, feed = self.stepper.run, self._one.pick, self.stepper.tokens
         compiled, temperature, unk = self._one.compiled_rule()
-        state = self.state if self.capacity == 1 else self.state[:1]
-        try:
-            for uniform in uniforms:
-                feed[0] = token
-                logits, state = step(feed, state)
-                row = logits[0]
-                try:
-                    token = compiled(row, uniform, temperature, unk) if compiled else -1
-                except (BufferError, TypeError, ValueError):  # not float32 in one piece: numpy from now on
-                    compiled, token = None, -1
-                if token < 0:
-                    token = pick(row, uniform)  # numpy's rule, which also judges a broken row
-                yield token
-        finally:
-            self._keep_row0(state)
+        for uniform in uniforms:
+            feed[0] = token
+            row = run(1)[0]
+            try:
+                token = compiled(row, uniform, temperature, unk) if compiled else -1
+            except (BufferError, TypeError, ValueError):  # not float32 in one piece: numpy from now on
+                compiled, token = None, -1
+            if token < 0:
+                token = pick(row, uniform)  # numpy's rule, which also judges a broken row
+            yield token
 
     def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
         """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
         The same step and the same rule, with the per-call array work done once per request."""
         if fresh:
             self._one.set(settings)
-        self._token[0] = token
-        logits, new_state = self.runtime.step(self._token, self.state if self.capacity == 1 else self.state[:1])
-        self._keep_row0(new_state)
-        return self._one.pick(logits[0], uniform)
-
-    def _keep_row0(self, state: np.ndarray) -> None:
-        """Row 0's new state: the runtime's fresh array kept as it is when it is the whole state
-        and may be written (a reset writes zeros into it), else copied in."""
-        if self.capacity == 1 and state.flags.writeable:
-            self.state = state
-        else:
-            self.state[:1] = state
-
-
+        self.stepper.tokens[0] = token
+        return self._one.pick(self.stepper.run(1)[0], uniform)
 
 
 def decode_run(backend: OneRowBackend, token: int, settings: Settings, uniforms: list[float],
