@@ -303,6 +303,56 @@ def test_requests_that_join_or_leave_a_running_alone_request_change_none_of_the_
     assert made == alone(make, *first)[:40]
 
 
+class WithoutBoundStep:
+    """An onnx runtime seen without bound_step: the host sampler takes PlainStep (runtime.step)."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.name, self.vocab, self.config = runtime.name, runtime.vocab, runtime.config
+        self.zero_state = runtime.zero_state
+
+    def step(self, tokens, state):
+        return self.runtime.step(tokens, state)
+
+
+def test_the_bound_step_computes_what_step_computes_as_the_rows_change(tiny_export):
+    """runtimes.onnx.BoundStep (IO binding, two state buffers taking turns, bound again when the
+    rows change) against plain step() calls on the same tokens and states. Rows that come back
+    after a step without them start from zero, as the engine's new requests do (reset)."""
+    step = OnnxRuntime(tiny_export / "model.int8.onnx")
+    bound = step.bound_step(6)
+    rng = np.random.default_rng(2)
+    state = step.zero_state(6)
+    before = 6
+    for rows in (6, 6, 3, 3, 1, 6, 2, 2):
+        if rows > before:  # the rows a step left out hold nothing in use: a new request resets them
+            state[before:rows] = bound.state[before:rows] = 0.0
+        before = rows
+        tokens = rng.integers(0, len(step.vocab), rows).astype(np.int32)
+        bound.tokens[:rows] = tokens
+        logits = bound.run(rows).copy()
+        expected_logits, expected_state = step.step(tokens, state[:rows].copy())
+        state[:rows] = expected_state
+        np.testing.assert_array_equal(logits, expected_logits)
+        np.testing.assert_array_equal(bound.state[:rows], expected_state)
+
+
+def test_the_host_sampler_gives_the_same_ids_with_the_bound_step_or_plain_steps(tiny_export):
+    step = OnnxRuntime(tiny_export / "model.onnx")
+    rng = np.random.default_rng(12)
+    requests = [(rng.integers(1, 40, rng.integers(1, 5)).astype(np.int32), int(rng.integers(1, 60)),
+                 MIXED[i % len(MIXED)], int(rng.integers(0, 2**32))) for i in range(30)]
+    results = []
+    for runtime in (step, WithoutBoundStep(step)):
+        engine = Engine(HostSampler(runtime, 8))
+        assert (type(engine.backend.stepper).__name__ == "BoundStep") == (runtime is step)
+        rids = [engine.submit(*request) for request in requests]
+        texts, reasons = run_all(engine)
+        assert set(reasons.values()) == {LENGTH}
+        results.append([texts.get(rid, []) for rid in rids])
+    assert results[0] == results[1]
+
+
 def test_nan_logits_while_running_alone_end_the_request_as_an_error(tiny_export):
     step = OnnxRuntime(tiny_export / "model.onnx")
     engine = Engine(HostSampler(BreaksAt(step, step=12, row=0), 1))

@@ -3,7 +3,9 @@
 An exported model.onnx carries its vocabulary and config in metadata_props, so the file alone
 is enough to sample from it. The state's width S comes from the graph's `state` input, checked
 against the metadata's (cells.architecture.state_size_of: state_size, or rnn_units for an
-export older than architectures), and proven by one step at load.
+export older than architectures), and proven by one step at load. OnnxRuntime.step is the
+Runtime protocol's step; bound_step(capacity) is the same step with its buffers bound once
+(BoundStep), which the decode engine's host sampler runs once per character.
 """
 
 from __future__ import annotations
@@ -204,7 +206,8 @@ class BoundStep:
         binding.clear_binding_outputs()
         binding.bind_cpu_input(contract.TOKEN, self.tokens[:rows])
         binding.bind_cpu_input(contract.STATE, state_in[:rows])
-        for name, array in ((contract.LOGITS, self._logits[:rows]), (contract.STATE_OUT, state_out[:rows])):
+        outputs = ((contract.LOGITS, self._logits[:rows]), (contract.STATE_OUT, state_out[:rows]))
+        for name, array in outputs:
             binding.bind_output(name, "cpu", 0, np.float32, array.shape, array.ctypes.data)
 
 
