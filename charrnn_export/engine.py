@@ -53,10 +53,10 @@ place that chooses among them:
 from __future__ import annotations
 
 import logging
-from functools import partial
 import threading
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
 
@@ -253,16 +253,9 @@ class HostSampler:
         if fresh:
             self._one.set(settings)
         run, pick, feed = self.stepper.run, self._one.pick, self.stepper.tokens
-        compiled, temperature, unk = self._one.compiled_rule()
         for uniform in uniforms:
             feed[0] = token
-            row = run(1)[0]
-            try:
-                token = compiled(row, uniform, temperature, unk) if compiled else -1
-            except (BufferError, TypeError, ValueError):  # not float32 in one piece: numpy from now on
-                compiled, token = None, -1
-            if token < 0:
-                token = pick(row, uniform)  # numpy's rule, which also judges a broken row
+            token = pick(run(1)[0], uniform)
             yield token
 
     def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:

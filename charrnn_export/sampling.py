@@ -223,14 +223,6 @@ class OneRow:
         self.temperature_value = float(self.temperature)  # exact: a float32 as a Python float
         return self
 
-    def compiled_rule(self) -> tuple:
-        """(_plain.plain_id, temperature, unk) for these settings, to call with (logits (vocab,)
-        float32 in one piece, uniform) -> the id, or -1 where pick() must judge the row; or
-        (None, ...) when they are not plain or the rule is not built."""
-        if self.plain and _plain is not None:
-            return _plain.plain_id, self.temperature_value, self.unk
-        return None, self.temperature_value, self.unk
-
     def pick(self, logits: np.ndarray, uniform: float) -> int:
         """The id for `logits` (vocab,) float32 (may be changed in place: [UNK] masked), or -1 when
         they are not all finite ([UNK] aside), as broken_rows and choose() decide together."""
