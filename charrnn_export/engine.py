@@ -16,7 +16,11 @@ A backend may run several model steps per call (`backend.steps`, K): a GPU backe
 in one captured graph, the sampled ids fed back on the device, so the host is heard from once per
 K characters. The engine then plans K sub-steps per slot: the start characters to force, and one
 random number for each character it will sample. With K = 1 (the CPU backends) a step is one
-character.
+character; but while every busy slot of a BlockBackend (the host sampler) is generating with
+plain settings and nothing waits, the engine asks for a block of several steps in one call (at
+most block_steps, and no more than any busy slot has left), each id fed back in the backend,
+and a step then returns that many characters per slot: the same ids, with the engine's per-step
+work done once per block.
 
 step() returns events (request id, token id, None) for each new character and (request id, -1,
 reason) when a request ends: reason is "length", "cancelled", "nonfinite" (the model's logits
@@ -45,7 +49,8 @@ a OneRowBackend also has `decode_one`, the batch-1 fast path (and may have `deco
 for a run of characters: HostSampler's, which Engine.run_alone takes while a request generates
 alone). backend_factory(...) is the one
 place that chooses among them:
-  HostSampler(runtime, capacity)        any step runtime (onnx, savedmodel, keras, litert) + sampling.choose
+  host_sampler.HostSampler(runtime, capacity)   any step runtime (onnx, savedmodel, keras, litert) +
+                                        sampling.choose; blocks, in lanes on onnxruntime's CPU
   runtimes.onnx_decode.OnnxDecoder      a decode model (sampling in the graph) on the CPU
   runtimes.onnx_decode.BlockDecoder     K decode steps per call, state and ids on the device (CUDA)
 """
@@ -63,11 +68,10 @@ from typing import Callable, Iterator, NamedTuple, Protocol, Sequence, runtime_c
 import numpy as np
 
 from .contract import MODEL_FILES
-from .decode import tokens_to_feed
 from .errors import ModelError
+from .host_sampler import HostSampler, PlainStep  # noqa: F401 - PlainStep: imported from here by callers
 from .rng import Blocks, row_seed
-from .sampling import (OneRow, SamplingConfig, Settings, broken_rows, choose, choose_plain, mask_unknown, plain,
-                       unknown_id)
+from .sampling import SamplingConfig, Settings, plain
 from .vocab import Vocab
 
 log = logging.getLogger("charrnn_export")
@@ -134,6 +138,19 @@ class GeneratingBackend(DecodeBackend, Protocol):
         ...
 
 
+@runtime_checkable
+class BlockBackend(GeneratingBackend, Protocol):
+    """A one-step backend that can also run several steps for rows that all sample plainly."""
+
+    block_steps: int  # the most steps the engine asks of one decode_block
+
+    def decode_block(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
+                     uniforms: np.ndarray) -> np.ndarray:
+        """decode_generating for each column of uniforms (rows, k) in turn, each id fed back,
+        no state reset: ids (rows, k) int32, -1 from where a row's logits were not finite."""
+        ...
+
+
 SAMPLERS = ("auto", "graph", "host")  # decode model in onnxruntime, or numpy on the host
 BLOCK_STEPS = 16  # characters per GPU call (BlockDecoder); benchmarks/gpu_engine.py measures others
 
@@ -179,94 +196,6 @@ def gpu_step_model(step_path: Path) -> Path:
     return fp32
 
 
-class PlainStep:
-    """runtimes.onnx.BoundStep's interface over any runtime's step(): `tokens` to fill, run(rows)
-    -> logits of rows [0, rows), `state` the state after it."""
-
-    def __init__(self, runtime, capacity: int):
-        self.runtime = runtime
-        self.tokens = np.zeros(capacity, np.int32)
-        self.state = runtime.zero_state(capacity)  # (capacity, S)
-
-    def run(self, rows: int) -> np.ndarray:
-        logits, new_state = self.runtime.step(self.tokens[:rows], self.state[:rows])
-        if rows == len(self.state) and new_state.flags.writeable and new_state.shape == self.state.shape:
-            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
-        else:
-            self.state[:rows] = new_state
-        return logits
-
-
-class HostSampler:
-    """A step runtime's logits sampled on the host by sampling.choose. One step per call. The
-    step runs through the runtime's bound_step where it has one (onnxruntime: buffers bound once),
-    else through its step() (PlainStep)."""
-
-    steps = 1
-
-    def __init__(self, runtime, capacity: int):
-        self.runtime, self.capacity = runtime, capacity
-        self.vocab, self.config = runtime.vocab, runtime.config
-        bound = getattr(runtime, "bound_step", None)
-        self.stepper = bound(capacity) if bound is not None else PlainStep(runtime, capacity)
-        self.unk_id = unknown_id(runtime.config)
-        self.name = f"{runtime.name} step + host sampler"
-        self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
-
-    @property
-    def state(self) -> np.ndarray:
-        """(capacity, S): every row's state (rows past the last busy one hold nothing in use)."""
-        return self.stepper.state
-
-    def decode(self, rows, forced, last, settings, uniforms, reset):
-        if reset.any():
-            self.state[:rows][reset] = 0.0
-        logits = self._step(rows, tokens_to_feed(forced, last))
-        broken = broken_rows(logits, self.unk_id)
-        ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms[:, 0])
-        ids[broken] = -1
-        return ids[:, None]
-
-    def decode_generating(self, rows, tokens, temperature, uniforms, reset):
-        if reset:
-            self.state[reset] = 0.0
-        logits = self._step(rows, tokens)
-        ids = choose_plain(logits, temperature, uniforms, self.unk_id)
-        if ids is None:  # a logit that is huge or not finite: the rule's own per-row checks
-            broken = broken_rows(logits, self.unk_id)
-            settings = Settings.empty(rows)
-            if temperature is not None:
-                settings.temperature[:] = temperature
-            ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms)
-            ids[broken] = -1
-        return ids
-
-    def _step(self, rows: int, tokens: np.ndarray) -> np.ndarray:
-        """One model step for rows [0, rows) (their state kept here): the logits."""
-        self.stepper.tokens[:rows] = tokens
-        return self.stepper.run(rows)
-
-    def decode_run(self, token: int, settings, uniforms: list[float], fresh: bool) -> Iterator[int]:
-        """decode_one for each number in turn, each id fed back: the same ids, with the per-call
-        work done once per run (at batch 1 each Python call, with caches the step has just
-        emptied, shows beside the model's step)."""
-        if fresh:
-            self._one.set(settings)
-        run, pick, feed = self.stepper.run, self._one.pick, self.stepper.tokens
-        for uniform in uniforms:
-            feed[0] = token
-            token = pick(run(1)[0], uniform)
-            yield token
-
-    def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
-        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
-        The same step and the same rule, with the per-call array work done once per request."""
-        if fresh:
-            self._one.set(settings)
-        self.stepper.tokens[0] = token
-        return self._one.pick(self.stepper.run(1)[0], uniform)
-
-
 def decode_run(backend: OneRowBackend, token: int, settings: Settings, uniforms: list[float],
                fresh: bool) -> Iterator[int]:
     """decode_one for each number in turn, each id fed back: what run_alone asks of a backend
@@ -293,6 +222,7 @@ class Engine:
         self.k = k = backend.steps
         self._one_row = k == 1 and isinstance(backend, OneRowBackend)  # its decode_one serves batch 1
         self._generating = k == 1 and isinstance(backend, GeneratingBackend)  # decode_generating: all rows sampling
+        self._blocks = k == 1 and isinstance(backend, BlockBackend)  # decode_block: several steps of them
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
@@ -371,6 +301,10 @@ class Engine:
         if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
         if self._generating and not self.kind_count[CUT]:
+            if self._blocks and not (self._start or self._waiting or self._cancels):
+                steps = self._block_length()
+                if steps > 1:
+                    return self._step_block(ended, steps)
             return self._step_generating(ended)
         rows, k = self.high, self.k
         busy = self.request[:rows] >= 0
@@ -492,6 +426,49 @@ class Engine:
             ended.append((int(self.request[slot]), LENGTH))
             self._free(int(slot))
         return rids, ids, ended
+
+    def _block_length(self) -> int:
+        """How many steps a block may run: until the first busy slot is done, at most the
+        backend's block_steps (a request that arrives meanwhile waits that long to join)."""
+        left = self.left[:self.high][self.request[:self.high] >= 0]
+        return int(min(left.min(), self.backend.block_steps))
+
+    def _step_block(self, ended, steps: int):
+        """step_arrays as `steps` steps in one backend call, when every busy slot is generating
+        with plain settings, none reads a start string and nothing waits or is cancelled: the
+        same numbers and ids as that many _step_generating calls, each busy slot's characters
+        in the order made (sub-step by sub-step). No slot runs out in the block (steps is at
+        most every busy slot's `left`); free slots below `high` are fed but draw no number."""
+        rows = self.high
+        made = np.flatnonzero(self.request[:rows] >= 0)
+        uniforms = np.zeros((rows, steps), np.float64)
+        uniforms[made] = self.random.take(made, np.full(len(made), steps), steps)
+        temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
+        ids = self.backend.decode_block(rows, self.last[:rows].copy(), temperature, uniforms)[made]
+        counts = np.full(len(made), steps)
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bad.any():  # a row's logits were not finite (or a faulty backend): it ends at its first
+            broken = np.flatnonzero(bad.any(axis=1))
+            counts[broken] = bad[broken].argmax(axis=1)
+        sub, row = np.nonzero(np.arange(steps)[:, None] < counts[None, :])  # sub-step by sub-step
+        rids, tokens = self.request[made][row], ids[row, sub]
+        if bad.any():
+            for index in broken.tolist():
+                slot = int(made[index])
+                token = int(ids[index, counts[index]])
+                if counts[index]:
+                    self.last[slot] = ids[index, counts[index] - 1]
+                self.left[slot] -= counts[index]
+                self._end_broken(slot, -1 if token < 0 else token, ended)
+            whole = np.ones(len(made), bool)
+            whole[broken] = False
+            made, ids = made[whole], ids[whole]
+        self.last[made] = ids[:, -1]
+        self.left[made] -= steps
+        for slot in made[self.left[made] == 0].tolist():
+            ended.append((int(self.request[slot]), LENGTH))
+            self._free(slot)
+        return rids, tokens, ended
 
     def _feed_start_one(self, tokens: np.ndarray) -> tuple[list[int], list[int]]:
         """Put each reading slot's next start character in `tokens` (one step per character):

@@ -503,3 +503,158 @@ def test_generate_from_several_threads_at_once_gives_each_its_own_text(tiny_expo
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda job: g.generate(job[0], job[1], **job[2]), jobs))
     assert got == expected
+
+
+# ---------------------------------------------------------------- blocks of steps and lanes
+
+
+class NoBlocks:
+    """A host sampler seen without decode_block: the engine steps one character per call."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.capacity, self.steps, self.vocab, self.config = backend.capacity, 1, backend.vocab, backend.config
+
+    def decode(self, *args):
+        return self.backend.decode(*args)
+
+    def decode_generating(self, *args):
+        return self.backend.decode_generating(*args)
+
+
+def lanes_of(tiny_export, name="model.int8.onnx", threads=3):
+    """A host sampler whose blocks split 64 rows into `threads` lanes (threads given at load, so
+    the split does not depend on this machine's CPUs)."""
+    return lambda capacity: HostSampler(OnnxRuntime(tiny_export / name, threads=threads), capacity)
+
+
+def plain_requests(seed: int, count: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(1, 40, rng.integers(1, 4)).astype(np.int32), int(rng.integers(1, 70)),
+             PLAIN[i % len(PLAIN)], int(rng.integers(0, 2**32))) for i in range(count)]
+
+
+def test_lane_bounds_cover_the_rows_in_even_runs():
+    from charrnn_export.host_sampler import lane_bounds
+
+    assert lane_bounds(64, 3) == [(0, 21), (21, 42), (42, 64)]
+    assert lane_bounds(32, 2) == [(0, 16), (16, 32)]
+    for rows, lanes in ((33, 2), (256, 16), (100, 7)):
+        bounds = lane_bounds(rows, lanes)
+        assert bounds[0][0] == 0 and bounds[-1][1] == rows and len(bounds) == lanes
+        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.int8.onnx"])
+def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export, name):
+    """decode_block over 64 rows in 3 lanes (each its own session and thread) against
+    decode_generating step by step on the runtime's own session: the same ids and the same state."""
+    make = lanes_of(tiny_export, name)
+    rows, steps = 64, 9
+    blocked, stepped = make(rows), make(rows)
+    rng = np.random.default_rng(4)
+    tokens = rng.integers(0, len(blocked.vocab), rows).astype(np.int32)
+    temperature = rng.uniform(0.5, 1.5, rows).astype(np.float32)
+    numbers = rng.random((rows, steps))
+    for backend in (blocked, stepped):
+        backend.state[:rows] = rng.standard_normal((rows, backend.state.shape[1])).astype(np.float32) * 0.1
+        stepped.state[:rows] = blocked.state[:rows]
+    ids = blocked.decode_block(rows, tokens, temperature, numbers)
+    assert blocked._lanes[0] == (rows, 3) and len(blocked._lanes[1]) == 3  # the block ran in 3 lanes
+    feed, expected = tokens, []
+    for j in range(steps):
+        feed = stepped.decode_generating(rows, feed, temperature, numbers[:, j], [])
+        expected.append(feed)
+    np.testing.assert_array_equal(ids, np.stack(expected, axis=1))
+    np.testing.assert_array_equal(blocked.state[:rows], stepped.state[:rows])
+    # And after the block, one step on the runtime's own session goes on from the lanes' state.
+    np.testing.assert_array_equal(blocked.decode_generating(rows, ids[:, -1], None, numbers[:, 0], []),
+                                  stepped.decode_generating(rows, feed, None, numbers[:, 0], []))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_blocks_give_the_ids_of_one_step_per_call_as_requests_come_and_go(tiny_export, threads):
+    """The engine's blocks (Engine._step_block, HostSampler.decode_block), in lanes or not, make
+    every request's ids that one character per call makes: with rows that end at different
+    lengths, requests that arrive while others run, cancels, and holes left by freed slots."""
+    requests = plain_requests(6, 120)
+    results, blocks = [], []
+    for wrap in (lambda b: b, NoBlocks):
+        engine = Engine(wrap(lanes_of(tiny_export, threads=threads)(64)))
+        assert engine._blocks == (wrap is not NoBlocks)
+        step_block = getattr(engine, "_step_block")
+        engine._step_block = lambda ended, steps: blocks.append(steps) or step_block(ended, steps)
+        rids = [engine.submit(*request) for request in requests[:80]]
+        texts, reasons, count = {}, {}, 0
+        while engine.has_work():
+            count += 1
+            if count == 5:
+                rids += [engine.submit(*request) for request in requests[80:]]
+            if count == 9:
+                engine.cancel(rids[3])
+            for rid, token, reason in engine.step():
+                if reason is None:
+                    texts.setdefault(rid, []).append(token)
+                else:
+                    reasons[rid] = reason
+        assert reasons.pop(rids[3]) == CANCELLED and set(reasons.values()) == {LENGTH}
+        if wrap is not NoBlocks:
+            assert bool(engine.backend._lanes[1]) == (threads > 1)  # the last block's lanes
+        results.append([texts.get(rid, []) for rid in rids])
+    assert results[0] == results[1]
+    assert [len(t) for i, t in enumerate(results[0]) if i != 3] == [r[1] for i, r in enumerate(requests) if i != 3]
+    assert blocks and max(blocks) <= 16 and min(blocks) >= 2  # blocks ran, none longer than block_steps
+
+
+def test_a_row_whose_state_turns_nan_in_a_lane_ends_alone_with_the_ids_before_it(tiny_export):
+    """NaN logits in the middle of a block: that request ends "nonfinite" after the characters
+    made before them; the others in its lane and in the other lanes go on unchanged. (fp32: the
+    int8 model's QuantizeLinear would turn a NaN state into numbers.)"""
+    make = lanes_of(tiny_export, "model.onnx")
+    requests = [([5], 60, SamplingConfig(), seed) for seed in range(64)]
+    engine = Engine(make(64))
+    rids = [engine.submit(*request) for request in requests]
+    texts, reasons, count = {}, {}, 0
+    while engine.has_work():
+        count += 1
+        if count == 3:  # after the start step and one block
+            engine.backend.state[40] = np.nan
+        for rid, token, reason in engine.step():
+            if reason is None:
+                texts.setdefault(rid, []).append(token)
+            else:
+                reasons[rid] = reason
+    assert reasons[rids[40]] == "nonfinite" and len(texts[rids[40]]) == 1 + 16
+    assert all(reasons[rid] == LENGTH for i, rid in enumerate(rids) if i != 40)
+    assert texts[rids[39]] == alone(make, *requests[39]) and texts[rids[63]] == alone(make, *requests[63])
+
+
+def test_a_lane_that_raises_ends_the_blocks_requests_and_the_engine_runs_on(tiny_export):
+    """An error in another lane's thread reaches the engine once every lane has stopped: with
+    isolate_failures (the server's engine) the requests in that block end "failed" with the
+    cause, and the next requests generate as usual."""
+    make = lanes_of(tiny_export)
+    engine = Engine(make(64), isolate_failures=True)
+    rids = [engine.submit([5], 40, SamplingConfig(), seed) for seed in range(64)]
+    engine.step()  # the start characters; the next step is a block, in lanes
+    backend = engine.backend
+    lane = backend._lanes_for(64)[2][0]
+
+    def broken(rows):
+        raise RuntimeError("lane 2 broke")
+
+    lane.run = broken
+    reasons = {rid: reason for rid, _, reason in engine.step() if reason is not None}
+    assert reasons == {rid: "failed" for rid in rids}
+    assert all("lane 2 broke" in engine.causes[rid] for rid in rids)
+    del lane.run  # the lane's own run again
+    again = [engine.submit([5], 30, SamplingConfig(), seed) for seed in range(64)]
+    texts, reasons = run_all(engine)
+    assert set(reasons.values()) == {LENGTH} and texts[again[7]] == alone(make, [5], 30, SamplingConfig(), 7)
+
+
+def test_one_thread_given_at_load_means_no_lanes(tiny_export):
+    backend = lanes_of(tiny_export, threads=1)(64)
+    assert backend.runtime.lane_count() == 1 and backend._lanes_for(64) == []
+    assert lanes_of(tiny_export, threads=2)(64)._lanes_for(31) == []  # 15 rows a lane: one session is faster

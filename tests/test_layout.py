@@ -19,8 +19,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "charrnn_export"
 # Layers from the bottom up; a module is in the layer of its own name or of the package it is in.
 LAYERS = {
     "base": ("contract", "errors", "files", "checks"),
-    "parts": ("runtimes", "checkpoints", "parity", "vocab", "data", "sampling", "engine", "decode", "rng",
-              "tfsetup", "step_variants", "distribute", "step_model", "int8", "run_dir", "litert_step", "cells",
+    "parts": ("runtimes", "checkpoints", "parity", "vocab", "data", "sampling", "engine", "host_sampler", "decode",
+              "rng", "tfsetup", "step_variants", "distribute", "step_model", "int8", "run_dir", "litert_step", "cells",
               "forward"),
     "stages": ("train", "export", "generate", "bench", "serve", "web", "tflite_export"),
     "commands": ("commands",),

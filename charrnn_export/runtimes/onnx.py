@@ -11,6 +11,8 @@ Runtime protocol's step; bound_step(capacity) is the same step with its buffers 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +115,9 @@ class OnnxRuntime:
     def __init__(self, path, threads: int | None = None, device: str = "cpu"):
         path = contract.step_model_path(path)  # an export directory means its model.onnx
         self.session = load_session(path, threads, device)
+        self.threads, self.device = threads, device
+        self._lane_sessions: list = []
+        self._lane_lock = threading.Lock()
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if (set(inputs), set(outputs)) != ({contract.TOKEN, contract.STATE}, {contract.LOGITS, contract.STATE_OUT}):
@@ -161,6 +166,24 @@ class OnnxRuntime:
         decode engine's host sampler): the same numbers as step()."""
         return BoundStep(self.session, capacity, self.rnn_units, self.vocab_size)
 
+    def lane_count(self) -> int:
+        """How many threads may each step their own rows of a batch (lane_sessions): the threads
+        given at load, else the CPUs this process may run on; 1 on a GPU."""
+        if self.device != "cpu":
+            return 1
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def lane_sessions(self, count: int) -> list:
+        """`count` sessions of this model with one thread each, made on first use and kept: at
+        large batches a thread stepping its own rows through its own session beats one session's
+        threads sharing every kernel, which meet after each one (host_sampler.Lanes)."""
+        with self._lane_lock:
+            while len(self._lane_sessions) < count:
+                self._lane_sessions.append(load_session(self.path, 1, "cpu"))
+            return self._lane_sessions[:count]
+
     def step(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # Plain session.run with numpy in and out, for any caller; bound_step() is the faster
         # way for one that steps over and over with the same buffers.
@@ -176,29 +199,49 @@ class BoundStep:
     and copies every output each time. Fill `tokens[:rows]`; run(rows) -> the logits of rows
     [0, rows), in a buffer the next run writes again; `state` (capacity, S) is then the new state
     (two buffers take turns: rows from `rows` on are left as they were in the other one, which is
-    what free slots may hold). Binding again is needed only when `rows` changes."""
+    what free slots may hold). Binding again is needed only when `rows` changes.
+
+    lane(session, start, stop): the same step for rows [start, stop) of these very buffers, run
+    by another session, so that several threads can each step their own rows of one batch
+    (host_sampler.Lanes); `turn` says which state buffer is current, and a lane starts from its
+    parent's and leaves it where the parent must take it up (follow)."""
 
     def __init__(self, session, capacity: int, state_size: int, vocab_size: int):
+        self._use(session, np.zeros(capacity, np.int32),
+                  [np.zeros((capacity, state_size), np.float32) for _ in range(2)],
+                  np.zeros((capacity, vocab_size), np.float32))
+
+    def _use(self, session, tokens: np.ndarray, states: list[np.ndarray], logits: np.ndarray) -> None:
         self.session = session
-        self.tokens = np.zeros(capacity, np.int32)
-        self._states = [np.zeros((capacity, state_size), np.float32) for _ in range(2)]
-        self._logits = np.zeros((capacity, vocab_size), np.float32)
+        self.tokens, self._states, self._logits = tokens, states, logits
         self._bindings = [session.io_binding() for _ in range(2)]
         self._rows = [0, 0]  # the rows each binding was made for
-        self._turn = 0  # which state buffer is the current one
+        self.turn = 0  # which state buffer is the current one
+
+    def lane(self, session, start: int, stop: int) -> "BoundStep":
+        """The step of rows [start, stop) on `session`, over views of this step's buffers."""
+        lane = object.__new__(BoundStep)
+        lane._use(session, self.tokens[start:stop], [s[start:stop] for s in self._states],
+                  self._logits[start:stop])
+        lane.turn = self.turn
+        return lane
+
+    def follow(self, other: "BoundStep") -> None:
+        """Take up the current state buffer where `other` (a lane of this step, or its parent) left it."""
+        self.turn = other.turn
 
     @property
     def state(self) -> np.ndarray:
-        return self._states[self._turn]
+        return self._states[self.turn]
 
     def run(self, rows: int) -> np.ndarray:
-        turn = self._turn
+        turn = self.turn
         binding = self._bindings[turn]
         if self._rows[turn] != rows:
             self._bind(binding, rows, self._states[turn], self._states[1 - turn])
             self._rows[turn] = rows
         self.session.run_with_iobinding(binding)
-        self._turn = 1 - turn
+        self.turn = 1 - turn
         return self._logits[:rows]
 
     def _bind(self, binding, rows: int, state_in: np.ndarray, state_out: np.ndarray) -> None:

@@ -1,0 +1,212 @@
+"""The CPU decode backend: a step runtime's logits sampled on the host (sampling.choose and its
+compiled plain rule), one model step per character.
+
+    HostSampler(runtime, capacity)     the engine's backend over any step runtime
+    PlainStep(runtime, capacity)       runtimes.onnx.BoundStep's interface over a runtime's step()
+
+Three paths, the same ids on each (row i's text does not depend on which one made it):
+  decode / decode_generating        one step of the batch (the engine's general and short paths)
+  decode_one / decode_run           one row alone (batch 1), with per-call work done once per run
+  decode_block                      HOST_BLOCK_STEPS steps of a batch whose rows all sample plainly, each
+                                    id fed back here: the engine hears from the backend once per
+                                    block, and the batch's rows are split into lanes
+
+Lanes: at large batches onnxruntime's threads share every kernel of a step and meet after each
+one, a dozen times per character; giving each thread its own rows, its own one-thread session
+and its own sampling, meeting once per block, is faster (benchmarks/sampler_overhead.py measures
+it). Below MIN_LANE_ROWS rows a lane, one session's threads are faster: each core then reads only
+its share of the weights, which stays in its cache, where a lane reads all of them. The numbers are
+the same: every product of the step and the int8 model's activation scale are per row.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from .decode import tokens_to_feed
+from .sampling import OneRow, Settings, broken_rows, choose, choose_plain, mask_unknown, unknown_id
+
+HOST_BLOCK_STEPS = 16  # characters per decode_block: a new request waits at most this many steps to join
+MIN_LANE_ROWS = 16  # rows per lane below which one session's threads are faster
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def lane_executor() -> ThreadPoolExecutor:
+    """The threads that run lanes other than the caller's: one pool for the process, made on first use."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            _executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="charrnn-lane")
+        return _executor
+
+
+def lane_bounds(rows: int, lanes: int) -> list[tuple[int, int]]:
+    """rows [0, rows) as `lanes` runs of consecutive rows, as even as they go."""
+    edges = [rows * i // lanes for i in range(lanes + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+class PlainStep:
+    """runtimes.onnx.BoundStep's interface over any runtime's step(): `tokens` to fill, run(rows)
+    -> logits of rows [0, rows), `state` the state after it."""
+
+    def __init__(self, runtime, capacity: int):
+        self.runtime = runtime
+        self.tokens = np.zeros(capacity, np.int32)
+        self.state = runtime.zero_state(capacity)  # (capacity, S)
+
+    def run(self, rows: int) -> np.ndarray:
+        logits, new_state = self.runtime.step(self.tokens[:rows], self.state[:rows])
+        if rows == len(self.state) and new_state.flags.writeable and new_state.shape == self.state.shape:
+            self.state = new_state  # every row: keep the runtime's fresh array rather than copy it back
+        else:
+            self.state[:rows] = new_state
+        return logits
+
+
+class HostSampler:
+    """A step runtime's logits sampled on the host by sampling.choose. The step runs through the
+    runtime's bound_step where it has one (onnxruntime: buffers bound once), else through its
+    step() (PlainStep); decode_block splits a large batch into lanes where the runtime has
+    lane_sessions (onnxruntime on the CPU)."""
+
+    steps = 1
+    block_steps = HOST_BLOCK_STEPS
+
+    def __init__(self, runtime, capacity: int):
+        self.runtime, self.capacity = runtime, capacity
+        self.vocab, self.config = runtime.vocab, runtime.config
+        bound = getattr(runtime, "bound_step", None)
+        self.stepper = bound(capacity) if bound is not None else PlainStep(runtime, capacity)
+        self.unk_id = unknown_id(runtime.config)
+        self.name = f"{runtime.name} step + host sampler"
+        self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
+        self._lanes: tuple[tuple[int, int], list] = ((0, 0), [])  # (rows, lane count) -> its lanes, the last used
+
+    @property
+    def state(self) -> np.ndarray:
+        """(capacity, S): every row's state (rows past the last busy one hold nothing in use)."""
+        return self.stepper.state
+
+    # ------------------------------------------------------------ one step of a batch
+
+    def decode(self, rows, forced, last, settings, uniforms, reset):
+        if reset.any():
+            self.state[:rows][reset] = 0.0
+        logits = self._step(rows, tokens_to_feed(forced, last))
+        broken = broken_rows(logits, self.unk_id)
+        ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms[:, 0])
+        ids[broken] = -1
+        return ids[:, None]
+
+    def decode_generating(self, rows, tokens, temperature, uniforms, reset):
+        if reset:
+            self.state[reset] = 0.0
+        return self._choose_plain(self._step(rows, tokens), temperature, uniforms)
+
+    def _choose_plain(self, logits, temperature, uniforms) -> np.ndarray:
+        """The ids for rows that all sample plainly, -1 where a row's logits are not finite."""
+        ids = choose_plain(logits, temperature, uniforms, self.unk_id)
+        if ids is None:  # a logit that is huge or not finite: the rule's own per-row checks
+            broken = broken_rows(logits, self.unk_id)
+            settings = Settings.empty(len(logits))
+            if temperature is not None:
+                settings.temperature[:] = temperature
+            ids = choose(mask_unknown(logits, self.unk_id), settings, uniforms)
+            ids[broken] = -1
+        return ids
+
+    def _step(self, rows: int, tokens: np.ndarray) -> np.ndarray:
+        """One model step for rows [0, rows) (their state kept here): the logits."""
+        self.stepper.tokens[:rows] = tokens
+        return self.stepper.run(rows)
+
+    # ------------------------------------------------------------ a block of steps
+
+    def decode_block(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
+                     uniforms: np.ndarray) -> np.ndarray:
+        """decode_generating for each column of uniforms (rows, k) in turn, each id fed back:
+        ids (rows, k) int32. A row whose logits were not finite gets -1 and is fed id 0 from then
+        on (the engine ends it at its first -1)."""
+        k = uniforms.shape[1]
+        ids = np.empty((rows, k), np.int32)
+        numbers = np.ascontiguousarray(uniforms.T)  # (k, rows): each step's numbers in one piece
+        self.stepper.tokens[:rows] = tokens
+        lanes = self._lanes_for(rows)
+        if not lanes:
+            self._run_lane(self.stepper, 0, rows, temperature, numbers, ids)
+            return ids
+        for lane, _, _ in lanes:
+            lane.follow(self.stepper)
+        pool = lane_executor()
+        others = [pool.submit(self._run_lane, lane, start, stop, temperature, numbers, ids)
+                  for lane, start, stop in lanes[1:]]
+        try:
+            first, start, stop = lanes[0]
+            self._run_lane(first, start, stop, temperature, numbers, ids)
+        finally:  # every lane is done with the buffers before this returns or raises
+            errors = [future.exception() for future in others]
+        for error in errors:
+            if error is not None:
+                raise error
+        self.stepper.follow(lanes[0][0])
+        return ids
+
+    def _lanes_for(self, rows: int) -> list:
+        """[(lane step, start, stop)] splitting rows [0, rows) among threads, or [] for one
+        thread's worth (the step's own session then runs them)."""
+        sessions = getattr(self.runtime, "lane_sessions", None)
+        if sessions is None or not hasattr(self.stepper, "lane"):
+            return []
+        count = min(self.runtime.lane_count(), rows // MIN_LANE_ROWS)
+        if count < 2:
+            return []
+        key, lanes = self._lanes
+        if key != (rows, count):
+            lanes = [(self.stepper.lane(session, start, stop), start, stop)
+                     for session, (start, stop) in zip(sessions(count), lane_bounds(rows, count))]
+            self._lanes = ((rows, count), lanes)
+        return lanes
+
+    def _run_lane(self, step, start: int, stop: int, temperature, numbers: np.ndarray, ids: np.ndarray) -> None:
+        """Rows [start, stop) through k steps on `step`, whose tokens are these rows' (fed already)."""
+        rows = stop - start
+        feed = step.tokens
+        temperature = None if temperature is None else np.ascontiguousarray(temperature[start:stop])
+        for j in range(numbers.shape[0]):
+            made = self._choose_plain(step.run(rows), temperature, numbers[j, start:stop])
+            ids[start:stop, j] = made
+            if made.min() < 0:
+                np.maximum(made, 0, out=feed[:rows])  # any id will do: the row ends at its -1
+            else:
+                feed[:rows] = made
+
+    # ------------------------------------------------------------ one row alone
+
+    def decode_run(self, token: int, settings, uniforms: list[float], fresh: bool) -> Iterator[int]:
+        """decode_one for each number in turn, each id fed back: the same ids, with the per-call
+        work done once per run (at batch 1 each Python call, with caches the step has just
+        emptied, shows beside the model's step)."""
+        if fresh:
+            self._one.set(settings)
+        run, pick, feed = self.stepper.run, self._one.pick, self.stepper.tokens
+        for uniform in uniforms:
+            feed[0] = token
+            token = pick(run(1)[0], uniform)
+            yield token
+
+    def decode_one(self, token: int, settings, uniform: float, fresh: bool) -> int:
+        """decode() for row 0 alone, generating (no reset, no forced token): the id, or -1.
+        The same step and the same rule, with the per-call array work done once per request."""
+        if fresh:
+            self._one.set(settings)
+        self.stepper.tokens[0] = token
+        return self._one.pick(self.stepper.run(1)[0], uniform)
