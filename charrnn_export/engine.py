@@ -69,7 +69,7 @@ import numpy as np
 
 from .contract import MODEL_FILES
 from .errors import ModelError
-from .host_sampler import HostSampler, PlainStep  # noqa: F401 - PlainStep: imported from here by callers
+from .host_sampler import HostSampler
 from .rng import Blocks, row_seed
 from .sampling import SamplingConfig, Settings, plain
 from .vocab import Vocab
@@ -144,10 +144,12 @@ class BlockBackend(GeneratingBackend, Protocol):
 
     block_steps: int  # the most steps the engine asks of one decode_block
 
-    def decode_block(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
-                     uniforms: np.ndarray) -> np.ndarray:
-        """decode_generating for each column of uniforms (rows, k) in turn, each id fed back,
-        no state reset: ids (rows, k) int32, -1 from where a row's logits were not finite."""
+    def decode_block(self, rows: int, forced: np.ndarray, last: np.ndarray, temperature: np.ndarray | None,
+                     uniforms: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        """decode() for k = uniforms.shape[1] sub-steps of rows that all sample plainly
+        (temperature (rows,) or None when every one is 1): forced (rows, k), last (rows,), reset
+        (rows,) as decode takes them -> ids (rows, k) int32, -1 from where a row's logits were
+        not finite."""
         ...
 
 
@@ -222,7 +224,6 @@ class Engine:
         self.k = k = backend.steps
         self._one_row = k == 1 and isinstance(backend, OneRowBackend)  # its decode_one serves batch 1
         self._generating = k == 1 and isinstance(backend, GeneratingBackend)  # decode_generating: all rows sampling
-        self._blocks = k == 1 and isinstance(backend, BlockBackend)  # decode_block: several steps of them
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
@@ -233,9 +234,11 @@ class Engine:
         self.left = np.zeros(capacity, np.int64)  # characters still to generate
         self.to_read = np.zeros(capacity, np.int64)  # start characters not yet fed
         self.reset = np.zeros(capacity, bool)
-        self.forced = np.full((capacity, k), -1, np.int32)  # start characters to feed this step
+        self._blocks = k == 1 and isinstance(backend, BlockBackend)  # decode_block: several steps per call
+        self._most_steps = backend.block_steps if self._blocks else k  # sub-steps a call may plan
+        self.forced = np.full((capacity, self._most_steps), -1, np.int32)  # start characters to feed this call
         self.settings = Settings.empty(capacity)
-        self.random = Blocks(capacity, block=max(256, 4 * k))
+        self.random = Blocks(capacity, block=max(256, 4 * self._most_steps))
         self._start: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (start ids, next index)
         self.busy_count = 0
         self.high = 0  # rows [0, high) hold every busy slot
@@ -301,23 +304,41 @@ class Engine:
         if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
         if self._generating and not self.kind_count[CUT]:
-            if self._blocks and not (self._start or self._waiting or self._cancels):
-                steps = self._block_length()
-                if steps > 1:
-                    return self._step_block(ended, steps)
+            if self._blocks:
+                return self._step_planned(ended, self._block_length(), block=True)
             return self._step_generating(ended)
-        rows, k = self.high, self.k
+        return self._step_planned(ended, self.k)
+
+    def _block_length(self) -> int:
+        """The sub-steps of a block: as many as the busy slot with the most still to feed and
+        make needs, at most the backend's block_steps (a request that arrives meanwhile waits
+        that long to join)."""
+        rows = self.high
+        need = np.maximum(self.to_read[:rows] - 1, 0) + self.left[:rows]
+        return int(min(need[self.request[:rows] >= 0].max(), self.backend.block_steps))
+
+    def _step_planned(self, ended, k: int, block: bool = False):
+        """k sub-steps of every busy slot in one backend call: decode, or for a block (every
+        busy slot plain, the host sampler) decode_block. A slot whose start string or length
+        ends inside the call is fed what it is fed (the next start character, its last id)
+        and its extra ids are not used."""
+        rows = self.high
         busy = self.request[:rows] >= 0
-        self._feed_start_strings()
+        self._feed_start_strings(k)
         # Sub-step j of a slot makes a character when its token is the last start character or
         # a generated one, i.e. from j = to_read - 1 on, for as many characters as it has left.
         first = np.maximum(self.to_read[:rows] - 1, 0)  # (rows,)
         counts = np.where(busy, np.clip(k - first, 0, self.left[:rows]), 0)
         steps = np.arange(k)
         emit = (steps >= first[:, None]) & (steps < (first + counts)[:, None])  # (rows, k)
-        uniforms = self._uniforms(rows, first, counts)
-        settings = Settings(*(a[:rows] for a in self.settings))
-        ids = self.backend.decode(rows, self.forced[:rows], self.last[:rows], settings, uniforms, self.reset[:rows])
+        uniforms = self._uniforms(rows, first, counts, k)
+        forced, last, reset = self.forced[:rows, :k], self.last[:rows], self.reset[:rows]
+        if block:
+            temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
+            ids = self.backend.decode_block(rows, forced, last, temperature, uniforms, reset)
+        else:
+            settings = Settings(*(a[:rows] for a in self.settings))
+            ids = self.backend.decode(rows, forced, last, settings, uniforms, reset)
         self.reset[:rows] = False
         self.to_read[:rows] = np.maximum(self.to_read[:rows] - k, 0)
         return self._collect(ids, emit, counts, ended)
@@ -427,49 +448,6 @@ class Engine:
             self._free(int(slot))
         return rids, ids, ended
 
-    def _block_length(self) -> int:
-        """How many steps a block may run: until the first busy slot is done, at most the
-        backend's block_steps (a request that arrives meanwhile waits that long to join)."""
-        left = self.left[:self.high][self.request[:self.high] >= 0]
-        return int(min(left.min(), self.backend.block_steps))
-
-    def _step_block(self, ended, steps: int):
-        """step_arrays as `steps` steps in one backend call, when every busy slot is generating
-        with plain settings, none reads a start string and nothing waits or is cancelled: the
-        same numbers and ids as that many _step_generating calls, each busy slot's characters
-        in the order made (sub-step by sub-step). No slot runs out in the block (steps is at
-        most every busy slot's `left`); free slots below `high` are fed but draw no number."""
-        rows = self.high
-        made = np.flatnonzero(self.request[:rows] >= 0)
-        uniforms = np.zeros((rows, steps), np.float64)
-        uniforms[made] = self.random.take(made, np.full(len(made), steps), steps)
-        temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
-        ids = self.backend.decode_block(rows, self.last[:rows].copy(), temperature, uniforms)[made]
-        counts = np.full(len(made), steps)
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bad.any():  # a row's logits were not finite (or a faulty backend): it ends at its first
-            broken = np.flatnonzero(bad.any(axis=1))
-            counts[broken] = bad[broken].argmax(axis=1)
-        sub, row = np.nonzero(np.arange(steps)[:, None] < counts[None, :])  # sub-step by sub-step
-        rids, tokens = self.request[made][row], ids[row, sub]
-        if bad.any():
-            for index in broken.tolist():
-                slot = int(made[index])
-                token = int(ids[index, counts[index]])
-                if counts[index]:
-                    self.last[slot] = ids[index, counts[index] - 1]
-                self.left[slot] -= counts[index]
-                self._end_broken(slot, -1 if token < 0 else token, ended)
-            whole = np.ones(len(made), bool)
-            whole[broken] = False
-            made, ids = made[whole], ids[whole]
-        self.last[made] = ids[:, -1]
-        self.left[made] -= steps
-        for slot in made[self.left[made] == 0].tolist():
-            ended.append((int(self.request[slot]), LENGTH))
-            self._free(slot)
-        return rids, tokens, ended
-
     def _feed_start_one(self, tokens: np.ndarray) -> tuple[list[int], list[int]]:
         """Put each reading slot's next start character in `tokens` (one step per character):
         (the slots that stay quiet: more of their start to read, the slots new this step)."""
@@ -486,9 +464,8 @@ class Engine:
                 quiet.append(slot)
         return quiet, fresh
 
-    def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
         """(rows, k): each sampled character's number at the sub-step that makes it."""
-        k = self.k
         uniforms = np.zeros((rows, k), np.float64)
         sampled = np.flatnonzero((counts > 0) & ~self.settings.greedy[:rows])
         if sampled.size:
@@ -533,9 +510,8 @@ class Engine:
             self.busy_count += 1
             self.high = max(self.high, slot + 1)
 
-    def _feed_start_strings(self) -> None:
-        """Write this step's start characters into `forced` (-1 elsewhere: feed back)."""
-        k = self.k
+    def _feed_start_strings(self, k: int) -> None:
+        """Write the start characters of this call's k sub-steps into `forced` (-1 elsewhere: feed back)."""
         for slot, (ids, index) in list(self._start.items()):
             chunk = ids[index:index + k]
             self.forced[slot, :len(chunk)] = chunk
@@ -546,26 +522,31 @@ class Engine:
                 self._start[slot] = (ids, index + k)
 
     def _collect(self, ids, emit, counts, ended):
-        rows = self.high
+        """The call's characters in the order made (sub-step by sub-step) as (request ids, token
+        ids, ended); a slot whose id is -1 or outside the vocabulary keeps the characters it made
+        before it and ends there."""
+        rows, k = self.high, ids.shape[1]
         made = np.flatnonzero(counts)
-        if self.k == 1:
-            new = ids[made, 0]
-            order_rows, order_tokens = made, new
+        if k == 1:
+            order_rows, order_tokens = made, ids[made, 0]
         else:
             sub, row = np.nonzero(emit.T)  # in the order made: sub-step by sub-step
             order_rows, order_tokens = row, ids[row, sub]
-        bad = (order_tokens < 0) | (order_tokens >= self.vocab_size)
-        broken = np.unique(order_rows[bad])
-        for slot in broken.tolist():
-            its = order_tokens[(order_rows == slot) & bad]
-            self._end_broken(slot, -1 if (its < 0).any() else int(its[0]), ended)
-        if broken.size:
-            good = np.isin(order_rows, broken, invert=True)
-            order_rows, order_tokens = order_rows[good], order_tokens[good]
-            made = made[np.isin(made, broken, invert=True)]
         rids = self.request[order_rows]
+        bad = (order_tokens < 0) | (order_tokens >= self.vocab_size)
+        if bad.any():
+            keep = np.ones(len(order_rows), bool)
+            position = np.arange(len(order_rows))
+            for at in np.flatnonzero(bad).tolist():
+                slot = int(order_rows[at])
+                if self.request[slot] < 0:
+                    continue  # ended at an earlier sub-step of this call
+                keep &= ~((order_rows == slot) & (position >= at))
+                self._end_broken(slot, int(order_tokens[at]), ended)
+            made = made[self.request[made] >= 0]
+            rids, order_tokens = rids[keep], order_tokens[keep]
         if made.size:
-            self.last[made] = ids[made, self.k - 1] if self.k > 1 else ids[made, 0]
+            self.last[made] = ids[made, k - 1]
             self.left[made] -= counts[made]
         for slot in made[self.left[made] == 0].tolist():
             ended.append((int(self.request[slot]), LENGTH))
@@ -574,7 +555,7 @@ class Engine:
         return rids, order_tokens, ended
 
     def _end_broken(self, slot: int, token: int, ended) -> None:
-        """A slot's id was -1 (its logits were not finite) or outside the vocabulary."""
+        """A slot's id was -1 (its logits were not finite) or outside the vocabulary (token)."""
         rid = int(self.request[slot])
         if token < 0:
             ended.append((rid, NONFINITE))

@@ -131,27 +131,32 @@ class HostSampler:
 
     # ------------------------------------------------------------ a block of steps
 
-    def decode_block(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
-                     uniforms: np.ndarray) -> np.ndarray:
-        """decode_generating for each column of uniforms (rows, k) in turn, each id fed back:
-        ids (rows, k) int32. A row whose logits were not finite gets -1 and is fed id 0 from then
-        on (the engine ends it at its first -1)."""
+    def decode_block(self, rows: int, forced: np.ndarray, last: np.ndarray, temperature: np.ndarray | None,
+                     uniforms: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        """k = uniforms.shape[1] steps of decode_generating for rows [0, rows) in one call: at
+        sub-step j a row is fed forced[:, j] (a start character) where it is >= 0, else the id it
+        made at j - 1 (`last` at j = 0); reset rows start from the zero state. ids (rows, k)
+        int32; a row whose logits were not finite gets -1 and is fed id 0 after it (the engine
+        ends it at its first -1)."""
         k = uniforms.shape[1]
+        if reset.any():
+            self.state[:rows][reset] = 0.0
         ids = np.empty((rows, k), np.int32)
-        numbers = np.ascontiguousarray(uniforms.T)  # (k, rows): each step's numbers in one piece
-        self.stepper.tokens[:rows] = tokens
+        numbers = np.ascontiguousarray(uniforms.T)  # (k, rows): each sub-step's numbers in one piece
+        plan = np.ascontiguousarray(forced.T) if (forced[:, 1:] >= 0).any() else None  # (k, rows)
+        self.stepper.tokens[:rows] = tokens_to_feed(forced, last)
         lanes = self._lanes_for(rows)
         if not lanes:
-            self._run_lane(self.stepper, 0, rows, temperature, numbers, ids)
+            self._run_lane(self.stepper, 0, rows, temperature, numbers, plan, ids)
             return ids
         for lane, _, _ in lanes:
             lane.follow(self.stepper)
         pool = lane_executor()
-        others = [pool.submit(self._run_lane, lane, start, stop, temperature, numbers, ids)
+        others = [pool.submit(self._run_lane, lane, start, stop, temperature, numbers, plan, ids)
                   for lane, start, stop in lanes[1:]]
         try:
             first, start, stop = lanes[0]
-            self._run_lane(first, start, stop, temperature, numbers, ids)
+            self._run_lane(first, start, stop, temperature, numbers, plan, ids)
         finally:  # every lane is done with the buffers before this returns or raises
             errors = [future.exception() for future in others]
         for error in errors:
@@ -176,8 +181,9 @@ class HostSampler:
             self._lanes = ((rows, count), lanes)
         return lanes
 
-    def _run_lane(self, step, start: int, stop: int, temperature, numbers: np.ndarray, ids: np.ndarray) -> None:
-        """Rows [start, stop) through k steps on `step`, whose tokens are these rows' (fed already)."""
+    def _run_lane(self, step, start: int, stop: int, temperature, numbers: np.ndarray, plan, ids: np.ndarray) -> None:
+        """Rows [start, stop) through k sub-steps on `step`, whose tokens are these rows' (the
+        first sub-step's fed already); plan (k, rows): the start characters to feed, or None."""
         rows = stop - start
         feed = step.tokens
         temperature = None if temperature is None else np.ascontiguousarray(temperature[start:stop])
@@ -185,9 +191,11 @@ class HostSampler:
             made = self._choose_plain(step.run(rows), temperature, numbers[j, start:stop])
             ids[start:stop, j] = made
             if made.min() < 0:
-                np.maximum(made, 0, out=feed[:rows])  # any id will do: the row ends at its -1
-            else:
-                feed[:rows] = made
+                made = np.maximum(made, 0)  # any id will do: the row ends at its -1
+            if plan is not None and j + 1 < len(plan):
+                forced = plan[j + 1, start:stop]
+                made = np.where(forced >= 0, forced, made)
+            feed[:rows] = made
 
     # ------------------------------------------------------------ one row alone
 

@@ -114,6 +114,7 @@ class Scheduler:
                  max_event_rate: float = ServeOptions.max_event_rate):
         self.engine = Engine(generator.backend(slots), slots, isolate_failures=True)
         self.chars = generator.vocab.chars
+        self._char_array = np.array(self.chars, dtype=object)  # token ids -> characters, many at once
         self.slots, self.queue_limit = slots, queue
         self.flush_interval, self.max_event_rate = flush_interval, max_event_rate
         self._inbox: deque = deque()  # ("submit" | "cancel", job), from the event loop
@@ -282,8 +283,24 @@ class Scheduler:
                 self.engine.cancel(choice.rid)
 
     def _dispatch(self, rids, tokens, endings) -> None:
+        if len(rids) > 2 * len(self._live):  # a block: several characters per request
+            self._dispatch_runs(rids, tokens)
+        else:
+            self._dispatch_each(rids.tolist(), tokens.tolist())
+        self.chars_made += len(rids)
+        live = self._live
+        for end in endings:
+            if end.rid not in live:  # already ended here (a stop string, a failed pass)
+                continue
+            if end.finish == ERROR:
+                self.failed_choices += 1
+                live[end.rid].cause = end.cause
+            self._end(end.rid, end.finish)
+
+    def _dispatch_each(self, rids: list[int], tokens: list[int]) -> None:
+        """Each new character onto its choice's text, in the order made."""
         live, chars = self._live, self.chars
-        for rid, token in zip(rids.tolist(), tokens.tolist()):
+        for rid, token in zip(rids, tokens):
             choice = live.get(rid)
             if choice is None or choice.finish is not None:  # stopped or cancelled: gone at the next step
                 continue
@@ -294,14 +311,31 @@ class Scheduler:
                 self._urgent[job] = None
             if job.stops:
                 self._match_stop(choice)
-        self.chars_made += len(rids)
-        for end in endings:
-            if end.rid not in live:  # already ended here (a stop string, a failed pass)
+
+    def _dispatch_runs(self, rids: np.ndarray, tokens: np.ndarray) -> None:
+        """_dispatch_each for a block's characters, a request's run at a time (a stable sort
+        keeps each one's in the order made): per request, not per character, but for choices
+        with stop strings, which are matched character by character."""
+        order = np.argsort(rids, kind="stable")
+        rids, tokens = rids[order], self._char_array[tokens[order]]
+        edges = np.flatnonzero(rids[1:] != rids[:-1]) + 1
+        live = self._live
+        for start, stop in zip([0, *edges.tolist()], [*edges.tolist(), len(rids)]):
+            choice = live.get(int(rids[start]))
+            if choice is None or choice.finish is not None:
                 continue
-            if end.finish == ERROR:
-                self.failed_choices += 1
-                live[end.rid].cause = end.cause
-            self._end(end.rid, end.finish)
+            job = choice.job
+            if job.stops:
+                for char in tokens[start:stop]:
+                    choice.chars.append(char)
+                    self._match_stop(choice)
+                    if choice.finish is not None:
+                        break
+            else:
+                choice.chars.extend(tokens[start:stop])
+            self._dirty[job] = None
+            if not job.flushed:
+                self._urgent[job] = None
 
     def _match_stop(self, choice: Choice) -> None:
         text = choice.chars
