@@ -5,9 +5,11 @@
     available_devices(tf, requested) -> (devices, notes on the devices left out)
 
 A contestant's run(start, batch, length, greedy, seed) is a Python generator that yields once
-per generated character (after that character exists) and returns the texts, one per row. The
-time to its first yield is the priming (the start string and the first character); the rest is
-steady generation, including the final decoding into strings. The TensorFlow contestants draw
+per call that made characters (after they exist): None for one character of each row, or how
+many each row got (the engine's blocks, a GPU graph's K steps), and returns the texts, one per
+row. The time to its first yield is the priming (the start string and the first characters); the
+rest is steady generation, including the final decoding into strings, each call's time shared
+evenly among the characters it made. The TensorFlow contestants draw
 from TensorFlow's global seed, set once per process (`seed` is for the host sampler).
 
     tutorial     the seed tutorial's generate_text: a stateful tf_keras Sequential (batch 1) called
@@ -196,9 +198,9 @@ class EngineContestant:
         for made_by, tokens, _ in drive(engine):  # every request runs to its length
             for rid, token in zip(made_by.tolist(), tokens.tolist()):
                 ids[rid].append(token)
-            made = int(np.count_nonzero(made_by == rids[0]))  # row 0's: K per call on a GPU graph, else 1
-            for _ in range(made):
-                yield  # once per character of a row (the start strings are read first)
+            made = int(np.count_nonzero(made_by == rids[0]))  # row 0's: several in a block or a GPU graph's call
+            if made:
+                yield made  # the start strings are read first
         self.generator.give_back(engine.backend)  # the next run reuses it, as Generator's own calls do
         return ["".join(self.table[ids[rid]].tolist()) for rid in rids]
 
@@ -214,9 +216,9 @@ def timed_run(contestant, start: str, batch: int, length: int, greedy: bool, see
             next(steps)
             t1 = previous = time.perf_counter()
             while True:
-                next(steps)
+                made = next(steps) or 1
                 now = time.perf_counter()
-                step_seconds.append(now - previous)
+                step_seconds.extend([(now - previous) / made] * made)
                 previous = now
         except StopIteration as done:
             texts = done.value

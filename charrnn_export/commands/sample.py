@@ -92,7 +92,8 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no log on stderr (errors still go there)")
     g = p.add_argument_group("compute")
     g.add_argument("--threads", type=int, default=d.threads, metavar="N",
-                   help="intra-op threads (default: the runtime's own)")
+                   help="intra-op threads, and at large batches on onnxruntime the threads that each step "
+                   "their own rows (default: the runtime's own; every usable CPU)")
     g.add_argument("--device", choices=DEVICES, default=d.device,
                    help="cuda: onnxruntime's CUDA provider or TensorFlow's GPU (default %(default)s)")
 

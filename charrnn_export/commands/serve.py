@@ -64,7 +64,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_ENV}, else none)")
     p.add_argument("--threads", type=int, default=MODEL_DEFAULTS.threads,
-                   help="onnxruntime threads (default: its own choice)")
+                   help="onnxruntime threads, for one step and for the lanes of a large batch "
+                   "(default: its own choice; every usable CPU)")
     p.add_argument("--sampler", choices=SAMPLERS, default=MODEL_DEFAULTS.sampler,
                    help="where sampling runs: 'graph' in onnxruntime with the decode model beside the step "
                    "model, 'host' in numpy; the text is the same (default %(default)s: host on the CPU)")

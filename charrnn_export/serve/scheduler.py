@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -135,6 +136,10 @@ class Scheduler:
         self.step_seconds = 0.0
         self.step_buckets = [0] * len(STEP_BUCKETS)
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+        # The engine's steps run on a thread of their own, one at a time: while one runs, this
+        # thread hands out the characters of the one before (see _pass).
+        self._stepper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charrnn-step")
+        self._pending: Future | None = None  # the step now running, if any
 
     # ------------------------------------------------------------ any thread
 
@@ -166,6 +171,7 @@ class Scheduler:
         self._closed = True
         self._wake.set()
         self.thread.join(timeout)
+        self._stepper.shutdown(wait=False)
 
     @property
     def idle(self) -> bool:
@@ -192,19 +198,30 @@ class Scheduler:
                 self._fail_live(f"internal error in the engine thread: {type(e).__name__}: {e}")
 
     def _pass(self) -> None:
-        """One turn of the loop: take new jobs and cancels, step the engine once, deliver."""
+        """One turn of the loop: take new jobs and cancels; take the running step's characters
+        and start the next step; deliver. The next step runs while this thread hands out the
+        last one's characters (each request's text stays in the order made: one step at a time),
+        so the engine's cores are not idle while a block's thousands of characters go out; new
+        jobs and cancels join at the step after the running one."""
         self._take_inbox()
         if self.stopping:
             self._abort_all(ABORT)
-        if not self.engine.has_work():
-            self._flush()
-            self._wake.wait()
-            self._wake.clear()
-            return
-        began = time.perf_counter()
-        rids, tokens, endings = step_once(self.engine)
+        if self._pending is None:
+            if not self.engine.has_work():
+                self._flush()
+                self._wake.wait()
+                self._wake.clear()
+                return
+            self._pending = self._stepper.submit(_timed_step, self.engine)
+        running, self._pending = self._pending, None
+        (rids, tokens, endings), seconds = running.result()  # a step that raised is this pass's error
+        self._take_inbox()  # what came while it ran joins the next step
+        if self.stopping:
+            self._abort_all(ABORT)
+        if self.engine.has_work():
+            self._pending = self._stepper.submit(_timed_step, self.engine)
         now = time.perf_counter()
-        self._count_step(now - began)
+        self._count_step(seconds)
         self._dispatch(rids, tokens, endings)
         interval = max(self.flush_interval, self._jobs / self.max_event_rate)
         if self._dirty and now - self._last_flush >= interval:
@@ -403,6 +420,13 @@ class Scheduler:
         bucket = int(np.searchsorted(STEP_BUCKETS, seconds))
         if bucket < len(STEP_BUCKETS):
             self.step_buckets[bucket] += 1
+
+
+def _timed_step(engine: Engine):
+    """step_once on the step thread, with its duration for the metrics."""
+    began = time.perf_counter()
+    made = step_once(engine)
+    return made, time.perf_counter() - began
 
 
 def _deliver(batch) -> None:
