@@ -71,6 +71,31 @@ class PlainStep:
             self.state[:rows] = new_state
         return logits
 
+    def lane(self, runtime, start: int, stop: int) -> "PlainLane":
+        """The step of rows [start, stop) on `runtime` (a one-thread copy), into these rows' state."""
+        return PlainLane(self, runtime, start, stop)
+
+    def follow(self, other) -> None:
+        """Nothing to take up: the state lives in one array (BoundStep's two take turns)."""
+
+
+class PlainLane:
+    """PlainStep.lane: rows [start, stop) of a PlainStep, stepped by another runtime, their state
+    written back into the parent's (which may have taken a new array since: it is read each run)."""
+
+    def __init__(self, parent: PlainStep, runtime, start: int, stop: int):
+        self.parent, self.runtime, self.start = parent, runtime, start
+        self.tokens = parent.tokens[start:stop]
+
+    def run(self, rows: int) -> np.ndarray:
+        rows_of = slice(self.start, self.start + rows)
+        logits, new_state = self.runtime.step(self.tokens[:rows], self.parent.state[rows_of])
+        self.parent.state[rows_of] = new_state
+        return logits
+
+    def follow(self, other) -> None:
+        """As PlainStep.follow."""
+
 
 class HostSampler:
     """A step runtime's logits sampled on the host by sampling.choose. The step runs through the

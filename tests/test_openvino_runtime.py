@@ -236,3 +236,25 @@ def test_load_runtime_resolves_auto_on_this_machine(tiny_export):
     expected = resolve_runtime("auto", tiny_export)
     assert load_runtime(tiny_export, "auto", threads=1).name == expected
     assert load_runtime(contract.model_file(tiny_export, "int8"), "auto", threads=1).name == "onnx"
+
+
+@pytest.mark.parametrize("precision", ["f32", "default"])
+def test_a_batch_in_lanes_gives_each_rows_text_alone(tiny_export, onnx_runtime, precision):
+    """The host sampler's lanes on OpenVINO (one-thread copies of the compiled model, each its
+    own rows): row i of a 64-row batch is generate() with seed + i, for OpenVINO's f32 (then also
+    onnxruntime's text) and its default precision (bf16 where the CPU has bf16 matrix units)."""
+    pytest.importorskip("openvino")
+    from charrnn_export.generate import Generator
+    from charrnn_export.runtimes.openvino import OpenVinoRuntime
+
+    runtime = OpenVinoRuntime(tiny_export / "model.onnx", threads=2, precision=precision)
+    generator = Generator(runtime)
+    starts = [contract.TUTORIAL_START, "\n", contract.TUTORIAL_START[:2]] * 22
+    texts = generator.generate_batch(starts[:64], 60, temperature=0.9, seed=11)
+    backend = generator.backend(64)
+    assert backend._lanes[0] == (64, 2) and len(runtime._lanes) == 2  # the batch ran in two lanes
+    assert all(lane.precision == runtime.precision for lane in runtime._lanes)
+    for row in (0, 1, 40, 63):
+        assert texts[row] == generator.generate(starts[row], 60, temperature=0.9, seed=11 + row), row
+    if precision == "f32":
+        assert texts == Generator(onnx_runtime).generate_batch(starts[:64], 60, temperature=0.9, seed=11)

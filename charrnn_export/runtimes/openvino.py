@@ -21,7 +21,9 @@ infer releases the GIL, so such runtimes stepped from two Python threads run sid
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import threading
 
 import numpy as np
@@ -97,6 +99,9 @@ class OpenVinoRuntime:
                                                           shape_of(model.input(contract.STATE)),
                                                           shape_of(model.output(contract.LOGITS)), path)
         self.compiled = self.compile(ov, model, threads, precision)
+        self.threads, self._ov, self._model, self._precision_choice = threads, ov, model, precision
+        self._lanes: list = []
+        self._lane_lock = threading.Lock()
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()  # "bf16", "f32"
         names = [port.get_any_name() for port in self.compiled.outputs]
         self.logits_index, self.state_index = names.index(contract.LOGITS), names.index(contract.STATE_OUT)
@@ -142,6 +147,26 @@ class OpenVinoRuntime:
             raise ModelError(f"{self.path}: one step gives logits {logits.shape} and state {state.shape}, "
                              f"not (1, {self.vocab_size}) and (1, {self.rnn_units}) as its metadata says; "
                              "export it again")
+
+    def lane_count(self) -> int:
+        """How many threads may each step their own rows of a batch (lane_sessions): the threads
+        given at load, else the CPUs this process may run on."""
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def lane_sessions(self, count: int) -> list:
+        """`count` copies of this runtime compiled for one thread each (pinning off), made on first
+        use and kept, for host_sampler's lanes: the same arithmetic (precision), so the same logits."""
+        with self._lane_lock:
+            while len(self._lanes) < count:
+                lane = copy.copy(self)
+                lane.compiled = self.compile(self._ov, self._model, 1, self._precision_choice)
+                lane.precision = lane.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+                lane.local = threading.local()
+                lane._lanes = []
+                self._lanes.append(lane)
+            return self._lanes[:count]
 
     def request(self):
         request = self.local.request = self.compiled.create_infer_request()

@@ -198,28 +198,31 @@ class Scheduler:
                 self._fail_live(f"internal error in the engine thread: {type(e).__name__}: {e}")
 
     def _pass(self) -> None:
-        """One turn of the loop: take new jobs and cancels; take the running step's characters
-        and start the next step; deliver. The next step runs while this thread hands out the
-        last one's characters (each request's text stays in the order made: one step at a time),
-        so the engine's cores are not idle while a block's thousands of characters go out; new
-        jobs and cancels join at the step after the running one."""
+        """One turn of the loop: take new jobs and cancels; step the engine (or take the running
+        step's characters); deliver. After a step of many characters (a block of a large batch)
+        the next step starts on the step thread before this one's characters are handed out, so
+        the engine's cores are not idle while thousands of characters go out (each request's text
+        stays in the order made: one step at a time; what came meanwhile joins the step after).
+        A small step runs here: the hand-over between threads would cost more than it saves."""
         self._take_inbox()
         if self.stopping:
             self._abort_all(ABORT)
-        if self._pending is None:
-            if not self.engine.has_work():
-                self._flush()
-                self._wake.wait()
-                self._wake.clear()
-                return
-            self._pending = self._stepper.submit(_timed_step, self.engine)
-        running, self._pending = self._pending, None
-        (rids, tokens, endings), seconds = running.result()  # a step that raised is this pass's error
-        self._take_inbox()  # what came while it ran joins the next step
-        if self.stopping:
-            self._abort_all(ABORT)
-        if self.engine.has_work():
-            self._pending = self._stepper.submit(_timed_step, self.engine)
+        if self._pending is None and not self.engine.has_work():
+            self._flush()
+            self._wake.wait()
+            self._wake.clear()
+            return
+        if self._pending is not None:
+            running, self._pending = self._pending, None
+            (rids, tokens, endings), seconds = running.result()  # a step that raised is this pass's error
+        else:
+            (rids, tokens, endings), seconds = _timed_step(self.engine)
+        if len(rids) >= OVERLAP_CHARS:
+            self._take_inbox()
+            if self.stopping:
+                self._abort_all(ABORT)
+            if self.engine.has_work():
+                self._pending = self._stepper.submit(_timed_step, self.engine)
         now = time.perf_counter()
         self._count_step(seconds)
         self._dispatch(rids, tokens, endings)
@@ -420,6 +423,9 @@ class Scheduler:
         bucket = int(np.searchsorted(STEP_BUCKETS, seconds))
         if bucket < len(STEP_BUCKETS):
             self.step_buckets[bucket] += 1
+
+
+OVERLAP_CHARS = 1024  # characters in a step after which the next one runs while they are handed out
 
 
 def _timed_step(engine: Engine):
