@@ -16,7 +16,8 @@ logits within float32 rounding, and so its text.
 
 threads -> INFERENCE_NUM_THREADS, with CPU pinning off: OpenVINO pins a compiled model's threads
 to cores by default, and two one-thread models in one process would then share one core.
-infer releases the GIL, so such runtimes stepped from two Python threads run side by side.
+infer releases the GIL, so such runtimes stepped from two Python threads run side by side:
+lane_sessions(count) makes such one-thread copies for the host sampler's lanes (host_sampler.py).
 """
 
 from __future__ import annotations

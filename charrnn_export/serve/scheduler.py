@@ -425,7 +425,7 @@ class Scheduler:
             self.step_buckets[bucket] += 1
 
 
-OVERLAP_CHARS = 1024  # characters in a step after which the next one runs while they are handed out
+OVERLAP_CHARS = 256  # characters in a step after which the next one runs while they are handed out
 
 
 def _timed_step(engine: Engine):
