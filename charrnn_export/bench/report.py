@@ -139,7 +139,8 @@ def render_markdown(results: dict, level: int = 1) -> str:
         f"{s['warmup']}-step warm-up; temperature {s['temperature']}, start {s['start']!r}; threads "
         f"{s['threads'] or 'default'}",
         "- ms/step is the steady time (after the first character) over the steps; chars/s = batch / that; "
-        "p10-p90 are of the single steps; priming is the time to the first character (start string included); "
+        "p10-p90 are of the single steps (a call that makes several, an engine block, gives each its average); "
+        "priming is the time to the first characters (start string included); "
         "x tutorial is chars/s over the tutorial's at batch 1 on the same device; x floor is ms/step over the "
         "time of the step's two matrix products alone (fp32, or int8 for the int8 contestants) at that batch size; "
         "onnx-* and savedmodel run the decode engine over the step model with host sampling (sampling.py's rule, "
