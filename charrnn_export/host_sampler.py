@@ -21,13 +21,13 @@ the same: every product of the step and the int8 model's activation scale are pe
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
 
+from .checks import available_cpus
 from .decode import tokens_to_feed
 from .sampling import OneRow, Settings, broken_rows, choose, choose_plain, mask_unknown, unknown_id
 
@@ -43,8 +43,7 @@ def lane_executor() -> ThreadPoolExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            _executor = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="charrnn-lane")
+            _executor = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="charrnn-lane")
         return _executor
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import contract
 from ..cells.architecture import state_size_of
+from ..checks import available_cpus
 from ..errors import ModelError, RuntimeUnavailable
 from ..vocab import Vocab
 
@@ -129,12 +130,6 @@ def native_stderr_silenced():
         os.close(saved)
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
 
 class LiteRTRuntime:
     name = "litert"
@@ -149,7 +144,7 @@ class LiteRTRuntime:
         interpreter_type = interpreter_class()
         # The interpreter's own default is one thread; onnxruntime's is every core: give it the cores.
         try:
-            self.interpreter = interpreter_type(model_path=str(path), num_threads=threads or usable_cores())
+            self.interpreter = interpreter_type(model_path=str(path), num_threads=threads or available_cpus())
         except ValueError as e:  # the interpreter's error for a file that is not a TFLite model
             raise ModelError(f"cannot load {path} as a LiteRT model ({str(e).splitlines()[0][:200]})") from None
         self.path = path

@@ -11,7 +11,6 @@ Runtime protocol's step; bound_step(capacity) is the same step with its buffers 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from .. import contract
 from ..checkpoints import json_type
+from ..checks import available_cpus
 from ..vocab import Vocab
 from ..errors import ModelError, RuntimeUnavailable
 
@@ -171,9 +171,7 @@ class OnnxRuntime:
         given at load, else the CPUs this process may run on; 1 on a GPU."""
         if self.device != "cpu":
             return 1
-        if self.threads:
-            return self.threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.threads or available_cpus()
 
     def lane_sessions(self, count: int) -> list:
         """`count` sessions of this model with one thread each, made on first use and kept: at

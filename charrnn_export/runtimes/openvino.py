@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import threading
 
 import numpy as np
@@ -152,9 +151,7 @@ class OpenVinoRuntime:
     def lane_count(self) -> int:
         """How many threads may each step their own rows of a batch (lane_sessions): the threads
         given at load, else the CPUs this process may run on."""
-        if self.threads:
-            return self.threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return self.threads or checks.available_cpus()
 
     def lane_sessions(self, count: int) -> list:
         """`count` copies of this runtime compiled for one thread each (pinning off), made on first
