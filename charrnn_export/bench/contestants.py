@@ -213,7 +213,7 @@ def timed_run(contestant, start: str, batch: int, length: int, greedy: bool, see
         step_seconds = []
         texts = None
         try:
-            next(steps)
+            first = next(steps) or 1
             t1 = previous = time.perf_counter()
             while True:
                 made = next(steps) or 1
@@ -223,10 +223,12 @@ def timed_run(contestant, start: str, batch: int, length: int, greedy: bool, see
         except StopIteration as done:
             texts = done.value
         end = time.perf_counter()
-    if step_seconds:
-        step_seconds[-1] += end - previous  # the last step also pays the decoding into strings
+    steady = end - t1
+    if not step_seconds:  # every character came in the first call (a short run, one block): time them all
+        step_seconds, steady = [(t1 - t0) / first] * first, end - t0
+    step_seconds[-1] += end - previous  # the last step also pays the decoding into strings
     assert texts is not None and len(texts) == batch and all(len(t) == length for t in texts), contestant.name
-    return {"priming": t1 - t0, "steady": end - t1, "steps": step_seconds, "texts": texts}
+    return {"priming": t1 - t0, "steady": steady, "steps": step_seconds, "texts": texts}
 
 
 def available_devices(tf, requested: str) -> tuple[list[str], dict[str, str]]:
