@@ -16,11 +16,12 @@ A backend may run several model steps per call (`backend.steps`, K): a GPU backe
 in one captured graph, the sampled ids fed back on the device, so the host is heard from once per
 K characters. The engine then plans K sub-steps per slot: the start characters to force, and one
 random number for each character it will sample. With K = 1 (the CPU backends) a step is one
-character; but while every busy slot of a BlockBackend (the host sampler) is generating with
-plain settings and nothing waits, the engine asks for a block of several steps in one call (at
-most block_steps, and no more than any busy slot has left), each id fed back in the backend,
-and a step then returns that many characters per slot: the same ids, with the engine's per-step
-work done once per block.
+character; but while no busy slot of a BlockBackend (the host sampler) is greedy or cut, the
+engine asks for a block of several steps in one call (as many as the busy slot that needs most
+still needs, at most block_steps; start strings are fed and ends fall inside it), each id fed
+back in the backend, and a step then returns up to that many characters per slot: the same ids,
+with the engine's per-step work done once per block. A request that arrives meanwhile joins at
+the next call.
 
 step() returns events (request id, token id, None) for each new character and (request id, -1,
 reason) when a request ends: reason is "length", "cancelled", "nonfinite" (the model's logits
@@ -126,20 +127,7 @@ class OneRowBackend(DecodeBackend, Protocol):
 
 
 @runtime_checkable
-class GeneratingBackend(DecodeBackend, Protocol):
-    """A one-step backend with a short path for a step in which every row is generating."""
-
-    def decode_generating(self, rows: int, tokens: np.ndarray, temperature: np.ndarray | None,
-                          uniforms: np.ndarray, reset: list[int]) -> np.ndarray:
-        """decode() for rows [0, rows) fed `tokens` (rows,) int32, all with plain settings
-        (sampling.plain): temperature (rows,) or None when every one is 1, uniforms (rows,),
-        reset: the rows whose state starts from zero -> ids (rows,) int32, -1 where the logits
-        were not finite."""
-        ...
-
-
-@runtime_checkable
-class BlockBackend(GeneratingBackend, Protocol):
+class BlockBackend(DecodeBackend, Protocol):
     """A one-step backend that can also run several steps for rows that all sample plainly."""
 
     block_steps: int  # the most steps the engine asks of one decode_block
@@ -223,7 +211,6 @@ class Engine:
         self.vocab_size = len(backend.vocab)
         self.k = k = backend.steps
         self._one_row = k == 1 and isinstance(backend, OneRowBackend)  # its decode_one serves batch 1
-        self._generating = k == 1 and isinstance(backend, GeneratingBackend)  # decode_generating: all rows sampling
         self._lock = threading.Lock()
         self._waiting: deque[_Request] = deque()
         self._cancels: set[int] = set()
@@ -244,7 +231,7 @@ class Engine:
         self.high = 0  # rows [0, high) hold every busy slot
         # Busy slots whose settings are not plain (greedy, a top-k or top-p cut), and those with a
         # temperature other than 1: counted as requests come and go, so that a step can tell
-        # without looking at the rows whether the short path applies.
+        # without looking at the rows whether a block applies.
         self.slot_kind = np.zeros(capacity, np.int8)  # per slot: PLAIN_T1, PLAIN_SCALED or CUT
         self.kind_count = [0, 0, 0]
         self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
@@ -303,10 +290,8 @@ class Engine:
         """One backend call for every busy slot, and its characters."""
         if self.high == 1 and self._one_row and not self._start:
             return self._step_one(ended)
-        if self._generating and not self.kind_count[CUT]:
-            if self._blocks:
-                return self._step_planned(ended, self._block_length(), block=True)
-            return self._step_generating(ended)
+        if self._blocks and not self.kind_count[CUT]:
+            return self._step_planned(ended, self._block_length(), block=True)
         return self._step_planned(ended, self.k)
 
     def _block_length(self) -> int:
@@ -408,61 +393,6 @@ class Engine:
                 self.last[0], self.left[0] = token, left
                 if unread and not self._one_greedy:
                     self.random.give_back(0, unread)
-
-    def _step_generating(self, ended):
-        """step_arrays on a one-step backend when no busy slot is greedy or cut (sampling.plain):
-        the same numbers and ids as the general path with a handful of array operations instead
-        of some fifty. Free slots below `high` and slots still reading their start string are
-        "quiet": they are fed (a start character, or anything for a free slot) but draw no
-        number and make no character, except a start string's last character, which makes one."""
-        rows = self.high
-        tokens = self.last[:rows].copy()
-        quiet, fresh = self._feed_start_one(tokens)
-        if self.busy_count < rows:
-            quiet.extend(np.flatnonzero(self.request[:rows] < 0).tolist())
-        uniforms = self.random.take_each(rows, skip=quiet)
-        temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
-        ids = self.backend.decode_generating(rows, tokens, temperature, uniforms, fresh)
-        if fresh:
-            self.reset[fresh] = False
-        if ids.min() < 0 or ids.max() >= self.vocab_size:  # a row's logits were not finite (or a faulty backend)
-            counts = np.ones(rows, np.int64)
-            counts[quiet] = 0
-            return self._collect(ids[:, None], counts[:, None].astype(bool), counts, ended)
-        if quiet:
-            made = np.ones(rows, bool)
-            made[quiet] = False
-            made = np.flatnonzero(made)
-            rids, ids = self.request[made], ids[made]
-            self.last[made] = ids
-            self.left[made] -= 1
-            done = made[self.left[made] == 0]
-        else:
-            rids = self.request[:rows].copy()
-            self.last[:rows] = ids
-            left = self.left[:rows]
-            left -= 1
-            done = np.flatnonzero(left == 0) if left.min() == 0 else ()
-        for slot in list(done):
-            ended.append((int(self.request[slot]), LENGTH))
-            self._free(int(slot))
-        return rids, ids, ended
-
-    def _feed_start_one(self, tokens: np.ndarray) -> tuple[list[int], list[int]]:
-        """Put each reading slot's next start character in `tokens` (one step per character):
-        (the slots that stay quiet: more of their start to read, the slots new this step)."""
-        quiet, fresh = [], []
-        for slot, (ids, index) in list(self._start.items()):
-            tokens[slot] = ids[index]
-            self.to_read[slot] -= 1
-            if index == 0:
-                fresh.append(slot)
-            if index + 1 >= len(ids):
-                del self._start[slot]  # its last start character: it makes a character now
-            else:
-                self._start[slot] = (ids, index + 1)
-                quiet.append(slot)
-        return quiet, fresh
 
     def _uniforms(self, rows: int, first: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
         """(rows, k): each sampled character's number at the sub-step that makes it."""

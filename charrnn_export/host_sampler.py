@@ -5,7 +5,7 @@ compiled plain rule), one model step per character.
     PlainStep(runtime, capacity)       runtimes.onnx.BoundStep's interface over a runtime's step()
 
 Three paths, the same ids on each (row i's text does not depend on which one made it):
-  decode / decode_generating        one step of the batch (the engine's general and short paths)
+  decode                            one step of the batch (the engine's general path: any settings)
   decode_one / decode_run           one row alone (batch 1), with per-call work done once per run
   decode_block                      HOST_BLOCK_STEPS steps of a batch whose rows all sample plainly, each
                                     id fed back here: the engine hears from the backend once per
@@ -100,7 +100,7 @@ class HostSampler:
     """A step runtime's logits sampled on the host by sampling.choose. The step runs through the
     runtime's bound_step where it has one (onnxruntime: buffers bound once), else through its
     step() (PlainStep); decode_block splits a large batch into lanes where the runtime has
-    lane_sessions (onnxruntime on the CPU)."""
+    lane_sessions (onnxruntime on the CPU, OpenVINO)."""
 
     steps = 1
     block_steps = HOST_BLOCK_STEPS
@@ -131,11 +131,6 @@ class HostSampler:
         ids[broken] = -1
         return ids[:, None]
 
-    def decode_generating(self, rows, tokens, temperature, uniforms, reset):
-        if reset:
-            self.state[reset] = 0.0
-        return self._choose_plain(self._step(rows, tokens), temperature, uniforms)
-
     def _choose_plain(self, logits, temperature, uniforms) -> np.ndarray:
         """The ids for rows that all sample plainly, -1 where a row's logits are not finite."""
         ids = choose_plain(logits, temperature, uniforms, self.unk_id)
@@ -157,7 +152,7 @@ class HostSampler:
 
     def decode_block(self, rows: int, forced: np.ndarray, last: np.ndarray, temperature: np.ndarray | None,
                      uniforms: np.ndarray, reset: np.ndarray) -> np.ndarray:
-        """k = uniforms.shape[1] steps of decode_generating for rows [0, rows) in one call: at
+        """k = uniforms.shape[1] steps of rows [0, rows) that all sample plainly, in one call: at
         sub-step j a row is fed forced[:, j] (a start character) where it is >= 0, else the id it
         made at j - 1 (`last` at j = 0); reset rows start from the zero state. ids (rows, k)
         int32; a row whose logits were not finite gets -1 and is fed id 0 after it (the engine

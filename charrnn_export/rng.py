@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import secrets
 
-from typing import Sequence
-
 import numpy as np
 
 from .checks import SEED_LIMIT
@@ -110,20 +108,6 @@ class Blocks:
         values = self.buffer.reshape(-1)[flat]  # one gather
         values[~place] = 0.0
         self.next[rows] += counts
-        return values
-
-    def take_each(self, rows: int, skip: Sequence[int] = ()) -> np.ndarray:
-        """take() of one number for each of rows [0, rows) but those in `skip` (their entries
-        are then meaningless): (rows,) float64."""
-        offsets = self.next[:rows] - self.base[:rows]
-        if offsets.max() >= self.block or not self.filled[:rows].all():
-            stale = np.flatnonzero((offsets >= self.block) | ~self.filled[:rows])
-            self.refill(stale)
-            offsets = self.next[:rows] - self.base[:rows]
-        values = self.buffer[np.arange(rows), offsets]
-        self.next[:rows] += 1
-        if skip:
-            self.next[skip] -= 1
         return values
 
     def take_one(self, row: int) -> float:

@@ -197,11 +197,11 @@ def test_a_seeded_request_gives_the_same_ids_alone_or_among_255_others(backends,
 
 
 PLAIN = [SamplingConfig(), SamplingConfig(0.6), SamplingConfig(1.7), SamplingConfig(top_k=10**6),
-         SamplingConfig(top_p=1.0)]  # what the engine's short path takes: no greedy row, no cut
+         SamplingConfig(top_p=1.0)]  # what the engine's blocks take: no greedy row, no cut
 
 
 class NoShortPath:
-    """A host sampler seen without decode_generating: the engine takes its general path."""
+    """A host sampler seen without decode_block: the engine takes its general path, one step a call."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -211,17 +211,17 @@ class NoShortPath:
         return self.backend.decode(*args)
 
 
-def test_the_short_path_for_generating_rows_gives_the_general_paths_ids(backends):
-    """All rows plain and generating: Engine._step_generating (HostSampler.decode_generating,
-    sampling.choose_plain) makes the ids the general path and the decode graph make, with rows
-    that end, rows that take the freed slots and holes in between."""
+def test_the_blocks_for_plain_rows_give_the_general_paths_ids(backends):
+    """All rows plain: the engine's blocks (HostSampler.decode_block, sampling.choose_plain) make
+    the ids the general path and the decode graph make, with rows that end, rows that take the
+    freed slots and holes in between."""
     rng = np.random.default_rng(8)
     requests = [(rng.integers(1, 40, rng.integers(1, 6)).astype(np.int32), int(rng.integers(1, 90)),
                  PLAIN[i % len(PLAIN)], int(rng.integers(0, 2**32))) for i in range(40)]
     results = []
     for make in (backends["host"], lambda capacity: NoShortPath(backends["host"](capacity)), backends["graph"]):
         engine = Engine(make(16))
-        assert engine._generating == (make is backends["host"])
+        assert engine._blocks == (make is backends["host"])
         rids = [engine.submit(*request) for request in requests]
         texts, reasons = run_all(engine)
         assert set(reasons.values()) == {LENGTH}
@@ -511,20 +511,6 @@ def test_generate_from_several_threads_at_once_gives_each_its_own_text(tiny_expo
 # ---------------------------------------------------------------- blocks of steps and lanes
 
 
-class NoBlocks:
-    """A host sampler seen without decode_block: the engine steps one character per call."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.capacity, self.steps, self.vocab, self.config = backend.capacity, 1, backend.vocab, backend.config
-
-    def decode(self, *args):
-        return self.backend.decode(*args)
-
-    def decode_generating(self, *args):
-        return self.backend.decode_generating(*args)
-
-
 def lanes_of(tiny_export, name="model.int8.onnx", threads=3):
     """A host sampler whose blocks split 64 rows into `threads` lanes (threads given at load, so
     the split does not depend on this machine's CPUs)."""
@@ -551,8 +537,9 @@ def test_lane_bounds_cover_the_rows_in_even_runs():
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.int8.onnx"])
 def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export, name):
-    """decode_block over 64 rows in 3 lanes (each its own session and thread) against
-    decode_generating step by step on the runtime's own session: the same ids and the same state."""
+    """decode_block over 64 rows in 3 lanes (each its own session and thread) against decode (the
+    general rule, sampling.choose) step by step on the runtime's own session: the same ids and the
+    same state."""
     make = lanes_of(tiny_export, name)
     rows, steps = 64, 9
     blocked, stepped = make(rows), make(rows)
@@ -566,15 +553,21 @@ def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export,
     forced = np.full((rows, steps), -1, np.int32)
     ids = blocked.decode_block(rows, forced, tokens, temperature, numbers, np.zeros(rows, bool))
     assert blocked._lanes[0] == (rows, 3) and len(blocked._lanes[1]) == 3  # the block ran in 3 lanes
+    settings = Settings.empty(rows)
+    settings.temperature[:] = temperature
+    no_reset, feed_back = np.zeros(rows, bool), np.full((rows, 1), -1, np.int32)
+
+    def one_step(backend, last, column):
+        return backend.decode(rows, feed_back, last, settings, numbers[:, column:column + 1], no_reset)[:, 0]
+
     feed, expected = tokens, []
     for j in range(steps):
-        feed = stepped.decode_generating(rows, feed, temperature, numbers[:, j], [])
+        feed = one_step(stepped, feed, j)
         expected.append(feed)
     np.testing.assert_array_equal(ids, np.stack(expected, axis=1))
     np.testing.assert_array_equal(blocked.state[:rows], stepped.state[:rows])
     # And after the block, one step on the runtime's own session goes on from the lanes' state.
-    np.testing.assert_array_equal(blocked.decode_generating(rows, ids[:, -1], None, numbers[:, 0], []),
-                                  stepped.decode_generating(rows, feed, None, numbers[:, 0], []))
+    np.testing.assert_array_equal(one_step(blocked, ids[:, -1], 0), one_step(stepped, feed, 0))
 
 
 @pytest.mark.parametrize("threads", [1, 3])
@@ -585,9 +578,9 @@ def test_blocks_give_the_ids_of_one_step_per_call_as_requests_come_and_go(tiny_e
     requests = plain_requests(6, 120)
     cancelled = max(range(80), key=lambda i: requests[i][1])  # long enough to be running when cancelled
     results, blocks = [], []
-    for wrap in (lambda b: b, NoBlocks):
+    for wrap in (lambda b: b, NoShortPath):
         engine = Engine(wrap(lanes_of(tiny_export, threads=threads)(64)))
-        assert engine._blocks == (wrap is not NoBlocks)
+        assert engine._blocks == (wrap is not NoShortPath)
         planned = engine._step_planned
         engine._step_planned = lambda ended, k, block=False: (block and blocks.append(k)) or planned(ended, k, block)
         rids = [engine.submit(*request) for request in requests[:80]]
@@ -603,7 +596,7 @@ def test_blocks_give_the_ids_of_one_step_per_call_as_requests_come_and_go(tiny_e
                 else:
                     reasons[rid] = reason
         assert reasons.pop(rids[cancelled]) == CANCELLED and set(reasons.values()) == {LENGTH}
-        if wrap is not NoBlocks:
+        if wrap is not NoShortPath:
             assert bool(engine.backend._lanes[1]) == (threads > 1)  # the last block's lanes
         results.append([texts.get(rid, []) for rid in rids])
     # A block makes up to 16 characters a call, one step one: the cancel, a call later, cuts the

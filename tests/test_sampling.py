@@ -266,17 +266,6 @@ def test_load_errors(tmp_path):
         Generator.load(None, runtime="savedmodel")
 
 
-def test_take_each_reads_the_same_streams_as_take():
-    each, general = Blocks(5, block=4), Blocks(5, block=4)
-    for row in range(5):
-        each.start(row, 100 + row)
-        general.start(row, 100 + row)
-    general.take(np.arange(2), np.ones(2, np.int64), 1)  # rows 0 and 1 ahead of the others
-    each.take(np.arange(2), np.ones(2, np.int64), 1)
-    for _ in range(11):  # across block ends, at different offsets per row
-        assert each.take_each(5).tolist() == general.take(np.arange(5), np.ones(5, np.int64), 1)[:, 0].tolist()
-
-
 def test_take_one_reads_the_same_stream_as_take():
     blocks = Blocks(2, block=4)
     blocks.start(1, 5)
@@ -350,7 +339,7 @@ from charrnn_export.sampling import choose_plain, choose_plain_numpy, plain  # n
 @given(rows=st.lists(st.lists(_LOGIT, min_size=6, max_size=6), min_size=1, max_size=5),
        unk=st.one_of(st.none(), st.integers(0, 5)), data=st.data())
 def test_choose_plain_picks_what_choose_and_broken_rows_pick(rows, unk, data):
-    """choose_plain (the engine's short path) is choose() and broken_rows() for rows with plain
+    """choose_plain (the engine's blocks) is choose() and broken_rows() for rows with plain
     settings, id for id, or declines (None) and leaves them to those two; on huge and non-finite
     logits too, with per-row temperatures or all of them 1."""
     logits = np.array(rows, np.float32)
