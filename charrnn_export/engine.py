@@ -236,6 +236,10 @@ class Engine:
         self.kind_count = [0, 0, 0]
         self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
         self._carried: list[tuple[int, str]] = []  # ends run_alone found, for the next step_arrays
+        # Called (on the stepping thread) just before each backend call of a step, once the step's
+        # plan is made: the server's scheduler hands out the step before's characters then, so
+        # that doing so does not hold up the plan (both need the GIL; the backend mostly not).
+        self.on_backend_call: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ any thread
 
@@ -318,6 +322,8 @@ class Engine:
         emit = (steps >= first[:, None]) & (steps < (first + counts)[:, None])  # (rows, k)
         uniforms = self._uniforms(rows, first, counts, k)
         forced, last, reset = self.forced[:rows, :k], self.last[:rows], self.reset[:rows]
+        if self.on_backend_call is not None:
+            self.on_backend_call()
         if block:
             temperature = self.settings.temperature[:rows] if self.kind_count[PLAIN_SCALED] else None
             ids = self.backend.decode_block(rows, forced, last, temperature, uniforms, reset)

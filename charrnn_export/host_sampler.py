@@ -17,13 +17,21 @@ and its own sampling, meeting once per block, is faster (benchmarks/sampler_over
 it). Below MIN_LANE_ROWS rows a lane, one session's threads are faster: each core then reads only
 its share of the weights, which stays in its cache, where a lane reads all of them. The numbers are
 the same: every product of the step and the int8 model's activation scale are per row.
+
+Meeting once per block means waiting for the slowest lane, and a lane is slowed whenever anything
+else takes its core for a while (a server's event loop, another process): with the rows split
+once, the other lanes would idle for as long as that took. So a lane that has finished its rows
+asks for more (Pieces), and the next lane to end a sub-step with rows and sub-steps to spare gives
+it the back half of its rows from the next sub-step on. Rows are independent, so which lane steps
+a row changes none of its numbers; and while no lane is slowed, nothing is split.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -33,6 +41,8 @@ from .sampling import OneRow, Settings, broken_rows, choose, choose_plain, mask_
 
 HOST_BLOCK_STEPS = 16  # characters per decode_block: a new request waits at most this many steps to join
 MIN_LANE_ROWS = 16  # rows per lane below which one session's threads are faster
+STEAL_ROWS = 2 * MIN_LANE_ROWS  # a lane gives half its rows away only when it has this many or more
+MAX_PIECE_STEPS = 512  # step objects kept for pieces of rows (each binds its rows' buffers once)
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -51,6 +61,55 @@ def lane_bounds(rows: int, lanes: int) -> list[tuple[int, int]]:
     """rows [0, rows) as `lanes` runs of consecutive rows, as even as they go."""
     edges = [rows * i // lanes for i in range(lanes + 1)]
     return list(zip(edges[:-1], edges[1:]))
+
+
+class At(NamedTuple):
+    """Which of a step's two state buffers holds some rows' state (BoundStep.follow reads it)."""
+
+    turn: int
+
+
+class Pieces:
+    """One block's rows among its lanes. Each lane starts on its own run of rows; one that has
+    finished asks for more (take), and the next lane to end a sub-step with rows and sub-steps to
+    spare gives it the back half of its rows, from the next sub-step on (give)."""
+
+    def __init__(self, lanes: int):
+        self.asking = 0  # lanes waiting in take(); read by the others without the lock, as a hint
+        self._given: deque = deque()  # (start, stop, first sub-step, At) handed over, not yet taken
+        self._running = lanes  # lanes stepping rows
+        self._failed = False
+        self._changed = threading.Condition()
+
+    def wanted(self) -> bool:
+        return self.asking > len(self._given)
+
+    def give(self, piece: tuple) -> None:
+        with self._changed:
+            self._given.append(piece)
+            self._changed.notify()
+
+    def take(self) -> tuple | None:
+        """For a lane whose rows are done: rows another lane gives it, or None once no lane is
+        stepping rows (or one failed)."""
+        with self._changed:
+            self._running -= 1
+            while not self._given and self._running and not self._failed:
+                self.asking += 1
+                self._changed.wait()
+                self.asking -= 1
+            if self._given and not self._failed:
+                self._running += 1
+                return self._given.popleft()
+            self._changed.notify_all()
+            return None
+
+    def fail(self) -> None:
+        """A lane raised while stepping rows: the others take no more."""
+        with self._changed:
+            self._failed = True
+            self._running -= 1
+            self._changed.notify_all()
 
 
 class PlainStep:
@@ -114,6 +173,8 @@ class HostSampler:
         self.name = f"{runtime.name} step + host sampler"
         self._one = OneRow(len(self.vocab), self.unk_id)  # decode_one's sampler, set per request
         self._lanes: tuple[tuple[int, int], list] = ((0, 0), [])  # (rows, lane count) -> its lanes, the last used
+        self._sessions: list = []  # the lanes' sessions (runtime.lane_sessions), as _lanes_for took them
+        self._piece_steps: dict[tuple[int, int, int], object] = {}  # (lane, start, stop) -> its step
 
     @property
     def state(self) -> np.ndarray:
@@ -166,22 +227,22 @@ class HostSampler:
         self.stepper.tokens[:rows] = tokens_to_feed(forced, last)
         lanes = self._lanes_for(rows)
         if not lanes:
-            self._run_lane(self.stepper, 0, rows, temperature, numbers, plan, ids)
+            self._run_rows(self.stepper, 0, rows, 0, temperature, numbers, plan, ids)
             return ids
+        end = At((getattr(self.stepper, "turn", 0) + k) % 2)  # where every row's state is after k steps
         for lane, _, _ in lanes:
             lane.follow(self.stepper)
-        pool = lane_executor()
-        others = [pool.submit(self._run_lane, lane, start, stop, temperature, numbers, plan, ids)
-                  for lane, start, stop in lanes[1:]]
+        pieces, pool = Pieces(len(lanes)), lane_executor()
+        others = [pool.submit(self._run_lane, index, lane, pieces, temperature, numbers, plan, ids)
+                  for index, lane in enumerate(lanes) if index]
         try:
-            first, start, stop = lanes[0]
-            self._run_lane(first, start, stop, temperature, numbers, plan, ids)
+            self._run_lane(0, lanes[0], pieces, temperature, numbers, plan, ids)
         finally:  # every lane is done with the buffers before this returns or raises
             errors = [future.exception() for future in others]
         for error in errors:
             if error is not None:
                 raise error
-        self.stepper.follow(lanes[0][0])
+        self.stepper.follow(end)
         return ids
 
     def _lanes_for(self, rows: int) -> list:
@@ -195,19 +256,48 @@ class HostSampler:
             return []
         key, lanes = self._lanes
         if key != (rows, count):
-            lanes = [(self.stepper.lane(session, start, stop), start, stop)
-                     for session, (start, stop) in zip(sessions(count), lane_bounds(rows, count))]
+            self._sessions = sessions(count)
+            lanes = [(self._piece_step(lane, start, stop), start, stop)
+                     for lane, (start, stop) in enumerate(lane_bounds(rows, count))]
             self._lanes = ((rows, count), lanes)
         return lanes
 
-    def _run_lane(self, step, start: int, stop: int, temperature, numbers: np.ndarray, plan, ids: np.ndarray) -> None:
-        """Rows [start, stop) through k sub-steps on `step`, whose tokens are these rows' (the
-        first sub-step's fed already); plan (k, rows): the start characters to feed, or None."""
-        rows = stop - start
-        feed = step.tokens
-        temperature = None if temperature is None else np.ascontiguousarray(temperature[start:stop])
-        for j in range(numbers.shape[0]):
-            made = self._choose_plain(step.run(rows), temperature, numbers[j, start:stop])
+    def _piece_step(self, lane: int, start: int, stop: int):
+        """The step of rows [start, stop) on lane `lane`'s session (made once, kept)."""
+        key = (lane, start, stop)
+        step = self._piece_steps.get(key)
+        if step is None:
+            if len(self._piece_steps) >= MAX_PIECE_STEPS:
+                self._piece_steps.clear()
+            step = self._piece_steps[key] = self.stepper.lane(self._sessions[lane], start, stop)
+        return step
+
+    def _run_lane(self, index: int, lane: tuple, pieces: Pieces, temperature, numbers, plan, ids) -> None:
+        """Lane `index`: its own rows, then any rows another lane gives it, until none is left."""
+        step, start, stop = lane
+        try:
+            piece = (start, stop, 0, step)
+            while piece is not None:
+                start, stop, first, where = piece
+                step = self._piece_step(index, start, stop)
+                step.follow(where)
+                self._run_rows(step, start, stop, first, temperature, numbers, plan, ids, (index, pieces))
+                piece = pieces.take()
+        except BaseException:
+            pieces.fail()
+            raise
+
+    def _run_rows(self, step, start: int, stop: int, first: int, temperature, numbers: np.ndarray, plan,
+                  ids: np.ndarray, lane: tuple[int, Pieces] | None = None) -> None:
+        """Rows [start, stop) through sub-steps [first, k) on `step`, whose tokens are these rows'
+        (sub-step `first`'s fed already); plan (k, rows): the start characters to feed, or None.
+        In a lane (its index and the block's Pieces), after a sub-step that another lane asks
+        for work, the back half of the rows goes to it, and this lane goes on with the front half."""
+        steps = numbers.shape[0]
+        rows, feed = stop - start, step.tokens
+        rows_temperature = None if temperature is None else np.ascontiguousarray(temperature[start:stop])
+        for j in range(first, steps):
+            made = self._choose_plain(step.run(rows), rows_temperature, numbers[j, start:stop])
             ids[start:stop, j] = made
             if made.min() < 0:
                 made = np.maximum(made, 0)  # any id will do: the row ends at its -1
@@ -215,6 +305,14 @@ class HostSampler:
                 forced = plan[j + 1, start:stop]
                 made = np.where(forced >= 0, forced, made)
             feed[:rows] = made
+            if lane is not None and j + 1 < steps and rows >= STEAL_ROWS and lane[1].wanted():
+                middle = start + rows // 2
+                lane[1].give((middle, stop, j + 1, At(getattr(step, "turn", 0))))
+                front = self._piece_step(lane[0], start, middle)
+                front.follow(step)
+                step, stop, rows = front, middle, middle - start
+                feed = step.tokens
+                rows_temperature = None if temperature is None else rows_temperature[:rows]
 
     # ------------------------------------------------------------ one row alone
 

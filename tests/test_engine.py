@@ -4,12 +4,14 @@ sampling rule's distribution, slots and continuous batching, and Generator on to
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 
 import numpy as np
 import onnx
 import pytest
 
-from charrnn_export import Generator, contract
+from charrnn_export import Generator, contract, host_sampler
 from charrnn_export.engine import (CANCELLED, LENGTH, DecodeBackend, Engine, HostSampler, OneRowBackend,
                                    backend_factory, drive_tokens)
 from charrnn_export.errors import ModelError
@@ -535,14 +537,47 @@ def test_lane_bounds_cover_the_rows_in_even_runs():
         assert max(b - a for a, b in bounds) - min(b - a for a, b in bounds) <= 1
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.int8.onnx"])
-def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export, name):
+def test_pieces_hand_rows_to_a_lane_that_asks_and_end_when_no_lane_steps_rows():
+    from charrnn_export.host_sampler import At, Pieces
+
+    pieces = Pieces(2)
+    assert not pieces.wanted()
+    taken = []
+    asker = threading.Thread(target=lambda: taken.append(pieces.take()))  # lane 1: its own rows are done
+    asker.start()
+    while not pieces.wanted():
+        time.sleep(0.001)
+    pieces.give((32, 64, 5, At(1)))  # lane 0 gives the back half of its rows from sub-step 5
+    asker.join(5)
+    assert taken == [(32, 64, 5, At(1))] and not pieces.wanted()
+    done = []
+    asker = threading.Thread(target=lambda: done.append(pieces.take()))  # lane 1 done again
+    asker.start()
+    while not pieces.wanted():
+        time.sleep(0.001)
+    assert pieces.take() is None  # lane 0 done: nobody steps rows, so nobody gets more
+    asker.join(5)
+    assert done == [None]
+    failing = Pieces(2)
+    failing.fail()  # lane 0 raised: lane 1, done, waits for nothing
+    assert failing.take() is None
+
+
+@pytest.mark.parametrize("name,slow", [("model.onnx", False), ("model.int8.onnx", False),
+                                       ("model.int8.onnx", True)])
+def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export, name, slow, monkeypatch):
     """decode_block over 64 rows in 3 lanes (each its own session and thread) against decode (the
     general rule, sampling.choose) step by step on the runtime's own session: the same ids and the
-    same state."""
+    same state; also with lane 0 slowed, so that the other lanes take rows from it mid-block."""
     make = lanes_of(tiny_export, name)
     rows, steps = 64, 9
     blocked, stepped = make(rows), make(rows)
+    if slow:
+        monkeypatch.setattr(host_sampler, "STEAL_ROWS", 4)
+        blocked._lanes_for(rows)
+        first = blocked._lanes[1][0][0]
+        run = first.run
+        monkeypatch.setattr(first, "run", lambda count: time.sleep(0.02) or run(count))
     rng = np.random.default_rng(4)
     tokens = rng.integers(0, len(blocked.vocab), rows).astype(np.int32)
     temperature = rng.uniform(0.5, 1.5, rows).astype(np.float32)
@@ -553,6 +588,7 @@ def test_a_block_in_lanes_computes_what_one_step_at_a_time_computes(tiny_export,
     forced = np.full((rows, steps), -1, np.int32)
     ids = blocked.decode_block(rows, forced, tokens, temperature, numbers, np.zeros(rows, bool))
     assert blocked._lanes[0] == (rows, 3) and len(blocked._lanes[1]) == 3  # the block ran in 3 lanes
+    assert (len(blocked._piece_steps) > 3) == slow  # rows changed lanes (each piece has its step)
     settings = Settings.empty(rows)
     settings.temperature[:] = temperature
     no_reset, feed_back = np.zeros(rows, bool), np.full((rows, 1), -1, np.int32)

@@ -21,6 +21,7 @@ below does not record it.
 from __future__ import annotations
 
 import errno
+import gc
 import math
 import os
 import signal
@@ -120,6 +121,7 @@ def run_serve(args) -> int:
 
         from ..serve.app import ServeOptions, create_app
         from ..serve.protocol import HeaderDeadline
+        from ..serve.remote import ModelSpec
         from ..serve.schema import Limits
     except ImportError as e:
         raise ConfigError(f"serving needs the serve extra ({e.name} is missing): pip install \"charrnn-export[serve]\"")
@@ -133,11 +135,16 @@ def run_serve(args) -> int:
         check_memory(generators, args)
         options = ServeOptions(slots=args.slots, queue=args.queue, limits=Limits(max_length=args.max_length),
                                api_key=args.api_key, flush_interval=args.flush_ms / 1000,
-                               max_event_rate=args.max_event_rate, request_timeout=args.timeout)
+                               max_event_rate=args.max_event_rate, request_timeout=args.timeout,
+                               engine_process=True)
         failure: list[Exception] = []
         options.on_load_failure = failure.append
-        app = create_app({name: (lambda g=g: g) for name, g in generators.items()}, options)
-        app.state.serve.load()  # starts the engines; the models are loaded already
+        # Each engine in a process of its own (serve/remote.py), which loads its model again:
+        # loading it here first checked it and sized the memory before anything was started.
+        app = create_app({name: ModelSpec(str(path), args.threads, args.sampler) for name, path in sources.items()},
+                         options)
+        del generators
+        app.state.serve.load()  # starts the engine processes
         if failure:
             raise ModelError(f"could not start the engine: {failure[0]}")
         if args.host not in LOOPBACK and not args.api_key:
@@ -147,6 +154,7 @@ def run_serve(args) -> int:
                                 timeout_keep_alive=args.timeout, timeout_graceful_shutdown=5)
         server = _Server(config, app.state.serve, args.grace_period, log,
                          ", ".join(f"{n} ({p})" for n, p in sources.items()))
+        gc.freeze()  # what is loaded now lives as long as the server: a full collection need not walk it
         server.run(sockets=[sock])
     finally:
         sock.close()

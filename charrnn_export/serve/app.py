@@ -38,6 +38,7 @@ from ..rng import random_seed, row_seed
 from . import metrics
 from .options import ServeOptions
 from .responses import CompletionBody, CompletionStream
+from .remote import RemoteScheduler
 from .scheduler import Busy, Job, Scheduler, Stopping
 from .schema import ApiError, parse_completion
 
@@ -79,11 +80,15 @@ class ServeState:
             return
         try:
             for name, loader in self.loaders.items():
-                generator = loader()
-                scheduler = Scheduler(generator, self.options.slots, self.options.queue,
-                                      self.options.flush_interval, self.options.max_event_rate)
-                scheduler.start()
-                self.vocabularies[name] = generator.vocab
+                if self.options.engine_process:
+                    scheduler = RemoteScheduler(loader, self.options)
+                    self.vocabularies[name] = scheduler.vocab
+                else:
+                    generator = loader()
+                    scheduler = Scheduler(generator, self.options.slots, self.options.queue,
+                                          self.options.flush_interval, self.options.max_event_rate)
+                    scheduler.start()
+                    self.vocabularies[name] = generator.vocab
                 self.schedulers[name] = scheduler
                 if self.stopping:
                     scheduler.stop()
@@ -98,6 +103,11 @@ class ServeState:
     def drain(self) -> None:
         """New requests get 503 and /health says "stopping"; running ones go on. Signal-safe."""
         self.stopping = True
+
+    @property
+    def engine_failure(self) -> str | None:
+        """Why an engine process is gone, if one is (a request can end itself, never its engine)."""
+        return next((s.failure for s in self.schedulers.values() if getattr(s, "failure", None)), None)
 
     @property
     def idle(self) -> bool:
@@ -162,8 +172,9 @@ def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None
 
     @app.get("/health")
     async def health():
-        if state.load_error:  # the only failure: a request can end itself, never its engine
-            return JSONResponse({"status": "failed", "error": state.load_error}, status_code=503)
+        failure = state.load_error or state.engine_failure  # a request can end itself, never its engine
+        if failure:
+            return JSONResponse({"status": "failed", "error": failure}, status_code=503)
         if state.stopping:
             return JSONResponse({"status": "stopping"}, status_code=503)
         if not state.ready:
@@ -172,6 +183,7 @@ def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None
 
     @app.get("/metrics")
     async def prometheus():
+        await asyncio.gather(*(s.refresh() for s in state.schedulers.values() if hasattr(s, "refresh")))
         return PlainTextResponse(metrics.render(state.by_status, state.schedulers),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -23,3 +23,6 @@ class ServeOptions:
     retry_after: int = 1  # seconds, in 429 answers
     request_timeout: float = 30.0  # seconds from a request's headers to the end of its body; beyond: 408
     on_load_failure: Callable[[Exception], None] | None = None  # the command stops the server
+    # Each model's engine in a process of its own (remote.py; the command's default): the loaders
+    # must then pickle (remote.ModelSpec). False: in this process, with any loader.
+    engine_process: bool = False

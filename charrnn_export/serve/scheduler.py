@@ -38,7 +38,6 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -90,8 +89,9 @@ class Choice:
 class Job:
     """One HTTP request: its choices and the queue of updates the engine thread fills."""
 
-    def __init__(self, choices, length: int, sampling, stops: tuple[str, ...] = ()):
-        self.loop = asyncio.get_running_loop()
+    def __init__(self, choices, length: int, sampling, stops: tuple[str, ...] = (), loop=None):
+        self.loop = loop or asyncio.get_running_loop()  # where updates go (remote.py passes its pipe's)
+        self.key: int | None = None  # its name between processes (remote.py)
         self.queue: asyncio.Queue = asyncio.Queue()
         self.length, self.sampling, self.stops = length, sampling, stops
         hold = max(map(len, stops), default=1) - 1
@@ -136,15 +136,20 @@ class Scheduler:
         self.step_seconds = 0.0
         self.step_buckets = [0] * len(STEP_BUCKETS)
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
-        # The engine's steps run on a thread of their own, one at a time: while one runs, this
-        # thread hands out the characters of the one before (see _pass).
-        self._stepper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charrnn-step")
-        self._pending: Future | None = None  # the step now running, if any
+        # Large steps run on a thread of their own, one after another (see _pass and _step_run):
+        # while one runs, this thread hands out the characters of the one before.
+        self._step_thread = threading.Thread(target=self._step_loop, name="charrnn-step", daemon=True)
+        self._made: deque = deque()  # (result, seconds) or (None, exception) of steps not yet handed out
+        self._room = threading.Semaphore(AHEAD)  # steps the step thread may make before they are handed out
+        self._go = threading.Event()  # the step thread may start a run of steps
+        self._stepping = False  # a run of steps is going on on the step thread
+        self._held = None  # its last step, until the next one's backend call begins
 
     # ------------------------------------------------------------ any thread
 
     def start(self) -> None:
         self.thread.start()
+        self._step_thread.start()
 
     def submit(self, job: Job) -> None:
         if self.stopping:
@@ -170,8 +175,10 @@ class Scheduler:
         self.stop()
         self._closed = True
         self._wake.set()
+        self._go.set()
+        self._room.release()
         self.thread.join(timeout)
-        self._stepper.shutdown(wait=False)
+        self._step_thread.join(timeout)
 
     @property
     def idle(self) -> bool:
@@ -198,31 +205,33 @@ class Scheduler:
                 self._fail_live(f"internal error in the engine thread: {type(e).__name__}: {e}")
 
     def _pass(self) -> None:
-        """One turn of the loop: take new jobs and cancels; step the engine (or take the running
-        step's characters); deliver. After a step of many characters (a block of a large batch)
-        the next step starts on the step thread before this one's characters are handed out, so
-        the engine's cores are not idle while thousands of characters go out (each request's text
-        stays in the order made: one step at a time; what came meanwhile joins the step after).
-        A small step runs here: the hand-over between threads would cost more than it saves."""
+        """One turn of the loop: take new jobs and cancels; take the next step's characters (made
+        here, or by the step thread); deliver. A step of many characters (a block of a large
+        batch) starts a run of steps on the step thread, which goes on from each step straight
+        into the next while this thread hands out the characters of the one before, so that the
+        engine's cores are not idle while thousands of characters go out, nor while this thread
+        wakes up to start the next step (each request's text stays in the order made: the steps
+        are handed out in the order they ran; what came meanwhile joins the step after). A small
+        step runs here: the hand-over between threads would cost more than it saves."""
         self._take_inbox()
         if self.stopping:
             self._abort_all(ABORT)
-        if self._pending is None and not self.engine.has_work():
-            self._flush()
-            self._wake.wait()
-            self._wake.clear()
+        if self._made:
+            if self._stepping:  # the next step's lanes are starting: let them have the GIL first
+                time.sleep(LANES_START_SECONDS)
+            (rids, tokens, endings), seconds = self._take_made()
+        elif self._stepping:
+            self._wait()
             return
-        if self._pending is not None:
-            running, self._pending = self._pending, None
-            (rids, tokens, endings), seconds = running.result()  # a step that raised is this pass's error
+        elif not self.engine.has_work():
+            self._flush()
+            self._wait()
+            return
         else:
             (rids, tokens, endings), seconds = _timed_step(self.engine)
-        if len(rids) >= OVERLAP_CHARS:
-            self._take_inbox()
-            if self.stopping:
-                self._abort_all(ABORT)
-            if self.engine.has_work():
-                self._pending = self._stepper.submit(_timed_step, self.engine)
+            if len(rids) >= OVERLAP_CHARS:
+                self._stepping = True
+                self._go.set()
         now = time.perf_counter()
         self._count_step(seconds)
         self._dispatch(rids, tokens, endings)
@@ -240,6 +249,61 @@ class Scheduler:
         # no new requests, so the batch stays nearly empty. sched_yield releases the GIL
         # at once; time.sleep(0) waits out the kernel's timer slack, far longer.
         os.sched_yield()
+
+    def _wait(self) -> None:
+        self._wake.wait()
+        self._wake.clear()
+
+    def _take_made(self):
+        """The oldest step the step thread made (its error raised here, as this pass's error)."""
+        made, extra = self._made.popleft()
+        self._room.release()
+        if made is None:
+            raise extra
+        return made, extra
+
+    def _step_loop(self) -> None:
+        """The step thread: a run of steps each time _pass asks for one."""
+        while not self._closed:
+            self._go.wait()
+            self._go.clear()
+            if not self._closed:
+                self._step_run()
+
+    def _step_run(self) -> None:
+        """Steps one after another while they are large, the engine has work and the server is
+        not stopping. Each step's characters go to the engine thread once the next step's plan
+        is made and its backend call begins (Engine.on_backend_call), or when no step follows;
+        at most AHEAD steps are made before the engine thread takes them."""
+        self.engine.on_backend_call = self._hand_over
+        try:
+            while True:
+                self._room.acquire()
+                if self._closed or self.stopping or not self.engine.has_work():
+                    self._room.release()
+                    return
+                try:
+                    made = _timed_step(self.engine)
+                except Exception as e:  # noqa: BLE001 - raised on the engine thread, as its pass's error
+                    self._hand_over()
+                    self._made.append((None, e))
+                    return
+                self._hand_over()  # the step had no backend call (every request had ended)
+                self._held = made
+                if len(made[0][0]) < OVERLAP_CHARS:
+                    return
+        finally:
+            self.engine.on_backend_call = None
+            self._hand_over()
+            self._stepping = False
+            self._wake.set()
+
+    def _hand_over(self) -> None:
+        """The step thread's last step, to the engine thread."""
+        if self._held is not None:
+            self._made.append(self._held)
+            self._held = None
+            self._wake.set()
 
     def _fail_live(self, cause: str) -> None:
         """After a pass raised: end every choice the engine holds with "error", cancel it there,
@@ -426,6 +490,11 @@ class Scheduler:
 
 
 OVERLAP_CHARS = 256  # characters in a step after which the next one runs while they are handed out
+# A step's characters reach this thread as the next step's backend call begins, and handing them
+# out holds the GIL for a millisecond or more: the lane threads starting that call would wait for
+# it. A step of this size takes tens of milliseconds, so waiting a moment first costs nothing.
+LANES_START_SECONDS = 0.001
+AHEAD = 2  # steps the step thread makes before the engine thread has taken the first of them
 
 
 def _timed_step(engine: Engine):
