@@ -17,7 +17,7 @@ requests open for --duration seconds, each starting the next as soon as one ends
            before and after, latency is the whole response's (wrk cannot see the first event).
 
 Every row says how much CPU the client and the server took (CPU seconds / (wall seconds x usable
-cores)): the server's from /proc/PID/stat, the Python client's from this process's rusage, wrk's
+cores)): the server's from /proc/PID/stat (with its engine processes), the Python client's from this process's rusage, wrk's
 from the rusage of its finished process. Beside it: the engine alone (same lengths, same number of
 requests in its batch, no HTTP) and a naive server (benchmarks/naive_server.py: a thread per
 request running what Generator.generate runs), loaded by the first client named. Results go to
@@ -84,8 +84,15 @@ class Process:
         return process_cpu_seconds(self.process.pid)
 
     def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+        """Resident memory of the server and its engine processes."""
+        total = 0
+        for pid in process_tree(self.process.pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            total += int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+        return total / 1024
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -100,9 +107,30 @@ class Process:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process, every thread of it (/proc/PID/stat utime, stime)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "(name)": state first
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a live process and the processes it started (the server's
+    engine processes), every thread of each (/proc/PID/stat utime, stime)."""
+    total = 0.0
+    for one in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()  # after "(name)": state first
+        except FileNotFoundError:  # it ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc/PID/task/TID/children."""
+    found, queue = [], [pid]
+    while queue:
+        one = queue.pop()
+        found.append(one)
+        for children in Path(f"/proc/{one}/task").glob("*/children"):
+            try:
+                queue += [int(child) for child in children.read_text().split()]
+            except FileNotFoundError:
+                pass
+    return found
 
 
 def rusage_seconds(who: int) -> float:

@@ -14,8 +14,11 @@ that raises or a sampler that gives an impossible id ends only the requests it t
 finish "error" and `choice.cause` saying why; and anything else raised in one pass of the loop
 ends the requests then running and the loop goes on. Only close() ends the thread.
 
-Only this thread touches the engine (submit, cancel and step): the event loop hands it jobs
-through a deque, so no event of a new request can arrive before the request is registered.
+Only this thread and its step thread touch the engine (submit, cancel and step; steps run on one
+of them at a time): the event loop hands it jobs through a deque, so no event of a new request
+can arrive before the request is registered. While steps are large (a block of a large batch) the
+step thread runs them back to back, and this thread hands out each one's characters while the
+next one runs (see _pass).
 Each step's characters are appended to their choice's text; what was made since the last
 delivery goes to the event loop in one call_soon_threadsafe every `flush_interval` (sooner for a
 request's first characters and its end: that request alone, so that requests coming and going do
