@@ -29,7 +29,6 @@ import itertools
 import logging
 import multiprocessing
 import signal
-import sys
 import threading
 from collections import deque
 from typing import NamedTuple
@@ -38,7 +37,6 @@ from .scheduler import ERROR, STEP_BUCKETS, Busy, Job, Scheduler, Stopping, _del
 
 log = logging.getLogger("charrnn_export.serve")
 CONTEXT = multiprocessing.get_context("spawn")  # the server has threads (and onnxruntime's) by now: no fork
-SWITCH_INTERVAL = 0.0005  # seconds: the child's sys.setswitchinterval
 POLL_SECONDS = 0.05  # how often the child looks at the stop Event while no message comes
 COUNTERS = ("chars_made", "steps", "step_seconds", "step_buckets", "busy", "queued", "internal_errors",
             "failed_choices")
@@ -254,10 +252,6 @@ class Outbox:
 def engine_main(conn, loader, settings: dict, stop) -> None:
     """The child: load the model, start its Scheduler, and serve the pipe until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server decides
-    # The lanes need the GIL for a moment between model steps; while the engine thread hands out
-    # a block's characters (Python for a millisecond or two) they would each wait up to the
-    # switch interval (5 ms by default) for it.
-    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         generator = loader()
         scheduler = Scheduler(generator, **settings)
