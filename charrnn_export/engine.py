@@ -236,9 +236,10 @@ class Engine:
         self.kind_count = [0, 0, 0]
         self._one_rid, self._one_greedy = -1, False  # the request _step_one last ran, and its greedy flag
         self._carried: list[tuple[int, str]] = []  # ends run_alone found, for the next step_arrays
-        # Called (on the stepping thread) just before each backend call of a step, once the step's
-        # plan is made: the server's scheduler hands out the step before's characters then, so
-        # that doing so does not hold up the plan (both need the GIL; the backend mostly not).
+        # Called (on the stepping thread) just before the backend call of a step of the batch
+        # (decode or decode_block), once the step's plan is made: the server's scheduler hands out
+        # the step before's characters then, so that doing so does not hold up the plan (both
+        # need the GIL; the backend mostly does not).
         self.on_backend_call: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ any thread

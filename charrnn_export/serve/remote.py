@@ -33,6 +33,7 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
+from ..errors import ModelError
 from .scheduler import ERROR, STEP_BUCKETS, Busy, Job, Scheduler, Stopping, _deliver
 
 log = logging.getLogger("charrnn_export.serve")
@@ -72,7 +73,7 @@ class RemoteScheduler:
             kind, value = "failed", f"the engine process exited with {self.process.exitcode} while loading"
         if kind != "ready":
             self.process.join(5)
-            raise RuntimeError(value)
+            raise ModelError(f"the engine process could not start: {value}")
         self.vocab = value
         self.stopping = False
         self.failure: str | None = None  # why the engine process is gone, if it is
