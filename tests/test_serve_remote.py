@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from serve_helpers import ServerProcess
 
 MODEL = "tiny"
@@ -90,3 +91,12 @@ def test_an_engine_process_that_dies_ends_its_streams_with_an_error_and_the_serv
     finally:
         assert server.stop(signal.SIGTERM) == 0
     assert "Traceback" not in server.log()
+
+
+def test_an_engine_process_that_cannot_load_its_model_says_why(tmp_path):
+    from charrnn_export.errors import ModelError
+    from charrnn_export.serve.options import ServeOptions
+    from charrnn_export.serve.remote import ModelSpec, RemoteScheduler
+
+    with pytest.raises(ModelError, match=r"the engine process could not start: .*nothing\.onnx"):
+        RemoteScheduler(ModelSpec(str(tmp_path / "nothing.onnx")), ServeOptions(slots=2))
