@@ -5,6 +5,7 @@ still stops cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -100,3 +101,36 @@ def test_an_engine_process_that_cannot_load_its_model_says_why(tmp_path):
 
     with pytest.raises(ModelError, match=r"the engine process could not start: .*nothing\.onnx"):
         RemoteScheduler(ModelSpec(str(tmp_path / "nothing.onnx")), ServeOptions(slots=2))
+
+
+
+def test_a_job_taken_just_after_a_cancel_is_served_though_the_engine_has_not_freed_its_slot(tiny_export):
+    """One slot, room for one waiting: a job runs, a short one waits, the first is cancelled and a
+    third comes at once. This process counts the cancelled job gone at once and takes the third;
+    the engine process frees the slot only at its next step, and takes the third meanwhile too
+    (the two messages reach it back to back) rather than end it with an error."""
+    from charrnn_export.sampling import SamplingConfig
+    from charrnn_export.serve.options import ServeOptions
+    from charrnn_export.serve.remote import ModelSpec, RemoteScheduler
+    from charrnn_export.serve.scheduler import Job
+
+    scheduler = RemoteScheduler(ModelSpec(str(tiny_export)), ServeOptions(slots=1, queue=1))
+
+    async def run() -> None:
+        ids = scheduler.vocab.encode("A")
+        running, waiting, third = (Job([(ids, seed)], length, SamplingConfig.checked(0.8))
+                                   for seed, length in ((1, 1_000_000), (2, 5), (3, 5)))
+        scheduler.submit(running)
+        scheduler.submit(waiting)
+        async for _ in running.updates():  # it runs
+            break
+        scheduler.cancel(running)
+        scheduler.submit(third)
+        for job in (waiting, third):
+            items = [item async for batch in job.updates() for item in batch]
+            assert items[-1][2] == "length" and len("".join(text for _, text, _ in items)) == 5, items
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        scheduler.close()

@@ -59,8 +59,11 @@ class ModelSpec(NamedTuple):
 class RemoteScheduler:
     def __init__(self, loader, options):
         self.slots, self.queue_limit = options.slots, options.queue
-        settings = {"slots": options.slots, "queue": options.queue, "flush_interval": options.flush_interval,
-                    "max_event_rate": options.max_event_rate}
+        # This process's count of choices is the one that refuses (429): the child's lags it by a
+        # step after a cancel (the choice is gone here at once, there at the engine's next step),
+        # so the child's own limit leaves room for every choice that may be cancelled meanwhile.
+        settings = {"slots": options.slots, "queue": options.slots + 2 * options.queue,
+                    "flush_interval": options.flush_interval, "max_event_rate": options.max_event_rate}
         self._conn, child = CONTEXT.Pipe()
         self._stop = CONTEXT.Event()
         self.process = CONTEXT.Process(target=engine_main, args=(child, loader, settings, self._stop),
@@ -290,7 +293,7 @@ def serve_pipe(conn, scheduler: Scheduler, outbox: Outbox, jobs: dict, stop) -> 
             jobs[key] = job
             try:
                 scheduler.submit(job)
-            except (Busy, Stopping) as e:  # the server's count lags the engine's by a step: rare
+            except (Busy, Stopping) as e:  # stopping (Busy cannot be: see RemoteScheduler's settings)
                 refuse(outbox, jobs, job, "every slot is busy; retry" if isinstance(e, Busy) else str(e))
         elif kind == "cancel":
             job = jobs.pop(message[1], None)
