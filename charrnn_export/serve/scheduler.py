@@ -46,8 +46,9 @@ import numpy as np
 
 from ..engine import FINISH_ABORT as ABORT
 from ..engine import FINISH_ERROR as ERROR
-from ..engine import Engine, step_once
+from ..engine import Engine
 from .options import ServeOptions
+from .stepper import OVERLAP_CHARS, Stepper, timed_step
 
 log = logging.getLogger("charrnn_export.serve")
 STOP = "stop"  # a stop string matched (here, not in the engine)
@@ -139,20 +140,15 @@ class Scheduler:
         self.step_seconds = 0.0
         self.step_buckets = [0] * len(STEP_BUCKETS)
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
-        # Large steps run on a thread of their own, one after another (see _pass and _step_run):
-        # while one runs, this thread hands out the characters of the one before.
-        self._step_thread = threading.Thread(target=self._step_loop, name="charrnn-step", daemon=True)
-        self._made: deque = deque()  # (result, seconds) or (None, exception) of steps not yet handed out
-        self._room = threading.Semaphore(AHEAD)  # steps the step thread may make before they are handed out
-        self._go = threading.Event()  # the step thread may start a run of steps
-        self._stepping = False  # a run of steps is going on on the step thread
-        self._held = None  # its last step, until the next one's backend call begins
+        # Large steps run on a thread of their own, one after another (stepper.py): while one
+        # runs, this thread hands out the characters of the one before.
+        self._stepper = Stepper(self.engine, self._wake, lambda: self._closed or self.stopping)
 
     # ------------------------------------------------------------ any thread
 
     def start(self) -> None:
         self.thread.start()
-        self._step_thread.start()
+        self._stepper.start()
 
     def submit(self, job: Job) -> None:
         if self.stopping:
@@ -178,10 +174,8 @@ class Scheduler:
         self.stop()
         self._closed = True
         self._wake.set()
-        self._go.set()
-        self._room.release()
+        self._stepper.close(timeout)
         self.thread.join(timeout)
-        self._step_thread.join(timeout)
 
     @property
     def idle(self) -> bool:
@@ -219,11 +213,9 @@ class Scheduler:
         self._take_inbox()
         if self.stopping:
             self._abort_all(ABORT)
-        if self._made:
-            if self._stepping:  # the next step's lanes are starting: let them have the GIL first
-                time.sleep(LANES_START_SECONDS)
-            (rids, tokens, endings), seconds = self._take_made()
-        elif self._stepping:
+        if self._stepper.ready:
+            (rids, tokens, endings), seconds = self._stepper.take()  # a step that raised: this pass's error
+        elif self._stepper.running:
             self._wait()
             return
         elif not self.engine.has_work():
@@ -231,10 +223,9 @@ class Scheduler:
             self._wait()
             return
         else:
-            (rids, tokens, endings), seconds = _timed_step(self.engine)
+            (rids, tokens, endings), seconds = timed_step(self.engine)
             if len(rids) >= OVERLAP_CHARS:
-                self._stepping = True
-                self._go.set()
+                self._stepper.begin()
         now = time.perf_counter()
         self._count_step(seconds)
         self._dispatch(rids, tokens, endings)
@@ -256,57 +247,6 @@ class Scheduler:
     def _wait(self) -> None:
         self._wake.wait()
         self._wake.clear()
-
-    def _take_made(self):
-        """The oldest step the step thread made (its error raised here, as this pass's error)."""
-        made, extra = self._made.popleft()
-        self._room.release()
-        if made is None:
-            raise extra
-        return made, extra
-
-    def _step_loop(self) -> None:
-        """The step thread: a run of steps each time _pass asks for one."""
-        while not self._closed:
-            self._go.wait()
-            self._go.clear()
-            if not self._closed:
-                self._step_run()
-
-    def _step_run(self) -> None:
-        """Steps one after another while they are large, the engine has work and the server is
-        not stopping. Each step's characters go to the engine thread once the next step's plan
-        is made and its backend call begins (Engine.on_backend_call), or when no step follows;
-        at most AHEAD steps are made before the engine thread takes them."""
-        self.engine.on_backend_call = self._hand_over
-        try:
-            while True:
-                self._room.acquire()
-                if self._closed or self.stopping or not self.engine.has_work():
-                    self._room.release()
-                    return
-                try:
-                    made = _timed_step(self.engine)
-                except Exception as e:  # noqa: BLE001 - raised on the engine thread, as its pass's error
-                    self._hand_over()
-                    self._made.append((None, e))
-                    return
-                self._hand_over()  # the step had no backend call (every request had ended)
-                self._held = made
-                if len(made[0][0]) < OVERLAP_CHARS:
-                    return
-        finally:
-            self.engine.on_backend_call = None
-            self._hand_over()
-            self._stepping = False
-            self._wake.set()
-
-    def _hand_over(self) -> None:
-        """The step thread's last step, to the engine thread."""
-        if self._held is not None:
-            self._made.append(self._held)
-            self._held = None
-            self._wake.set()
 
     def _fail_live(self, cause: str) -> None:
         """After a pass raised: end every choice the engine holds with "error", cancel it there,
@@ -490,21 +430,6 @@ class Scheduler:
         bucket = int(np.searchsorted(STEP_BUCKETS, seconds))
         if bucket < len(STEP_BUCKETS):
             self.step_buckets[bucket] += 1
-
-
-OVERLAP_CHARS = 256  # characters in a step after which the next one runs while they are handed out
-# A step's characters reach this thread as the next step's backend call begins, and handing them
-# out holds the GIL for a millisecond or more: the lane threads starting that call would wait for
-# it. A step of this size takes tens of milliseconds, so waiting a moment first costs nothing.
-LANES_START_SECONDS = 0.001
-AHEAD = 2  # steps the step thread makes before the engine thread has taken the first of them
-
-
-def _timed_step(engine: Engine):
-    """step_once on the step thread, with its duration for the metrics."""
-    began = time.perf_counter()
-    made = step_once(engine)
-    return made, time.perf_counter() - began
 
 
 def _deliver(batch) -> None:
