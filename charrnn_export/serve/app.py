@@ -107,7 +107,7 @@ class ServeState:
     @property
     def engine_failure(self) -> str | None:
         """Why an engine process is gone, if one is (a request can end itself, never its engine)."""
-        return next((s.failure for s in self.schedulers.values() if getattr(s, "failure", None)), None)
+        return next((s.failure for s in self.schedulers.values() if s is not None and s.failure), None)
 
     @property
     def idle(self) -> bool:
@@ -183,7 +183,7 @@ def create_app(loaders: dict[str, Callable], options: ServeOptions | None = None
 
     @app.get("/metrics")
     async def prometheus():
-        await asyncio.gather(*(s.refresh() for s in state.schedulers.values() if hasattr(s, "refresh")))
+        await asyncio.gather(*(s.refresh() for s in state.schedulers.values() if s is not None))
         return PlainTextResponse(metrics.render(state.by_status, state.schedulers),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -34,7 +34,7 @@ from collections import deque
 from typing import NamedTuple
 
 from ..errors import ModelError
-from .scheduler import ERROR, STEP_BUCKETS, Busy, Job, Scheduler, Stopping, _deliver
+from .scheduler import ERROR, STEP_BUCKETS, Busy, Job, Scheduler, Stopping, post
 
 log = logging.getLogger("charrnn_export.serve")
 CONTEXT = multiprocessing.get_context("spawn")  # the server has threads (and onnxruntime's) by now: no fork
@@ -175,7 +175,7 @@ class RemoteScheduler:
         self._gone()
 
     def _deliver(self, entries) -> None:
-        batches: dict = {}
+        updates = []
         with self._lock:
             for key, items, causes in entries:
                 job = self._jobs.get(key)
@@ -189,12 +189,8 @@ class RemoteScheduler:
                     self._open[key] -= ended
                     if not self._open[key]:
                         del self._open[key], self._jobs[key]
-                batches.setdefault(job.loop, []).append((job, items))
-        for loop, batch in batches.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # the loop has closed: nobody is waiting
-                pass
+                updates.append((job, items))
+        post(updates)
 
     def _gone(self) -> None:
         """The pipe closed: by close(), or because the child died. Every open request ends."""
@@ -205,13 +201,9 @@ class RemoteScheduler:
         with self._lock:
             jobs, self._jobs, self._open, self._reserved = self._jobs, {}, {}, 0
         for job in jobs.values():
-            items = [(choice.index, "", ERROR) for choice in job.choices]
             for choice in job.choices:
                 choice.cause = self.failure or "the server stopped"
-            try:
-                job.loop.call_soon_threadsafe(_deliver, [(job, items)])
-            except RuntimeError:
-                pass
+        post([(job, [(choice.index, "", ERROR) for choice in job.choices]) for job in jobs.values()])
         while self._asked:
             future = self._asked.popleft()
             future.get_loop().call_soon_threadsafe(_resolve, future)

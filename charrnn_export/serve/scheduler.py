@@ -132,6 +132,7 @@ class Scheduler:
         self._urgent: dict[Job, None] = {}  # dirty jobs to deliver at once: a first character, an end
         self.stopping = False
         self.internal_errors = 0  # passes of the loop that raised (a bug): for /metrics
+        self.failure: str | None = None  # the engine never fails as a whole here (remote.py's can)
         self.failed_choices = 0  # choices ended with "error" (their generation failed): for /metrics
         self._closed = False
         # Metrics, written by this thread only (readers see whole Python ints).
@@ -180,6 +181,9 @@ class Scheduler:
     @property
     def idle(self) -> bool:
         return self._reserved == 0
+
+    async def refresh(self) -> None:
+        """Nothing to fetch: the counters are this process's (remote.py's come from its engine's)."""
 
     @property
     def busy(self) -> int:
@@ -401,7 +405,7 @@ class Scheduler:
                 self._urgent.pop(job, None)
         if not jobs:
             return
-        batches: dict = {}
+        updates = []
         for job in jobs:
             if job.gone:
                 continue
@@ -417,12 +421,8 @@ class Scheduler:
                     choice.reported = choice.finish is not None
             if items:
                 job.flushed = True
-                batches.setdefault(job.loop, []).append((job, items))
-        for loop, batch in batches.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # the loop has closed (the server is gone): nobody is waiting
-                pass
+                updates.append((job, items))
+        post(updates)
 
     def _count_step(self, seconds: float) -> None:
         self.steps += 1
@@ -430,6 +430,18 @@ class Scheduler:
         bucket = int(np.searchsorted(STEP_BUCKETS, seconds))
         if bucket < len(STEP_BUCKETS):
             self.step_buckets[bucket] += 1
+
+
+def post(updates) -> None:
+    """[(job, items)] to each job's event loop, one call per loop."""
+    batches: dict = {}
+    for job, items in updates:
+        batches.setdefault(job.loop, []).append((job, items))
+    for loop, batch in batches.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:  # the loop has closed (the server is gone): nobody is waiting
+            pass
 
 
 def _deliver(batch) -> None:
